@@ -1,0 +1,51 @@
+# natkit: `make run` and `make test` work on a fresh machine (they install what they need first).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# Debian packages the lab, the coturn engine and the interop tests need (installed when root).
+APT_PACKAGES := iproute2 nftables conntrack coturn
+CONFIG ?= configs/natkit.yaml
+
+.PHONY: install system-packages run test test-fast lint bench demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-packages
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+system-packages:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  missing=""; \
+	  for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  fi; \
+	elif [ "$$(id -u)" != 0 ]; then \
+	  echo "note: not root; skipping Debian packages ($(APT_PACKAGES)); lab and coturn tests will skip"; \
+	fi
+
+run: install
+	$(BIN)/natkit serve -c $(CONFIG)
+
+test: install
+	$(BIN)/pytest
+
+test-fast: install
+	$(BIN)/pytest tests/unit
+
+lint: install
+	$(BIN)/ruff check natkit tests bench
+	$(BIN)/ruff format --check natkit tests bench
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from natkit.cli import main
+
+main()

@@ -1,0 +1,61 @@
+"""What every CLI command shares: the error translation, the -c option, JSON output."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from typing import IO, Any, TypeVar
+
+import click
+
+from natkit.errors import NatkitError
+
+__all__ = ["NatkitGroup", "config_option", "echo_json", "fail"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _NatkitClickError(click.ClickException):
+    """Carries a NatkitError through click so it prints as one line with its exit status."""
+
+    def __init__(self, err: NatkitError) -> None:
+        super().__init__(str(err))
+        self.exit_code = err.exit_status
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"natkit: error: {self.format_message()}", file=file or sys.stderr)
+
+
+class NatkitGroup(click.Group):
+    """A click group that turns any NatkitError raised below it into a one-line error."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NatkitError as err:
+            raise _NatkitClickError(err) from err
+
+
+def fail(message: str, status: int = 2) -> None:
+    """Stop the command with a one-line error (for problems found by the CLI itself)."""
+    err = NatkitError(message)
+    err.exit_status = status
+    raise _NatkitClickError(err)
+
+
+def config_option(func: F) -> F:
+    """``-c/--config FILE``, defaulting to $NATKIT_CONFIG, else the built-in defaults."""
+    return click.option(
+        "-c",
+        "--config",
+        "config_path",
+        envvar="NATKIT_CONFIG",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Config file (YAML). Default: $NATKIT_CONFIG, else the built-in defaults.",
+    )(func)
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
