@@ -1,0 +1,230 @@
+"""The natkit config as typed, frozen data: every key, its type, its default, one line of help.
+
+The loader (`natkit.config.load`) walks these dataclasses generically: a YAML mapping becomes the
+dataclass of its field's type, validated per field type (and per `validate` hooks in the loader).
+Field `metadata["help"]` is the one-line documentation shown by `natkit config show` and kept in
+step with configs/natkit.yaml by a test. `metadata["secret"]` marks values never printed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from natkit.addr import ListenURI
+
+__all__ = [
+    "Config",
+    "DiagnoseConfig",
+    "DiagnoseTurnServer",
+    "LoggingConfig",
+    "MetricsConfig",
+    "RateLimitConfig",
+    "SignalConfig",
+    "StreamConfig",
+    "StunConfig",
+    "TlsConfig",
+    "TurnAuthConfig",
+    "TurnCoturnConfig",
+    "TurnLifetimeConfig",
+    "TurnPeersConfig",
+    "TurnQuotaConfig",
+    "TurnRelayConfig",
+    "TurnConfig",
+]
+
+
+def doc(help: str, *, secret: bool = False) -> dict[str, Any]:
+    return {"help": help, "secret": secret}
+
+
+# Relaying to these is refused unless `turn.peers.allow` opens a hole (an open relay into the
+# operator's own network is the classic TURN vulnerability). IPv4-mapped IPv6 forms are derived.
+DEFAULT_DENIED_PEERS: tuple[str, ...] = (
+    "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches loopback on Linux (CVE-2020-26262)
+    "10.0.0.0/8",
+    "100.64.0.0/10",  # carrier-grade NAT
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.0.0.0/24",
+    "192.168.0.0/16",
+    "198.18.0.0/15",  # benchmarking
+    "224.0.0.0/4",  # multicast
+    "240.0.0.0/4",  # reserved, incl. broadcast
+    "::/128",
+    "::1/128",
+    "64:ff9b:1::/48",  # local-use NAT64
+    "fc00::/7",  # unique local
+    "fe80::/10",  # link-local
+    "ff00::/8",  # multicast
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    enabled: bool = field(default=True, metadata=doc("Per-source-IP token bucket on STUN requests."))
+    per_source: int = field(default=100, metadata=doc("Sustained requests/s allowed per source IP."))
+    burst: int = field(default=200, metadata=doc("Bucket size: requests a source may send at once."))
+    max_sources: int = field(
+        default=100_000, metadata=doc("Sources tracked at once; the oldest idle are evicted.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    cert: str | None = field(default=None, metadata=doc("PEM certificate chain for tls:// listeners."))
+    key: str | None = field(default=None, metadata=doc("PEM private key for tls:// listeners.", secret=True))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    max_connections: int = field(default=1024, metadata=doc("Open TCP/TLS connections per worker."))
+    idle_timeout: float = field(default=30.0, metadata=doc("Seconds before an idle connection is closed."))
+    max_message_size: int = field(default=4096, metadata=doc("Largest STUN message accepted on a stream, bytes."))
+
+
+@dataclass(frozen=True, slots=True)
+class StunConfig:
+    enabled: bool = field(default=True, metadata=doc("Serve STUN on the listeners."))
+    listen: tuple[ListenURI, ...] = field(
+        default=(ListenURI.parse("udp://0.0.0.0:3478"), ListenURI.parse("tcp://0.0.0.0:3478")),
+        metadata=doc("Listen URIs: udp://IP:PORT, tcp://IP:PORT, tls://IP:PORT; IPv6 in brackets."),
+    )
+    alternate: str | None = field(
+        default=None,
+        metadata=doc("Second IP:PORT of this server (RFC 5780 OTHER-ADDRESS / RFC 3489 CHANGED-ADDRESS)."),
+    )
+    workers: int | Literal["auto"] = field(
+        default="auto", metadata=doc("Processes sharing each port via SO_REUSEPORT; auto = CPU count.")
+    )
+    software: str = field(default="natkit", metadata=doc("SOFTWARE attribute value; empty to omit."))
+    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig, metadata=doc("Per-source rate limit."))
+    tls: TlsConfig = field(default_factory=TlsConfig, metadata=doc("Certificate for tls:// listeners."))
+    stream: StreamConfig = field(default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits."))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnAuthConfig:
+    secret: str | None = field(
+        default=None, metadata=doc("TURN REST API shared secret (ephemeral credentials).", secret=True)
+    )
+    users: dict[str, str] = field(
+        default_factory=dict, metadata=doc("Static long-term credentials: user: password.", secret=True)
+    )
+    nonce_lifetime: float = field(default=600.0, metadata=doc("Seconds a nonce is valid (then 438)."))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRelayConfig:
+    address: str | None = field(
+        default=None, metadata=doc("Local IP relayed sockets bind to; default: the listener's IP.")
+    )
+    external_address: str | None = field(
+        default=None, metadata=doc("Public IP advertised in XOR-RELAYED-ADDRESS when behind 1:1 NAT.")
+    )
+    ports: str = field(default="49152-65535", metadata=doc("Relay port range LOW-HIGH."))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnLifetimeConfig:
+    default: int = field(default=600, metadata=doc("Allocation lifetime when the client asks none, s."))
+    max: int = field(default=3600, metadata=doc("Longest allocation lifetime granted, s."))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnQuotaConfig:
+    per_user: int = field(default=10, metadata=doc("Allocations one user may hold at once (then 486)."))
+    total: int = field(default=1000, metadata=doc("Allocations the server holds at once (then 508)."))
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPeersConfig:
+    deny: tuple[str, ...] = field(
+        default=DEFAULT_DENIED_PEERS,
+        metadata=doc("Peer address ranges (CIDR) the relay refuses with 403."),
+    )
+    allow: tuple[str, ...] = field(
+        default=(), metadata=doc("Holes in `deny` opened deliberately (CIDR), e.g. a lab's ranges.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnCoturnConfig:
+    binary: str = field(default="turnserver", metadata=doc("coturn's turnserver executable."))
+    extra: tuple[str, ...] = field(
+        default=(), metadata=doc("Extra turnserver.conf lines appended verbatim (expert use).")
+    )
+    allow_vulnerable: bool = field(
+        default=False,
+        metadata=doc("Run a coturn version with a known peer-policy bypass that cannot be closed."),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TurnConfig:
+    enabled: bool = field(default=False, metadata=doc("Serve TURN on the STUN listeners."))
+    engine: Literal["builtin", "coturn"] = field(
+        default="builtin", metadata=doc("builtin (asyncio, embedded) or coturn (supervised turnserver).")
+    )
+    realm: str = field(default="natkit.local", metadata=doc("Long-term credential realm."))
+    auth: TurnAuthConfig = field(default_factory=TurnAuthConfig, metadata=doc("Credentials."))
+    relay: TurnRelayConfig = field(default_factory=TurnRelayConfig, metadata=doc("Relayed addresses."))
+    lifetime: TurnLifetimeConfig = field(default_factory=TurnLifetimeConfig, metadata=doc("Lifetimes."))
+    quota: TurnQuotaConfig = field(default_factory=TurnQuotaConfig, metadata=doc("Allocation quotas."))
+    peers: TurnPeersConfig = field(default_factory=TurnPeersConfig, metadata=doc("Peer policy."))
+    coturn: TurnCoturnConfig = field(default_factory=TurnCoturnConfig, metadata=doc("coturn engine."))
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnoseTurnServer:
+    url: str = field(metadata=doc("turn: or turns: URI, e.g. turn:host:3478?transport=udp."))
+    username: str | None = field(default=None, metadata=doc("Long-term user name."))
+    credential: str | None = field(default=None, metadata=doc("Password.", secret=True))
+    secret: str | None = field(
+        default=None, metadata=doc("REST API shared secret instead of a password.", secret=True)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnoseConfig:
+    stun: tuple[str, ...] = field(
+        default=("stun:127.0.0.1:3478",), metadata=doc("STUN servers to probe (stun:HOST[:PORT]).")
+    )
+    turn: tuple[DiagnoseTurnServer, ...] = field(default=(), metadata=doc("TURN servers to check."))
+    timeout: float = field(default=3.0, metadata=doc("Overall seconds the diagnosis may take."))
+
+
+@dataclass(frozen=True, slots=True)
+class SignalConfig:
+    enabled: bool = field(default=False, metadata=doc("Run the P2P rendezvous (SDP exchange) service."))
+    listen: str = field(default="127.0.0.1:8765", metadata=doc("HTTP IP:PORT of the rendezvous service."))
+    ttl: float = field(default=300.0, metadata=doc("Seconds a pairing is kept before it is forgotten."))
+    max_sdp_size: int = field(default=16384, metadata=doc("Largest SDP description accepted, bytes."))
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    listen: str | None = field(
+        default="127.0.0.1:9641", metadata=doc("Prometheus /metrics at IP:PORT; null to disable.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata=doc("Log level."))
+    format: Literal["text", "json"] = field(default="text", metadata=doc("text, or json (one object a line)."))
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    version: Literal[1] = field(default=1, metadata=doc("Config schema version."))
+    stun: StunConfig = field(default_factory=StunConfig, metadata=doc("STUN server."))
+    turn: TurnConfig = field(default_factory=TurnConfig, metadata=doc("TURN relay."))
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig, metadata=doc("natkit diagnose."))
+    signal: SignalConfig = field(default_factory=SignalConfig, metadata=doc("P2P rendezvous."))
+    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata=doc("Prometheus metrics."))
+    logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=doc("Logging."))
+    source: str | None = field(
+        default=None, compare=False, metadata=doc("File this config was loaded from (not a key).")
+    )
