@@ -71,7 +71,7 @@ def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, 
         if default_port is None:
             raise ValueError(f"missing port in {text!r} (write HOST:PORT, IPv6 as [ADDR]:PORT)")
         return host, default_port
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"port {port_text!r} in {text!r} is not a number from 0 to 65535")
     return host, int(port_text)
 
@@ -95,6 +95,8 @@ class ListenURI:
             raise ValueError(
                 f"unknown transport {scheme!r} in {text!r} (expected udp, tcp or tls)"
             ) from None
+        if rest.count(":") > 1 and not rest.startswith("["):
+            raise ValueError(f"write the IPv6 address in {text!r} in brackets, e.g. udp://[::1]:3478")
         host, port = parse_hostport(rest, default_port=5349 if transport is Transport.TLS else 3478)
         try:
             ipaddress.ip_address(host)

@@ -21,7 +21,7 @@ class _NatkitClickError(click.ClickException):
 
     def __init__(self, err: NatkitError) -> None:
         super().__init__(str(err))
-        self.exit_code = err.exit_status
+        self.exit_code: int = err.exit_status  # type: ignore[misc]
 
     def show(self, file: IO[Any] | None = None) -> None:
         click.echo(f"natkit: error: {self.format_message()}", file=file or sys.stderr)

@@ -1,19 +1,20 @@
 """The natkit config as typed, frozen data: every key, its type, its default, one line of help.
 
 The loader (`natkit.config.load`) walks these dataclasses generically: a YAML mapping becomes the
-dataclass of its field's type, validated per field type (and per `validate` hooks in the loader).
+dataclass of its field's type, checked per type, then by the rules in `natkit.config.checks`.
 Field `metadata["help"]` is the one-line documentation shown by `natkit config show` and kept in
 step with configs/natkit.yaml by a test. `metadata["secret"]` marks values never printed.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
 from natkit.addr import ListenURI
 
 __all__ = [
+    "DEFAULT_DENIED_PEERS",
     "Config",
     "DiagnoseConfig",
     "DiagnoseTurnServer",
@@ -25,17 +26,31 @@ __all__ = [
     "StunConfig",
     "TlsConfig",
     "TurnAuthConfig",
+    "TurnConfig",
     "TurnCoturnConfig",
     "TurnLifetimeConfig",
     "TurnPeersConfig",
     "TurnQuotaConfig",
     "TurnRelayConfig",
-    "TurnConfig",
+    "config_fields",
+    "is_section",
 ]
 
 
-def doc(help: str, *, secret: bool = False) -> dict[str, Any]:
-    return {"help": help, "secret": secret}
+def doc(help: str, *, secret: bool = False, key: bool = True) -> dict[str, Any]:
+    """Field metadata: one line of help; `secret` values are never printed; `key=False` marks a
+    field that is not a config key (the loader rejects it in YAML, `show` omits it)."""
+    return {"help": help, "secret": secret, "key": key}
+
+
+def is_section(tp: Any) -> bool:
+    """Whether `tp` is a config section here (ListenURI is a dataclass too, but a value)."""
+    return isinstance(tp, type) and is_dataclass(tp) and tp.__module__ == __name__
+
+
+def config_fields(cls: type) -> tuple[Field[Any], ...]:
+    """The fields of a config dataclass that are YAML keys, in declaration order."""
+    return tuple(f for f in fields(cls) if f.metadata.get("key", True))
 
 
 # Relaying to these is refused unless `turn.peers.allow` opens a hole (an open relay into the
@@ -48,6 +63,9 @@ DEFAULT_DENIED_PEERS: tuple[str, ...] = (
     "169.254.0.0/16",
     "172.16.0.0/12",
     "192.0.0.0/24",
+    "192.0.2.0/24",  # documentation ranges (RFC 5737): never real peers; the lab uses 203.0.113/24
+    "198.51.100.0/24",
+    "203.0.113.0/24",
     "192.168.0.0/16",
     "198.18.0.0/15",  # benchmarking
     "224.0.0.0/4",  # multicast
@@ -55,6 +73,7 @@ DEFAULT_DENIED_PEERS: tuple[str, ...] = (
     "::/128",
     "::1/128",
     "64:ff9b:1::/48",  # local-use NAT64
+    "2001:db8::/32",  # documentation (RFC 3849); the lab's IPv6 internet
     "fc00::/7",  # unique local
     "fe80::/10",  # link-local
     "ff00::/8",  # multicast
@@ -63,9 +82,15 @@ DEFAULT_DENIED_PEERS: tuple[str, ...] = (
 
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
-    enabled: bool = field(default=True, metadata=doc("Per-source-IP token bucket on STUN requests."))
-    per_source: int = field(default=100, metadata=doc("Sustained requests/s allowed per source IP."))
-    burst: int = field(default=200, metadata=doc("Bucket size: requests a source may send at once."))
+    enabled: bool = field(
+        default=True, metadata=doc("Per-source-IP token bucket on STUN requests.")
+    )
+    per_source: int = field(
+        default=100, metadata=doc("Sustained requests/s allowed per source IP.")
+    )
+    burst: int = field(
+        default=200, metadata=doc("Bucket size: requests a source may send at once.")
+    )
     max_sources: int = field(
         default=100_000, metadata=doc("Sources tracked at once; the oldest idle are evicted.")
     )
@@ -73,15 +98,25 @@ class RateLimitConfig:
 
 @dataclass(frozen=True, slots=True)
 class TlsConfig:
-    cert: str | None = field(default=None, metadata=doc("PEM certificate chain for tls:// listeners."))
-    key: str | None = field(default=None, metadata=doc("PEM private key for tls:// listeners.", secret=True))
+    cert: str | None = field(
+        default=None, metadata=doc("PEM certificate chain for tls:// listeners.")
+    )
+    key: str | None = field(
+        # The path is not secret (errors name it); the key inside the file never leaves it.
+        default=None,
+        metadata=doc("PEM private key file for tls:// listeners."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class StreamConfig:
     max_connections: int = field(default=1024, metadata=doc("Open TCP/TLS connections per worker."))
-    idle_timeout: float = field(default=30.0, metadata=doc("Seconds before an idle connection is closed."))
-    max_message_size: int = field(default=4096, metadata=doc("Largest STUN message accepted on a stream, bytes."))
+    idle_timeout: float = field(
+        default=30.0, metadata=doc("Seconds before an idle connection is closed.")
+    )
+    max_message_size: int = field(
+        default=4096, metadata=doc("Largest STUN message accepted on a stream, bytes.")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,26 +128,41 @@ class StunConfig:
     )
     alternate: str | None = field(
         default=None,
-        metadata=doc("Second IP:PORT of this server (RFC 5780 OTHER-ADDRESS / RFC 3489 CHANGED-ADDRESS)."),
+        metadata=doc(
+            "Second IP:PORT of this server (RFC 5780 OTHER-ADDRESS / RFC 3489 CHANGED-ADDRESS)."
+        ),
     )
     workers: int | Literal["auto"] = field(
-        default="auto", metadata=doc("Processes sharing each port via SO_REUSEPORT; auto = CPU count.")
+        default="auto",
+        metadata=doc("Processes sharing each port via SO_REUSEPORT; auto = CPU count."),
     )
-    software: str = field(default="natkit", metadata=doc("SOFTWARE attribute value; empty to omit."))
-    rate_limit: RateLimitConfig = field(default_factory=RateLimitConfig, metadata=doc("Per-source rate limit."))
-    tls: TlsConfig = field(default_factory=TlsConfig, metadata=doc("Certificate for tls:// listeners."))
-    stream: StreamConfig = field(default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits."))
+    software: str = field(
+        default="natkit", metadata=doc("SOFTWARE attribute value; empty to omit.")
+    )
+    rate_limit: RateLimitConfig = field(
+        default_factory=RateLimitConfig, metadata=doc("Per-source rate limit.")
+    )
+    tls: TlsConfig = field(
+        default_factory=TlsConfig, metadata=doc("Certificate for tls:// listeners.")
+    )
+    stream: StreamConfig = field(
+        default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits.")
+    )
 
 
 @dataclass(frozen=True, slots=True)
 class TurnAuthConfig:
     secret: str | None = field(
-        default=None, metadata=doc("TURN REST API shared secret (ephemeral credentials).", secret=True)
+        default=None,
+        metadata=doc("TURN REST API shared secret (ephemeral credentials).", secret=True),
     )
     users: dict[str, str] = field(
-        default_factory=dict, metadata=doc("Static long-term credentials: user: password.", secret=True)
+        default_factory=dict,
+        metadata=doc("Static long-term credentials: user: password.", secret=True),
     )
-    nonce_lifetime: float = field(default=600.0, metadata=doc("Seconds a nonce is valid (then 438)."))
+    nonce_lifetime: float = field(
+        default=600.0, metadata=doc("Seconds a nonce is valid (then 438).")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,21 +171,28 @@ class TurnRelayConfig:
         default=None, metadata=doc("Local IP relayed sockets bind to; default: the listener's IP.")
     )
     external_address: str | None = field(
-        default=None, metadata=doc("Public IP advertised in XOR-RELAYED-ADDRESS when behind 1:1 NAT.")
+        default=None,
+        metadata=doc("Public IP advertised in XOR-RELAYED-ADDRESS when behind 1:1 NAT."),
     )
     ports: str = field(default="49152-65535", metadata=doc("Relay port range LOW-HIGH."))
 
 
 @dataclass(frozen=True, slots=True)
 class TurnLifetimeConfig:
-    default: int = field(default=600, metadata=doc("Allocation lifetime when the client asks none, s."))
+    default: int = field(
+        default=600, metadata=doc("Allocation lifetime when the client asks none, s.")
+    )
     max: int = field(default=3600, metadata=doc("Longest allocation lifetime granted, s."))
 
 
 @dataclass(frozen=True, slots=True)
 class TurnQuotaConfig:
-    per_user: int = field(default=10, metadata=doc("Allocations one user may hold at once (then 486)."))
-    total: int = field(default=1000, metadata=doc("Allocations the server holds at once (then 508)."))
+    per_user: int = field(
+        default=10, metadata=doc("Allocations one user may hold at once (then 486).")
+    )
+    total: int = field(
+        default=1000, metadata=doc("Allocations the server holds at once (then 508).")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +222,24 @@ class TurnCoturnConfig:
 class TurnConfig:
     enabled: bool = field(default=False, metadata=doc("Serve TURN on the STUN listeners."))
     engine: Literal["builtin", "coturn"] = field(
-        default="builtin", metadata=doc("builtin (asyncio, embedded) or coturn (supervised turnserver).")
+        default="builtin",
+        metadata=doc("builtin (asyncio, embedded) or coturn (supervised turnserver)."),
     )
     realm: str = field(default="natkit.local", metadata=doc("Long-term credential realm."))
     auth: TurnAuthConfig = field(default_factory=TurnAuthConfig, metadata=doc("Credentials."))
-    relay: TurnRelayConfig = field(default_factory=TurnRelayConfig, metadata=doc("Relayed addresses."))
-    lifetime: TurnLifetimeConfig = field(default_factory=TurnLifetimeConfig, metadata=doc("Lifetimes."))
-    quota: TurnQuotaConfig = field(default_factory=TurnQuotaConfig, metadata=doc("Allocation quotas."))
+    relay: TurnRelayConfig = field(
+        default_factory=TurnRelayConfig, metadata=doc("Relayed addresses.")
+    )
+    lifetime: TurnLifetimeConfig = field(
+        default_factory=TurnLifetimeConfig, metadata=doc("Lifetimes.")
+    )
+    quota: TurnQuotaConfig = field(
+        default_factory=TurnQuotaConfig, metadata=doc("Allocation quotas.")
+    )
     peers: TurnPeersConfig = field(default_factory=TurnPeersConfig, metadata=doc("Peer policy."))
-    coturn: TurnCoturnConfig = field(default_factory=TurnCoturnConfig, metadata=doc("coturn engine."))
+    coturn: TurnCoturnConfig = field(
+        default_factory=TurnCoturnConfig, metadata=doc("coturn engine.")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,10 +263,18 @@ class DiagnoseConfig:
 
 @dataclass(frozen=True, slots=True)
 class SignalConfig:
-    enabled: bool = field(default=False, metadata=doc("Run the P2P rendezvous (SDP exchange) service."))
-    listen: str = field(default="127.0.0.1:8765", metadata=doc("HTTP IP:PORT of the rendezvous service."))
-    ttl: float = field(default=300.0, metadata=doc("Seconds a pairing is kept before it is forgotten."))
-    max_sdp_size: int = field(default=16384, metadata=doc("Largest SDP description accepted, bytes."))
+    enabled: bool = field(
+        default=False, metadata=doc("Run the P2P rendezvous (SDP exchange) service.")
+    )
+    listen: str = field(
+        default="127.0.0.1:8765", metadata=doc("HTTP IP:PORT of the rendezvous service.")
+    )
+    ttl: float = field(
+        default=300.0, metadata=doc("Seconds a pairing is kept before it is forgotten.")
+    )
+    max_sdp_size: int = field(
+        default=16384, metadata=doc("Largest SDP description accepted, bytes.")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,8 +286,12 @@ class MetricsConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoggingConfig:
-    level: Literal["debug", "info", "warning", "error"] = field(default="info", metadata=doc("Log level."))
-    format: Literal["text", "json"] = field(default="text", metadata=doc("text, or json (one object a line)."))
+    level: Literal["debug", "info", "warning", "error"] = field(
+        default="info", metadata=doc("Log level.")
+    )
+    format: Literal["text", "json"] = field(
+        default="text", metadata=doc("text, or json (one object a line).")
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,10 +299,16 @@ class Config:
     version: Literal[1] = field(default=1, metadata=doc("Config schema version."))
     stun: StunConfig = field(default_factory=StunConfig, metadata=doc("STUN server."))
     turn: TurnConfig = field(default_factory=TurnConfig, metadata=doc("TURN relay."))
-    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig, metadata=doc("natkit diagnose."))
+    diagnose: DiagnoseConfig = field(
+        default_factory=DiagnoseConfig, metadata=doc("natkit diagnose.")
+    )
     signal: SignalConfig = field(default_factory=SignalConfig, metadata=doc("P2P rendezvous."))
-    metrics: MetricsConfig = field(default_factory=MetricsConfig, metadata=doc("Prometheus metrics."))
+    metrics: MetricsConfig = field(
+        default_factory=MetricsConfig, metadata=doc("Prometheus metrics.")
+    )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=doc("Logging."))
     source: str | None = field(
-        default=None, compare=False, metadata=doc("File this config was loaded from (not a key).")
+        default=None,
+        compare=False,
+        metadata=doc("File this config was loaded from; None for defaults or a string.", key=False),
     )

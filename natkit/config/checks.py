@@ -1,0 +1,278 @@
+"""Validation rules beyond the type of a value: ranges, address syntax, paths, cross-key rules.
+
+The loader (`natkit.config.load`) first converts each YAML value to its field's type, then calls
+the field rule registered here under ``(class, field name)`` (or the item rule, for each item of
+a list), which returns the value to keep
+(possibly normalised, e.g. a path made absolute) or raises ValueError with the problem. After a
+whole section is built, its section rule (`SECTION_RULES`) checks keys against each other and
+raises `Problem` naming the key (and list index) to blame, so the error points at the right line.
+
+Messages never quote the value of a secret key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from natkit.addr import Transport, format_hostport, parse_hostport
+from natkit.config.model import (
+    DiagnoseConfig,
+    DiagnoseTurnServer,
+    MetricsConfig,
+    RateLimitConfig,
+    SignalConfig,
+    StreamConfig,
+    StunConfig,
+    TlsConfig,
+    TurnAuthConfig,
+    TurnConfig,
+    TurnCoturnConfig,
+    TurnLifetimeConfig,
+    TurnPeersConfig,
+    TurnQuotaConfig,
+    TurnRelayConfig,
+)
+
+__all__ = ["FIELD_RULES", "ITEM_RULES", "SECTION_RULES", "Context", "Problem"]
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What rules may depend on besides the value: where relative paths start."""
+
+    base_dir: Path
+
+
+class Problem(Exception):
+    """A section rule's finding: the key (and list index) to blame, and what is wrong."""
+
+    def __init__(self, key: str, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+        self.index = index
+
+
+FieldRule = Callable[[Any, Context], Any]
+SectionRule = Callable[[Any], None]
+
+
+def _positive(value: float, _: Context) -> float:
+    if value <= 0:
+        raise ValueError(f"must be greater than 0, got {value:g}")
+    return value
+
+
+def _at_least_one(value: int, _: Context) -> int:
+    if value < 1:
+        raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _workers(value: int | str, ctx: Context) -> int | str:
+    if isinstance(value, int) and value < 1:
+        raise ValueError(f'must be at least 1 or "auto", got {value}')
+    return value
+
+
+def _short_text(what: str, *, allow_empty: bool) -> FieldRule:
+    # RFC 8489 §14.9 (REALM) and §14.14 (SOFTWARE): fewer than 128 characters.
+    def rule(value: str, _: Context) -> str:
+        if not value and not allow_empty:
+            raise ValueError(f"{what} must not be empty")
+        if len(value) >= 128:
+            raise ValueError(
+                f"{what} must be shorter than 128 characters (RFC 8489), got {len(value)}"
+            )
+        return value
+
+    return rule
+
+
+def _ip_literal(value: str | None, _: Context) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address literal") from None
+    return value
+
+
+def _ip_port(value: str | None, _: Context) -> str | None:
+    """``IP:PORT`` with a literal IP (IPv6 in brackets); returns the canonical spelling."""
+    if value is None:
+        return None
+    host, port = parse_hostport(value)
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} in {value!r} is not an IP address literal") from None
+    return format_hostport(host, port)
+
+
+def _alternate(value: str | None, ctx: Context) -> str | None:
+    # RFC 5780 §7.2 / RFC 3489 §11.2.3: the alternate is a real transport address, never port 0.
+    text = _ip_port(value, ctx)
+    if value is not None and parse_hostport(value)[1] == 0:
+        raise ValueError(f"port 0 in {value!r}: the alternate address needs a real port")
+    return text
+
+
+def _port_range(value: str, _: Context) -> str:
+    low_text, sep, high_text = value.partition("-")
+    low_text, high_text = low_text.strip(), high_text.strip()
+    if not sep or not low_text.isdecimal() or not high_text.isdecimal():
+        raise ValueError(f"{value!r} is not a port range LOW-HIGH, e.g. 49152-65535")
+    low, high = int(low_text), int(high_text)
+    if not (1 <= low <= 65535 and 1 <= high <= 65535):
+        raise ValueError(f"ports in {value!r} must be from 1 to 65535")
+    if low > high:
+        raise ValueError(f"{value!r}: LOW must not be greater than HIGH")
+    return f"{low}-{high}"
+
+
+def _cidr(text: str, _: Context) -> str:
+    try:
+        ipaddress.ip_network(text, strict=False)  # "10.1.2.3/8" means 10.0.0.0/8
+    except ValueError:
+        raise ValueError(f"{text!r} is not a CIDR range, e.g. 10.0.0.0/8") from None
+    return text
+
+
+def _existing_file(value: str | None, ctx: Context) -> str | None:
+    # Relative to the config file, not the working directory: `natkit serve` may run anywhere.
+    if value is None:
+        return None
+    path = ctx.base_dir / os.path.expanduser(value)
+    if not path.is_file():
+        raise ValueError(f"file not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise ValueError(f"file not readable: {path}")
+    return str(path)
+
+
+def _not_empty_secret(value: str | None, _: Context) -> str | None:
+    if value == "":
+        raise ValueError("must not be empty (remove the key to leave it unset)")
+    return value
+
+
+def _users(value: dict[str, str], _: Context) -> dict[str, str]:
+    for user, password in value.items():
+        if not user or ":" in user:
+            # RFC 8489 §9.2: USERNAME; ':' separates expiry and name in REST API user names.
+            raise ValueError(f"user name {user!r} must be non-empty and without ':'")
+        if not password:
+            raise ValueError(f"password of user {user!r} must not be empty")
+    return value
+
+
+def _extra_line(line: str, _: Context) -> str:
+    if "\n" in line or "\r" in line:
+        raise ValueError("one turnserver.conf line per item (no newlines)")
+    return line
+
+
+def _stun_uri(text: str, _: Context) -> str:
+    """``stun:HOST[:PORT]`` / ``stuns:HOST[:PORT]`` (RFC 7064); a bare HOST[:PORT] means stun:."""
+    scheme, sep, rest = text.partition(":")
+    if sep and scheme.lower() in ("stun", "stuns") and not rest.startswith("//"):
+        scheme = scheme.lower()
+    elif "//" in text:
+        raise ValueError(f"{text!r}: write stun:HOST[:PORT] (RFC 7064 has no '//')")
+    else:
+        scheme, rest = "stun", text
+    host, port = parse_hostport(rest, default_port=5349 if scheme == "stuns" else 3478)
+    return f"{scheme}:{format_hostport(host, port)}"
+
+
+def _turn_url(value: str, _: Context) -> str:
+    """``turn:HOST[:PORT][?transport=udp|tcp]`` or ``turns:…`` (RFC 7065 §3)."""
+    scheme, sep, rest = value.partition(":")
+    if not sep or scheme.lower() not in ("turn", "turns") or rest.startswith("//"):
+        raise ValueError(
+            f"{value!r} is not a TURN URI (e.g. turn:turn.example.org:3478?transport=udp)"
+        )
+    hostport, _sep, query = rest.partition("?")
+    parse_hostport(hostport, default_port=3478)
+    params = parse_qs(query, keep_blank_values=True) if query else {}
+    unknown = set(params) - {"transport"}
+    if unknown:
+        raise ValueError(
+            f"{value!r}: unknown URI parameter {sorted(unknown)[0]!r} (only transport)"
+        )
+    if params.get("transport", ["udp"])[-1].lower() not in ("udp", "tcp"):
+        raise ValueError(f"{value!r}: transport must be udp or tcp")
+    return value
+
+
+def _stun_section(stun: StunConfig) -> None:
+    tls = [i for i, uri in enumerate(stun.listen) if uri.transport is Transport.TLS]
+    if tls and (stun.tls.cert is None or stun.tls.key is None):
+        raise Problem("listen", "a tls:// listener needs stun.tls.cert and stun.tls.key", tls[0])
+
+
+def _lifetime_section(lifetime: TurnLifetimeConfig) -> None:
+    if lifetime.default > lifetime.max:
+        raise Problem("default", f"must not exceed max ({lifetime.max}), got {lifetime.default}")
+
+
+def _diagnose_turn_section(server: DiagnoseTurnServer) -> None:
+    if server.credential is not None and server.secret is not None:
+        raise Problem("secret", "give either credential (a password) or secret, not both")
+    if server.credential is not None and server.username is None:
+        raise Problem("credential", "a credential needs a username")
+
+
+FIELD_RULES: dict[tuple[type, str], FieldRule] = {
+    (StunConfig, "alternate"): _alternate,
+    (StunConfig, "workers"): _workers,
+    (StunConfig, "software"): _short_text("SOFTWARE", allow_empty=True),
+    (RateLimitConfig, "per_source"): _positive,
+    (RateLimitConfig, "burst"): _positive,
+    (RateLimitConfig, "max_sources"): _positive,
+    (TlsConfig, "cert"): _existing_file,
+    (TlsConfig, "key"): _existing_file,
+    (StreamConfig, "max_connections"): _positive,
+    (StreamConfig, "idle_timeout"): _positive,
+    (StreamConfig, "max_message_size"): _positive,
+    (TurnConfig, "realm"): _short_text("REALM", allow_empty=False),
+    (TurnAuthConfig, "secret"): _not_empty_secret,
+    (TurnAuthConfig, "users"): _users,
+    (TurnAuthConfig, "nonce_lifetime"): _positive,
+    (TurnRelayConfig, "address"): _ip_literal,
+    (TurnRelayConfig, "external_address"): _ip_literal,
+    (TurnRelayConfig, "ports"): _port_range,
+    (TurnLifetimeConfig, "default"): _positive,
+    (TurnLifetimeConfig, "max"): _positive,
+    (TurnQuotaConfig, "per_user"): _at_least_one,
+    (TurnQuotaConfig, "total"): _at_least_one,
+    (DiagnoseTurnServer, "url"): _turn_url,
+    (DiagnoseTurnServer, "credential"): _not_empty_secret,
+    (DiagnoseTurnServer, "secret"): _not_empty_secret,
+    (DiagnoseConfig, "timeout"): _positive,
+    (SignalConfig, "listen"): _ip_port,
+    (SignalConfig, "ttl"): _positive,
+    (SignalConfig, "max_sdp_size"): _positive,
+    (MetricsConfig, "listen"): _ip_port,
+}
+
+# Rules for each item of a list key, so an error points at the item's own line.
+ITEM_RULES: dict[tuple[type, str], FieldRule] = {
+    (TurnPeersConfig, "deny"): _cidr,
+    (TurnPeersConfig, "allow"): _cidr,
+    (TurnCoturnConfig, "extra"): _extra_line,
+    (DiagnoseConfig, "stun"): _stun_uri,
+}
+
+SECTION_RULES: dict[type, SectionRule] = {
+    StunConfig: _stun_section,
+    TurnLifetimeConfig: _lifetime_section,
+    DiagnoseTurnServer: _diagnose_turn_section,
+}

@@ -1,0 +1,98 @@
+"""The shipped config files: they load, and configs/natkit.yaml documents every key."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import pytest
+import yaml
+
+from natkit.config import Config, load, loads, to_dict
+from natkit.config.model import config_fields, is_section
+
+ROOT = Path(__file__).parent.parent.parent
+DEFAULT_FILE = ROOT / "configs" / "natkit.yaml"
+EXAMPLES = sorted((ROOT / "configs" / "examples").glob("*.yaml"))
+# What the shipped files may reference; a test fails if a file needs anything else.
+EXAMPLE_ENV = {"NATKIT_TURN_SECRET": "test-rest-secret", "TURN_PASSWORD": "test-password"}
+
+
+def key_paths(cls: type, prefix: str = "") -> Iterator[tuple[str, type]]:
+    """Every key of the model as a dotted path, with the section class that owns it."""
+    for f in config_fields(cls):
+        path = f"{prefix}{f.name}"
+        yield path, cls
+        tp = get_type_hints(cls)[f.name]
+        if is_section(tp):
+            yield from key_paths(tp, path + ".")
+        elif get_origin(tp) is tuple and is_section(get_args(tp)[0]):
+            yield from key_paths(get_args(tp)[0], path + "[].")
+
+
+def lookup(data: Any, path: str) -> bool:
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def test_default_file_loads_without_environment_and_equals_the_defaults() -> None:
+    config = loads(DEFAULT_FILE.read_text(), str(DEFAULT_FILE), env={})
+    assert config == Config()  # the file documents the defaults; it changes nothing
+
+
+def test_default_file_has_every_key_with_a_comment() -> None:
+    text = DEFAULT_FILE.read_text()
+    data = yaml.safe_load(text)
+    for path, _ in key_paths(Config):
+        if "[]." in path:
+            # Keys of list items (diagnose.turn[].url …) are shown in a commented example.
+            name = path.rsplit(".", 1)[1]
+            assert re.search(rf"^\s*#\s*(- )?{name}:", text, re.M), f"{path} not in {DEFAULT_FILE}"
+        else:
+            assert lookup(data, path), f"{path} missing from {DEFAULT_FILE}"
+    for number, line in enumerate(text.splitlines(), 1):
+        if re.match(r"^\s*[a-z_]+:", line) and not line.rstrip().endswith(":"):
+            assert " # " in line, f"{DEFAULT_FILE}:{number}: a key without a comment"
+
+
+def test_default_file_is_safe() -> None:
+    config = loads(DEFAULT_FILE.read_text(), env={})
+    assert [str(uri) for uri in config.stun.listen] == ["udp://0.0.0.0:3478", "tcp://0.0.0.0:3478"]
+    assert config.turn.enabled is False
+    assert config.metrics.listen == "127.0.0.1:9641"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_loads(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in EXAMPLE_ENV.items():
+        monkeypatch.setenv(name, value)
+    config = load(path)
+    assert config.source == str(path)
+    text = yaml.safe_dump(to_dict(config))
+    for value in EXAMPLE_ENV.values():
+        assert value not in text
+
+
+def test_examples_exist() -> None:
+    assert {p.name for p in EXAMPLES} >= {"public-operator.yaml", "diagnose-only.yaml"}
+
+
+def test_public_operator_example() -> None:
+    path = ROOT / "configs" / "examples" / "public-operator.yaml"
+    config = loads(path.read_text(), str(path), env=EXAMPLE_ENV)
+    assert config.turn.enabled and config.turn.engine == "coturn"
+    assert config.turn.auth.secret == EXAMPLE_ENV["NATKIT_TURN_SECRET"]
+    assert config.stun.alternate == "203.0.113.11:3479"
+    assert "tls://0.0.0.0:5349" in path.read_text() and "tls://0.0.0.0:443" in path.read_text()
+
+
+def test_diagnose_only_example() -> None:
+    path = ROOT / "configs" / "examples" / "diagnose-only.yaml"
+    config = loads(path.read_text(), str(path), env=EXAMPLE_ENV)
+    assert not config.stun.enabled and not config.turn.enabled
+    assert config.diagnose.stun and config.diagnose.turn
