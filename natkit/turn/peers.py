@@ -1,0 +1,208 @@
+"""The TURN peer policy shared by both engines: which peer addresses a relay may send to.
+
+An open TURN relay is a proxy into the operator's own network (RFC 8656 §21.3): a client asks
+for a permission to 127.0.0.1 or 10.0.0.5 and reaches services never meant to be public. So the
+policy refuses (403, RFC 8656 §9.2) every range in ``turn.peers.deny`` (default: loopback,
+private, CGNAT, link-local, multicast, unspecified, …) and the server's own addresses, and
+``turn.peers.allow`` opens holes deliberately. **allow wins** over deny and over own addresses:
+a hole is an explicit operator decision (a lab relaying to 127.0.0.1 needs exactly that).
+
+Addresses that carry an IPv4 address inside IPv6 are judged by the IPv4 address too, because
+that is where the packet may end up:
+
+- IPv4-mapped ``::ffff:a.b.c.d`` (RFC 4291 §2.5.5.2): a dual-stack socket sends it to a.b.c.d.
+  It is *canonicalised* to the IPv4 address before any check (allow and deny), as coturn ≥ 4.9
+  does after CVE-2026-27624.
+- IPv4-compatible ``::a.b.c.d`` (deprecated, RFC 4291 §2.5.5.1): canonicalised the same way
+  (``::`` and ``::1`` excepted: they are IPv6's unspecified and loopback).
+- 6to4 ``2002:AABB:CCDD::/48`` (RFC 3056), NAT64 ``64:ff9b::/96`` (RFC 6052) and Teredo
+  ``2001::/32`` (RFC 4380; server and de-obfuscated client): denied when the embedded IPv4 is
+  denied (and not allowed), since a translator or relay on the path would deliver to it.
+
+`coturn_lines` renders the policy as coturn's ``denied-peer-ip``/``allowed-peer-ip``, which take
+``ip`` or ``ip-ip`` and never CIDR (4.6.1 ignores a CIDR with "Wrong address format" and runs
+with no rule; ≥ 4.11 refuses to start).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from natkit.addr import IPAddress
+
+__all__ = [
+    "MAPPED_V4_RANGE",
+    "PeerPolicy",
+    "canonical",
+    "coturn_blocks",
+    "coturn_lines",
+    "embedded_ipv4",
+    "network_range",
+    "touches_loopback",
+]
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Every IPv4-mapped address; coturn < 4.9 never matches these against IPv4 rules.
+MAPPED_V4_RANGE = ipaddress.IPv6Network("::ffff:0:0/96")
+_COMPAT_V4 = ipaddress.IPv6Network("::/96")
+_NAT64_WKP = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def _parse_networks(texts: Iterable[str], key: str) -> tuple[IPNetwork, ...]:
+    nets: list[IPNetwork] = []
+    for text in texts:
+        try:
+            # strict=False: "10.1.2.3/8" means the /8 it lies in, as every firewall reads it.
+            nets.append(ipaddress.ip_network(text.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"turn.peers.{key}: {text!r} is not an IP address or CIDR") from None
+    return tuple(nets)
+
+
+def canonical(ip: IPAddress) -> IPAddress:
+    """The address the kernel really sends to: IPv4-mapped/-compatible IPv6 → the IPv4."""
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return ip.ipv4_mapped
+        if ip in _COMPAT_V4 and int(ip) > 1:
+            return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return ip
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
+    """IPv4 addresses a 6to4, NAT64 (well-known prefix) or Teredo address leads to."""
+    found: list[ipaddress.IPv4Address] = []
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip in _NAT64_WKP:
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return tuple(found)
+
+
+@dataclass(frozen=True)
+class PeerPolicy:
+    """Which peers a TURN relay may send to. Build it once; `is_allowed` is called per request."""
+
+    deny: Sequence[str]
+    allow: Sequence[str] = ()
+    own_addresses: Sequence[str] = ()
+    _deny: tuple[IPNetwork, ...] = field(init=False, repr=False)
+    _allow: tuple[IPNetwork, ...] = field(init=False, repr=False)
+    _own: frozenset[IPAddress] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_deny", _parse_networks(self.deny, "deny"))
+        object.__setattr__(self, "_allow", _parse_networks(self.allow, "allow"))
+        own = set()
+        for text in self.own_addresses:
+            ip = ipaddress.ip_address(text)
+            if not ip.is_unspecified:  # a wildcard listener is not an address of its own
+                own.add(canonical(ip))
+        object.__setattr__(self, "_own", frozenset(own))
+
+    @property
+    def deny_networks(self) -> tuple[IPNetwork, ...]:
+        return self._deny
+
+    @property
+    def allow_networks(self) -> tuple[IPNetwork, ...]:
+        return self._allow
+
+    @property
+    def own(self) -> frozenset[IPAddress]:
+        return self._own
+
+    def _allowed_explicitly(self, ip: IPAddress) -> bool:
+        return any(ip in net for net in self._allow)
+
+    def _denied(self, ip: IPAddress) -> bool:
+        return ip in self._own or any(ip in net for net in self._deny)
+
+    def is_allowed(self, ip: str | IPAddress) -> bool:
+        """May the relay send to `ip`? (False → the server answers 403 Forbidden.)"""
+        addr = canonical(ipaddress.ip_address(ip) if isinstance(ip, str) else ip)
+        if self._allowed_explicitly(addr):
+            return True
+        if self._denied(addr):
+            return False
+        if isinstance(addr, ipaddress.IPv6Address):
+            for v4 in embedded_ipv4(addr):
+                if self._denied(v4) and not self._allowed_explicitly(v4):
+                    return False
+        return True
+
+
+def _fmt(ip: IPAddress) -> str:
+    # ::ffff:127.0.0.1 rather than Python's ::ffff:7f00:1, so the file reads as intended.
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
+
+
+def network_range(net: IPNetwork) -> str:
+    """One network as coturn's ``ip`` (a single address) or ``LOW-HIGH``.
+
+    Each CIDR block stays its own range, never merged with neighbours: coturn < 4.9 compares
+    IPv6 range bounds byte by byte (each byte between min's and max's), which is exact for a
+    CIDR block but wrong for an arbitrary range.
+    """
+    low, high = net.network_address, net.broadcast_address
+    return _fmt(low) if low == high else f"{_fmt(low)}-{_fmt(high)}"
+
+
+def coturn_blocks(net: IPNetwork) -> list[IPNetwork]:
+    """`net` as blocks coturn reads as meant.
+
+    coturn treats an all-zero range bound as *no* bound (``addr_any``, every version): a lone
+    ``::`` or ``0.0.0.0`` matches every address, and an IPv6 range from ``::`` matches every
+    IPv4 address too. So the unspecified address itself is never rendered (coturn refuses it on
+    its own since 4.5.2) and an IPv6 network starting at ``::`` is split into the CIDR blocks
+    around it. An IPv4 range from 0.0.0.0 stays: its upper bound still limits it to IPv4.
+    """
+    if not net.network_address.is_unspecified:
+        return [net]
+    if isinstance(net, ipaddress.IPv4Network):
+        return [] if net.prefixlen == 32 else [net]
+    if net.prefixlen == 128:
+        return []
+    return sorted(net.address_exclude(ipaddress.IPv6Network("::/128")))
+
+
+def coturn_lines(policy: PeerPolicy) -> list[str]:
+    """``allowed-peer-ip=`` and ``denied-peer-ip=`` lines for turnserver.conf.
+
+    coturn checks allowed before denied (a hole wins, as in natkit). Its built-in loopback
+    check runs before both and is only lifted with ``allow-loopback-peers``; the renderer adds
+    that when an allow range touches loopback (the denied list still covers the rest of it).
+    IPv4-mapped addresses are canonicalised by natkit but not by coturn < 4.9: an IPv4 hole is
+    therefore also rendered in its mapped IPv6 form.
+    """
+    lines: list[str] = []
+    for net in policy.allow_networks:
+        blocks = coturn_blocks(net)
+        if isinstance(net, ipaddress.IPv4Network):
+            blocks.append(_mapped(net))
+        lines += [f"allowed-peer-ip={network_range(b)}" for b in blocks]
+    for net in policy.deny_networks:
+        lines += [f"denied-peer-ip={network_range(b)}" for b in coturn_blocks(net)]
+    for ip in sorted(policy.own, key=lambda a: (a.version, int(a))):
+        lines.append(f"denied-peer-ip={_fmt(ip)}")
+    return lines
+
+
+def _mapped(net: ipaddress.IPv4Network) -> ipaddress.IPv6Network:
+    base = int(MAPPED_V4_RANGE.network_address) | int(net.network_address)
+    return ipaddress.IPv6Network((base, 96 + net.prefixlen))
+
+
+def touches_loopback(policy: PeerPolicy) -> bool:
+    """Does an allow range open any loopback address (needs coturn's allow-loopback-peers)?"""
+    loopbacks = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+    return any(
+        a.version == b.version and a.overlaps(b) for a in policy.allow_networks for b in loopbacks
+    )
