@@ -1,12 +1,159 @@
-"""natkit lab."""
+"""natkit lab: build, inspect and remove NAT labs (thin: each command is one natkit.lab call)."""
 
 from __future__ import annotations
 
+import sys
+
 import click
 
-from natkit.cli.common import NatkitGroup
+from natkit.cli.common import NatkitGroup, echo_json, fail
 
 
 @click.group("lab", cls=NatkitGroup)
 def command() -> None:
-    """NAT topologies in Linux network namespaces, for CI (not built yet)."""
+    """NAT topologies in Linux network namespaces, for CI (needs root).
+
+    \b
+    Example:
+      natkit lab up symmetric --name ci1     build a lab; prints its name
+      natkit lab exec ci1 peer -- ip addr    run a command in node "peer"
+      natkit lab down ci1
+    """
+
+
+@command.command("presets")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def presets_cmd(as_json: bool) -> None:
+    """List the topology presets shipped with natkit.
+
+    \b
+    Example:
+      natkit lab presets
+    """
+    from natkit.lab.presets import presets
+
+    found = presets()
+    if as_json:
+        echo_json(
+            {
+                name: {"description": t.description, "nodes": t.node_names()}
+                for name, t in found.items()
+            }
+        )
+        return
+    width = max(len(n) for n in found)
+    for name, topo in found.items():
+        click.echo(f"{name:<{width}}  {topo.description}")
+
+
+@command.command("up")
+@click.argument("topology")
+@click.option("--name", default=None, help="Lab name (default: <topology>-<4 hex digits>).")
+def up_cmd(topology: str, name: str | None) -> None:
+    """Build TOPOLOGY (a preset name or a YAML file) and print the lab's name.
+
+    The lab stays up until `natkit lab down NAME`.
+
+    \b
+    Example:
+      natkit lab up pair-symmetric --name p2p
+      natkit lab up ./my-topology.yaml
+    """
+    from natkit.lab import Lab
+
+    lab = Lab.up(topology, name, persistent=True)
+    click.echo(lab.name)
+
+
+@command.command("status")
+@click.argument("name", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status_cmd(name: str | None, as_json: bool) -> None:
+    """Show the nodes, namespaces and addresses of lab NAME (default: every lab).
+
+    \b
+    Example:
+      natkit lab status p2p --json
+    """
+    from natkit.lab import Lab
+    from natkit.lab.registry import load_all
+
+    labs = [Lab.attach(name)] if name else [Lab.attach(s.name) for s in load_all()]
+    data = [lab.status() for lab in labs]
+    if as_json:
+        echo_json(data[0] if name else data)
+        return
+    if not data:
+        click.echo("no labs")
+    for lab in data:
+        click.echo(
+            f"{lab['name']}  topology={lab['topology']}  prefix={lab['prefix']}  "
+            f"status={lab['status']}"
+        )
+        for node, info in lab["nodes"].items():
+            addrs = " ".join(info["addresses"]) or "-"
+            click.echo(f"  {node:<24} {info['kind']:<8} {info['netns']:<30} {addrs}")
+
+
+@command.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("node")
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+def exec_cmd(name: str, node: str, argv: tuple[str, ...]) -> None:
+    """Run a command inside NODE of lab NAME; its exit status is passed through.
+
+    \b
+    Example:
+      natkit lab exec p2p alice -- python3 -c 'print("hi")'
+    """
+    from natkit.lab import Lab
+    from natkit.lab.netlink import check_privileges
+
+    check_privileges()
+    lab = Lab.attach(name)
+    try:
+        done = lab.exec(node, list(argv), capture_output=False, timeout=None)
+    except FileNotFoundError:
+        fail(f"{argv[0]}: command not found in node {node}", 127)
+        return
+    # A child killed by signal N reports -N; shells say 128+N.
+    sys.exit(done.returncode if done.returncode >= 0 else 128 - done.returncode)
+
+
+@command.command("down")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Remove every lab.")
+def down_cmd(name: str | None, all_: bool) -> None:
+    """Remove lab NAME (or every lab with --all): processes, namespaces, interfaces, rules.
+
+    \b
+    Example:
+      natkit lab down p2p
+      natkit lab down --all
+    """
+    from natkit.lab import Lab, down_all
+    from natkit.lab.netlink import check_privileges
+
+    if bool(name) == all_:
+        fail("give a lab NAME or --all")
+    check_privileges()
+    if all_:
+        for removed in down_all():
+            click.echo(removed)
+        return
+    assert name is not None
+    Lab.attach(name).down()
+
+
+@command.command("gc")
+def gc_cmd() -> None:
+    """Remove leftovers of crashed labs (killed during `up`, or whose owner died).
+
+    \b
+    Example:
+      natkit lab gc
+    """
+    from natkit.lab import gc
+
+    for removed in gc():
+        click.echo(f"removed {removed}")

@@ -1,0 +1,235 @@
+"""The Lab API: build a topology, run commands and Python inside its nodes, tear it down.
+
+    with Lab.up("symmetric") as lab:
+        lab.exec("peer", ["ping", "-c1", "203.0.113.10"], check=True)
+        sock = lab.socket("peer")             # a UDP socket living in node "peer"
+        server = lab.spawn("server", ["natkit", "serve"])   # killed by down()
+
+Everything a lab creates is recorded (`natkit.lab.registry`) before it exists, so `down()`, a
+failed `up()`, `natkit lab down` and `natkit lab gc` can always remove all of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from natkit.errors import LabError
+from natkit.lab import netlink, registry
+from natkit.lab.plan import build_plan
+from natkit.lab.presets import load_topology
+from natkit.lab.registry import LabState
+from natkit.lab.topology import Topology
+
+__all__ = ["Lab", "down_all", "gc"]
+
+T = TypeVar("T")
+
+
+class Lab:
+    """A running lab. Create with `Lab.up(...)` (or `Lab.attach(name)` for one already up)."""
+
+    def __init__(self, state: LabState) -> None:
+        self.state = state
+        self._procs: list[subprocess.Popen[Any]] = []
+        self._sockets: list[socket.socket] = []
+        self.build_seconds = 0.0
+
+    # -- life cycle -------------------------------------------------------------------------
+    @classmethod
+    def up(
+        cls, topology: Topology | str | Path, name: str | None = None, *, persistent: bool = False
+    ) -> Lab:
+        """Build `topology` (a Topology, preset name or YAML path); return the running lab.
+
+        `persistent` labs outlive this process (the CLI's `lab up`); others are removed by
+        `natkit lab gc` once this process is gone.
+        """
+        topo = load_topology(topology)
+        netlink.check_privileges()
+        started = time.perf_counter()
+        state = registry.claim(topo.name, name, persistent)
+        try:
+            plan = build_plan(topo, state.prefix)
+            state.namespaces = plan.namespaces
+            state.nodes = {
+                n.name: {
+                    "kind": n.kind,
+                    "netns": n.netns,
+                    "addresses": [str(a) for a in (*n.addresses, *n.addresses6)],
+                    **({"lan": str(n.lan)} if n.lan else {}),
+                    **({"behind": n.parent} if n.parent else {}),
+                }
+                for n in plan.nodes.values()
+            }
+            state.save()  # the namespaces are on record before the first one exists
+            netlink.apply_plan(plan)
+            state.status = "up"
+            state.save()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                registry.remove_lab(state)
+            raise
+        lab = cls(state)
+        lab.build_seconds = time.perf_counter() - started
+        return lab
+
+    @classmethod
+    def attach(cls, name: str) -> Lab:
+        """A handle on a lab that is already up (e.g. started by `natkit lab up`)."""
+        return cls(registry.load_state(name))
+
+    def down(self) -> None:
+        """Stop what was spawned, close lab sockets, remove every namespace and the record."""
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 1.0
+        for proc in self._procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        self._procs.clear()
+        for sock in self._sockets:
+            sock.close()  # an open socket would keep its namespace (and veths) alive
+        self._sockets.clear()
+        registry.remove_lab(self.state)
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.down()
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.name} ({self.state.topology}, prefix {self.prefix})>"
+
+    # -- facts ------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.state.name
+
+    @property
+    def prefix(self) -> str:
+        return self.state.prefix
+
+    @property
+    def nodes(self) -> list[str]:
+        return [n for n in self.state.nodes if n != "internet"]
+
+    def _node(self, node: str) -> dict[str, Any]:
+        try:
+            return self.state.nodes[node]
+        except KeyError:
+            raise LabError(
+                f"lab {self.name} has no node {node!r} (nodes: {', '.join(self.nodes)})"
+            ) from None
+
+    def netns(self, node: str) -> str:
+        """The network namespace name of `node`."""
+        return str(self._node(node)["netns"])
+
+    def addresses(self, node: str) -> list[str]:
+        """All addresses of `node`'s uplink, IPv4 first (a NAT's are its WAN addresses)."""
+        return list(self._node(node)["addresses"])
+
+    def address(self, node: str, family: socket.AddressFamily = socket.AF_INET) -> str:
+        """The first address of `node` in `family`."""
+        version = 6 if family == socket.AF_INET6 else 4
+        for addr in self.addresses(node):
+            if ipaddress.ip_address(addr).version == version:
+                return addr
+        raise LabError(f"node {node} has no IPv{version} address")
+
+    def status(self) -> dict[str, Any]:
+        """The lab as JSON-able data (what `natkit lab status --json` prints)."""
+        return {
+            "name": self.name,
+            "topology": self.state.topology,
+            "prefix": self.prefix,
+            "status": self.state.status,
+            "owner_pid": self.state.pid,
+            "persistent": self.state.persistent,
+            "nodes": self.state.nodes,
+        }
+
+    # -- running things inside nodes --------------------------------------------------------
+    def call(self, node: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run `fn(*args, **kwargs)` in a thread inside `node`'s namespace; return the result."""
+        return netlink.in_netns(self.netns(node), fn, *args, **kwargs)
+
+    def socket(
+        self,
+        node: str,
+        family: socket.AddressFamily = socket.AF_INET,
+        type: socket.SocketKind = socket.SOCK_DGRAM,
+    ) -> socket.socket:
+        """A socket living in `node` (closed by `down()` if still open)."""
+        sock = self.call(node, socket.socket, family, type)
+        self._sockets.append(sock)
+        return sock
+
+    def exec(
+        self,
+        node: str,
+        argv: list[str],
+        *,
+        check: bool = False,
+        timeout: float | None = 60,
+        capture_output: bool = True,
+        text: bool = True,
+        input: str | bytes | None = None,
+        **kwargs: Any,
+    ) -> subprocess.CompletedProcess[Any]:
+        """Run `argv` inside `node` and wait (like `subprocess.run`, argv list only)."""
+        if capture_output:
+            kwargs.setdefault("stdout", subprocess.PIPE)
+            kwargs.setdefault("stderr", subprocess.PIPE)
+        if input is not None:
+            kwargs["stdin"] = subprocess.PIPE
+        proc = netlink.popen_in_netns(self.netns(node), argv, text=text, **kwargs)
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+        if check:
+            done.check_returncode()
+        return done
+
+    def spawn(self, node: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
+        """Start `argv` in the background inside `node`; `down()` terminates it."""
+        proc = netlink.popen_in_netns(self.netns(node), argv, **kwargs)
+        self._procs.append(proc)
+        return proc
+
+
+def down_all() -> list[str]:
+    """Remove every lab on record (of any owner); return their names."""
+    names = []
+    for state in registry.load_all():
+        registry.remove_lab(state)
+        names.append(state.name)
+    return names
+
+
+def gc() -> list[str]:
+    """Remove leftovers of crashed labs (see `natkit.lab.registry.gc`)."""
+    netlink.check_privileges()
+    return registry.gc()

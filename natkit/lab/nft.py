@@ -1,0 +1,239 @@
+"""nftables rulesets, as text: one table per node, loaded atomically with one `nft -f`.
+
+How each RFC 4787 behaviour is made of Linux parts (measured; see FIELD-NOTES.md):
+
+- Mapping. Endpoint-independent (EIM) with port preservation: `snat` to the WAN address without
+  a port, which keeps the inside port when free. EIM without preservation ("off") or with per-host
+  port blocks ("blocks", RFC 4787 REQ-3: Linux would otherwise give two inside hosts the same
+  external port towards different destinations): the port is a fixed function of the inside port,
+  folded into the host's block (``sport & (size-1) | base``), so it is the same for every
+  destination. Address-dependent (ADM): the port is ``jhash(inside ip, inside port, remote ip)``
+  through a ``{i : port}`` map (jhash used directly as a port comes out byte-swapped).
+  Address-and-port-dependent (APDM): ``masquerade fully-random``.
+- Filtering. Address-and-port-dependent (APDF) is conntrack itself. Endpoint-independent (EIF):
+  a dynamic map *mapped UDP port → inside ip . port*, written after SNAT and refreshed by packets
+  in both directions; a new inbound flow to a mapped port is DNATed through it. Address-dependent
+  (ADF): the same, admitted only if (mapped port, remote ip) is in a dynamic set of remotes the
+  inside endpoint has sent to.
+- The conntrack trap: an unsolicited inbound packet that reaches INPUT is confirmed by conntrack
+  and makes the inside host's later packet to that peer collide and get a new port (a cone NAT then
+  looks symmetric under the RFC 3489 test order). NEW packets from the WAN that are not DNATed are
+  therefore dropped in input and forward, before confirmation.
+- Hairpinning (REQ-9): a LAN packet to the WAN address is DNATed through the mapping map and
+  SNATed to the WAN address.
+- Mapping lifetime: the dynamic map/set timeouts here; the conntrack UDP timeouts are per-namespace
+  sysctls set by the plan (two separate clocks, both set to `udp_timeout`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+from natkit.lab.topology import Nat
+
+__all__ = ["RouterRules", "impairment_rules", "port_blocks", "router_rules"]
+
+TABLE = "natkit"
+ADM_PORTS = 1024
+ADM_BASE = 20000
+
+
+@dataclass(frozen=True)
+class RouterRules:
+    """What a NAT router's ruleset depends on."""
+
+    nat: Nat
+    wan_if: str
+    lan_if: str
+    wan_ip: ipaddress.IPv4Address
+    lan: ipaddress.IPv4Network
+    clients: tuple[ipaddress.IPv4Address, ...]
+    """LAN addresses of the hosts (and NATs) behind this router, in order: port block owners."""
+    loss: float = 0.0
+
+
+def port_blocks(count: int, *, preserve: bool) -> list[tuple[int, int]]:
+    """`count` aligned (base, size) blocks. With `preserve` they tile 32768-65535, where Linux picks
+    ephemeral ports, so a port inside the host's block is kept; without, they tile 1024-32767, so an
+    ephemeral inside port is never kept."""
+    count = max(count, 1)
+    size = 32768 if preserve else 8192
+    while (32768 // size - (0 if preserve else 1)) < count:
+        size //= 2
+        if size < 64:
+            raise ValueError(f"{count} hosts do not fit in port blocks")
+    first = 32768 if preserve else size
+    return [(first + i * size, size) for i in range(count)]
+
+
+def _mapping_rules(r: RouterRules) -> list[str]:
+    nat, out = r.nat, f'oifname "{r.wan_if}" ip saddr {r.lan}'
+    l4 = "meta l4proto { tcp, udp }"
+    if nat.mapping == "address-and-port-dependent":
+        return [f"{out} masquerade fully-random"]
+    if nat.mapping == "address-dependent":
+        elems = ", ".join(f"{i} : {ADM_BASE + i}" for i in range(ADM_PORTS))
+        return [
+            f"{out} {l4} snat ip to {r.wan_ip} : "
+            f"jhash ip saddr . th sport . ip daddr mod {ADM_PORTS} seed 0x4e4b map {{ {elems} }}",
+            f"{out} snat ip to {r.wan_ip}",
+        ]
+    rules = []
+    if nat.port_preservation != "on":
+        blocks = port_blocks(len(r.clients), preserve=nat.port_preservation == "blocks")
+        for client, (base, size) in zip(r.clients, blocks, strict=True):
+            rules.append(
+                f'oifname "{r.wan_if}" ip saddr {client} {l4} '
+                f"snat ip to {r.wan_ip} : th sport and {size - 1:#x} or {base:#x}"
+            )
+    rules.append(f"{out} snat ip to {r.wan_ip}")
+    return rules
+
+
+def _loss_chains(iface: str, loss: float) -> list[str]:
+    if not loss:
+        return []
+    threshold = round(loss * 100)
+    drop = "drop" if threshold >= 10000 else f"numgen random mod 10000 < {threshold} drop"
+    return [
+        "  chain impair_in {",
+        "    type filter hook prerouting priority -300; policy accept;",
+        f'    iifname "{iface}" {drop}',
+        "  }",
+        "  chain impair_out {",
+        "    type filter hook postrouting priority 300; policy accept;",
+        f'    oifname "{iface}" {drop}',
+        "  }",
+    ]
+
+
+def _wrap(body: list[str]) -> str:
+    # Declaring then deleting the table first makes the whole file one atomic replace.
+    return "\n".join(
+        [
+            f"table inet {TABLE}",
+            f"delete table inet {TABLE}",
+            f"table inet {TABLE} {{",
+            *body,
+            "}",
+            "",
+        ]
+    )
+
+
+def impairment_rules(iface: str, loss: float) -> str:
+    """Packet loss on a host's uplink, both directions."""
+    return _wrap(_loss_chains(iface, loss))
+
+
+def router_rules(r: RouterRules) -> str:
+    """The complete ruleset of one NAT router."""
+    nat, wan, lan = r.nat, f'iifname "{r.wan_if}"', f'iifname "{r.lan_if}"'
+    eif = nat.filtering == "endpoint-independent"
+    adf = nat.filtering == "address-dependent"
+    keep_map = eif or adf or nat.hairpinning
+    t = f"{nat.udp_timeout}s"
+    body: list[str] = []
+    if keep_map:
+        body += [
+            "  # mapped UDP port -> inside endpoint, for EIF/ADF and hairpinning",
+            "  map mappings {",
+            "    type inet_service : ipv4_addr . inet_service; flags dynamic,timeout;",
+            f"    timeout {t};",
+            "  }",
+        ]
+    if adf:
+        body += [
+            "  # (mapped port, remote ip) the inside endpoint has sent to: ADF admits these",
+            "  set permits {",
+            f"    type inet_service . ipv4_addr; flags dynamic,timeout; timeout {t};",
+            "  }",
+        ]
+    body += _loss_chains(r.wan_if, r.loss)
+    if keep_map:
+        mark_in = [
+            f"    {wan} meta l4proto udp ct state established ct direction reply "
+            "update @mappings { udp dport : ct original ip saddr . ct original proto-src }",
+            f"    {wan} meta l4proto udp ct state established ct direction original "
+            "update @mappings { udp dport : ct reply ip saddr . ct reply proto-src }",
+        ]
+        if adf:
+            mark_in.append(
+                f"    {wan} meta l4proto udp ct state established "
+                "update @permits { udp dport . ip saddr }"
+            )
+        body += [
+            "  chain refresh_in {",
+            "    type filter hook prerouting priority -150; policy accept;",
+            *mark_in,
+            "  }",
+        ]
+        mark_out = [
+            f'    oifname "{r.wan_if}" meta l4proto udp ct direction original '
+            "update @mappings { udp sport : ct original ip saddr . ct original proto-src }",
+            f'    oifname "{r.wan_if}" meta l4proto udp ct direction reply '
+            "update @mappings { udp sport : ct reply ip saddr . ct reply proto-src }",
+        ]
+        if adf:
+            mark_out.append(
+                f'    oifname "{r.wan_if}" meta l4proto udp '
+                "update @permits { udp sport . ip daddr }"
+            )
+        body += [
+            "  chain refresh_out {",
+            "    type filter hook postrouting priority 200; policy accept;",
+            *mark_out,
+            "  }",
+        ]
+    dnat = []
+    if eif:
+        dnat.append(f"    {wan} meta l4proto udp dnat ip to udp dport map @mappings")
+    if adf:
+        dnat.append(
+            f"    {wan} meta l4proto udp udp dport . ip saddr @permits "
+            "dnat ip to udp dport map @mappings"
+        )
+    if nat.hairpinning:
+        dnat.append(
+            f"    {lan} ip daddr {r.wan_ip} meta l4proto udp dnat ip to udp dport map @mappings"
+        )
+    body += [
+        "  chain dstnat {",
+        "    type nat hook prerouting priority dstnat; policy accept;",
+        *dnat,
+        "  }",
+    ]
+    snat = _mapping_rules(r)
+    if nat.hairpinning:
+        snat.insert(
+            0, f'oifname "{r.lan_if}" ip saddr {r.lan} ct status dnat snat ip to {r.wan_ip}'
+        )
+    body += [
+        "  chain srcnat {",
+        "    type nat hook postrouting priority srcnat; policy accept;",
+        *(f"    {rule}" for rule in snat),
+        "  }",
+    ]
+    policy = []
+    if not nat.firewall.udp:
+        policy.append(f'    {lan} oifname "{r.wan_if}" meta l4proto udp drop')
+    if nat.firewall.tcp_ports is not None:
+        ports = ", ".join(str(p) for p in nat.firewall.tcp_ports) or "0"
+        policy.append(f'    {lan} oifname "{r.wan_if}" tcp dport != {{ {ports} }} drop')
+    body += [
+        "  chain forward {",
+        "    type filter hook forward priority filter; policy accept;",
+        *policy,
+        "    ct state established,related accept",
+        f"    {wan} ct status dnat accept",
+        "    # unsolicited: drop before conntrack confirms it (the conntrack trap)",
+        f"    {wan} drop",
+        "  }",
+        "  chain input {",
+        "    type filter hook input priority filter; policy accept;",
+        "    ct state established,related accept",
+        f"    {wan} drop",
+        "  }",
+    ]
+    return _wrap(body)

@@ -1,0 +1,377 @@
+"""The lab's topology model: typed, frozen data read from YAML, validated with one-line errors.
+
+A topology is an "internet" segment (one bridge: 203.0.113.0/24 and 2001:db8::/64) with servers
+on it, NAT routers (each attached to the internet or to the LAN of another NAT, so a home NAT can
+sit behind a carrier-grade NAT) and hosts (behind a NAT, or on the internet with a public
+address). Each NAT declares its RFC 4787 behaviour; the classic names are aliases:
+
+    full-cone            mapping endpoint-independent,      filtering endpoint-independent
+    restricted-cone      mapping endpoint-independent,      filtering address-dependent
+    port-restricted-cone mapping endpoint-independent,      filtering address-and-port-dependent
+    symmetric            mapping address-and-port-dependent, filtering address-and-port-dependent
+
+YAML (version 1)::
+
+    version: 1
+    name: pair-symmetric                       # default: the file name without .yaml
+    servers:                                   # default: server with 203.0.113.10 and .11
+      server: {addresses: [203.0.113.10, 203.0.113.11]}
+    nats:
+      nat-a:
+        type: symmetric                        # an alias, or mapping/filtering explicitly
+        port_preservation: on                  # on | off | blocks (per-host port blocks)
+        hairpinning: false
+        udp_timeout: 120                       # seconds, mapping lifetime (both clocks)
+        firewall: {udp: true, tcp_ports: [80, 443]}   # tcp_ports omitted: all TCP allowed
+        upstream: internet                     # or the name of another NAT (nesting)
+        lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
+                                               # that has NATs behind it)
+        link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink
+    hosts:
+      alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import yaml
+
+from natkit.errors import LabError
+
+__all__ = [
+    "BEHAVIOURS",
+    "NAT_TYPES",
+    "Firewall",
+    "Host",
+    "Link",
+    "Nat",
+    "Server",
+    "Topology",
+]
+
+Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
+PortPreservation = Literal["on", "off", "blocks"]
+
+BEHAVIOURS: tuple[str, ...] = (
+    "endpoint-independent",
+    "address-dependent",
+    "address-and-port-dependent",
+)
+# Classic (RFC 3489) names → (mapping, filtering).
+NAT_TYPES: dict[str, tuple[str, str]] = {
+    "full-cone": ("endpoint-independent", "endpoint-independent"),
+    "restricted-cone": ("endpoint-independent", "address-dependent"),
+    "port-restricted-cone": ("endpoint-independent", "address-and-port-dependent"),
+    "symmetric": ("address-and-port-dependent", "address-and-port-dependent"),
+}
+INTERNET = "internet"
+INTERNET_V4 = ipaddress.IPv4Network("203.0.113.0/24")
+_NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
+_RATE = re.compile(r"^\d+(\.\d+)?([kmg]?bit|[kmg]?bps)$")
+_TIME = re.compile(r"^\d+(\.\d+)?(us|ms|s)$")
+
+
+@dataclass(frozen=True)
+class Link:
+    """Impairments of a node's uplink, applied in both directions."""
+
+    loss: float = 0.0
+    """Packet loss in percent (nftables numgen), 0-100."""
+    rate: str | None = None
+    """Rate limit, tc syntax (e.g. "10mbit"), via TBF."""
+    delay: str | None = None
+    """One-way delay (e.g. "20ms"); needs tc netem."""
+    jitter: str | None = None
+    """Delay variation (e.g. "5ms"); needs tc netem."""
+
+    @property
+    def impaired(self) -> bool:
+        return bool(self.loss or self.rate or self.delay or self.jitter)
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """What the NAT lets out (RFC 4787 leaves this to policy; corporate networks restrict it)."""
+
+    udp: bool = True
+    """False blocks all outbound UDP (the "udp-blocked" network)."""
+    tcp_ports: tuple[int, ...] | None = None
+    """Outbound TCP destination ports allowed; None allows every port."""
+
+
+@dataclass(frozen=True)
+class Nat:
+    """A NAT router: its RFC 4787 behaviour and where it is attached."""
+
+    name: str
+    mapping: Behaviour = "endpoint-independent"
+    filtering: Behaviour = "address-and-port-dependent"
+    port_preservation: PortPreservation = "on"
+    hairpinning: bool = False
+    udp_timeout: int = 120
+    firewall: Firewall = field(default_factory=Firewall)
+    upstream: str = INTERNET
+    lan: ipaddress.IPv4Network | None = None
+    link: Link = field(default_factory=Link)
+
+
+@dataclass(frozen=True)
+class Server:
+    """A host on the internet segment with one or more public addresses."""
+
+    name: str
+    addresses: tuple[ipaddress.IPv4Address, ...]
+    link: Link = field(default_factory=Link)
+
+
+@dataclass(frozen=True)
+class Host:
+    """A client host behind a NAT (or on the internet when `behind` is "internet")."""
+
+    name: str
+    behind: str = INTERNET
+    link: Link = field(default_factory=Link)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """A whole lab: servers, NATs, hosts. Build it with `natkit.lab.Lab.up`."""
+
+    name: str
+    servers: tuple[Server, ...]
+    nats: tuple[Nat, ...] = ()
+    hosts: tuple[Host, ...] = ()
+    description: str = ""
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, text: str | None = None) -> Topology:
+        """Load and validate a topology file; errors are one-line LabErrors naming file and key."""
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(text if text is not None else path.read_text())
+        except OSError as err:
+            raise LabError(f"{path}: cannot read topology: {err.strerror}") from err
+        except yaml.YAMLError as err:
+            raise LabError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+        default_name = path.name.removesuffix(".yaml").removesuffix(".yml")
+        return cls.from_dict(raw, source=str(path), default_name=default_name)
+
+    @classmethod
+    def from_dict(
+        cls, raw: Any, *, source: str = "<topology>", default_name: str = "lab"
+    ) -> Topology:
+        return _Reader(source).topology(raw, default_name)
+
+    def node_names(self) -> list[str]:
+        return (
+            [s.name for s in self.servers]
+            + [n.name for n in self.nats]
+            + [h.name for h in self.hosts]
+        )
+
+    def nat(self, name: str) -> Nat:
+        for nat in self.nats:
+            if nat.name == name:
+                return nat
+        raise KeyError(name)
+
+
+class _Reader:
+    """Turns parsed YAML into a Topology; every problem is `LabError("FILE: key.path: problem")`."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> LabError:
+        return LabError(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
+
+    def mapping(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, dict):
+            raise self.fail(key, f"expected a mapping, got {type(raw).__name__}")
+        for k in raw:
+            if k not in allowed:
+                where = f"{key}.{k}" if key else str(k)
+                raise self.fail(where, f"unknown key (allowed: {', '.join(allowed)})")
+        return raw
+
+    def topology(self, raw: Any, default_name: str) -> Topology:
+        top = self.mapping(raw, "", ("version", "name", "description", "servers", "nats", "hosts"))
+        if top.get("version", 1) != 1:
+            raise self.fail("version", "only version 1 is supported")
+        name = str(top.get("name", default_name))
+        servers_raw = top.get("servers")
+        if servers_raw is None:
+            servers_raw = {"server": {"addresses": ["203.0.113.10", "203.0.113.11"]}}
+        servers = tuple(self.server(n, v) for n, v in self.named(servers_raw, "servers"))
+        nats = tuple(self.nat(n, v) for n, v in self.named(top.get("nats"), "nats"))
+        hosts = tuple(self.host(n, v) for n, v in self.named(top.get("hosts"), "hosts"))
+        topo = Topology(name, servers, nats, hosts, str(top.get("description", "")))
+        self.check_graph(topo)
+        return topo
+
+    def named(self, raw: Any, key: str) -> list[tuple[str, Any]]:
+        items = self.mapping(raw, key, tuple(str(k) for k in (raw or {})))
+        out = []
+        for name, value in items.items():
+            if not isinstance(name, str) or not _NAME.match(name) or name == INTERNET:
+                raise self.fail(
+                    f"{key}.{name}", "node names are 1-31 of a-z 0-9 - and not 'internet'"
+                )
+            out.append((name, value))
+        return out
+
+    def server(self, name: str, raw: Any) -> Server:
+        key = f"servers.{name}"
+        d = self.mapping(raw, key, ("addresses", "link"))
+        addrs_raw = d.get("addresses")
+        if not isinstance(addrs_raw, list) or not addrs_raw:
+            raise self.fail(f"{key}.addresses", "a list of one or more addresses in 203.0.113.0/24")
+        addrs = tuple(self.public_ip(a, f"{key}.addresses") for a in addrs_raw)
+        return Server(name, addrs, self.link(d.get("link"), f"{key}.link"))
+
+    def public_ip(self, raw: Any, key: str) -> ipaddress.IPv4Address:
+        try:
+            ip = ipaddress.IPv4Address(str(raw))
+        except ValueError as err:
+            raise self.fail(key, f"not an IPv4 address: {raw!r}") from err
+        if ip not in INTERNET_V4 or int(ip) & 0xFF in (0, 255):
+            raise self.fail(key, f"{ip} is not a host address in {INTERNET_V4}")
+        return ip
+
+    def nat(self, name: str, raw: Any) -> Nat:
+        key = f"nats.{name}"
+        d = self.mapping(
+            raw,
+            key,
+            (
+                "type",
+                "mapping",
+                "filtering",
+                "port_preservation",
+                "hairpinning",
+                "udp_timeout",
+                "firewall",
+                "upstream",
+                "lan",
+                "link",
+            ),
+        )
+        mapping, filtering = "endpoint-independent", "address-and-port-dependent"
+        if "type" in d:
+            if d["type"] not in NAT_TYPES:
+                raise self.fail(
+                    f"{key}.type",
+                    f"unknown NAT type {d['type']!r} (one of: {', '.join(NAT_TYPES)})",
+                )
+            mapping, filtering = NAT_TYPES[d["type"]]
+        mapping = self.choice(d.get("mapping", mapping), BEHAVIOURS, f"{key}.mapping")
+        filtering = self.choice(d.get("filtering", filtering), BEHAVIOURS, f"{key}.filtering")
+        pp = d.get("port_preservation", "on")
+        pp = {True: "on", False: "off"}.get(pp, pp) if isinstance(pp, bool) else pp
+        pp = self.choice(pp, ("on", "off", "blocks"), f"{key}.port_preservation")
+        hairpin = d.get("hairpinning", False)
+        if not isinstance(hairpin, bool):
+            raise self.fail(f"{key}.hairpinning", "expected true or false")
+        timeout = d.get("udp_timeout", 120)
+        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
+            raise self.fail(f"{key}.udp_timeout", "expected whole seconds, 1-86400")
+        lan = None
+        if d.get("lan") is not None:
+            try:
+                lan = ipaddress.IPv4Network(str(d["lan"]))
+            except ValueError as err:
+                raise self.fail(f"{key}.lan", f"not an IPv4 network: {d['lan']!r}") from err
+            if lan.num_addresses < 8:
+                raise self.fail(f"{key}.lan", "too small (at least a /29)")
+        return Nat(
+            name,
+            cast(Behaviour, mapping),
+            cast(Behaviour, filtering),
+            cast(PortPreservation, pp),
+            hairpin,
+            timeout,
+            self.firewall(d.get("firewall"), f"{key}.firewall"),
+            str(d.get("upstream", INTERNET)),
+            lan,
+            self.link(d.get("link"), f"{key}.link"),
+        )
+
+    def choice(self, raw: Any, allowed: tuple[str, ...], key: str) -> str:
+        if raw not in allowed:
+            raise self.fail(key, f"{raw!r} is not one of: {', '.join(allowed)}")
+        return str(raw)
+
+    def firewall(self, raw: Any, key: str) -> Firewall:
+        d = self.mapping(raw, key, ("udp", "tcp_ports"))
+        udp = d.get("udp", True)
+        if not isinstance(udp, bool):
+            raise self.fail(f"{key}.udp", "expected true or false")
+        ports = d.get("tcp_ports")
+        if ports is not None:
+            if not isinstance(ports, list) or not all(
+                isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
+            ):
+                raise self.fail(f"{key}.tcp_ports", "expected a list of ports 1-65535")
+            ports = tuple(ports)
+        return Firewall(udp, ports)
+
+    def link(self, raw: Any, key: str) -> Link:
+        d = self.mapping(raw, key, ("loss", "rate", "delay", "jitter"))
+        loss = d.get("loss", 0)
+        if not isinstance(loss, int | float) or isinstance(loss, bool) or not 0 <= loss <= 100:
+            raise self.fail(f"{key}.loss", "expected a percentage 0-100")
+        rate = d.get("rate")
+        if rate is not None and not _RATE.match(str(rate)):
+            raise self.fail(f"{key}.rate", f"expected a tc rate like 10mbit, got {rate!r}")
+        for k in ("delay", "jitter"):
+            if d.get(k) is not None and not _TIME.match(str(d[k])):
+                raise self.fail(f"{key}.{k}", f"expected a time like 20ms, got {d[k]!r}")
+        return Link(
+            float(loss),
+            None if rate is None else str(rate),
+            None if d.get("delay") is None else str(d["delay"]),
+            None if d.get("jitter") is None else str(d["jitter"]),
+        )
+
+    def host(self, name: str, raw: Any) -> Host:
+        key = f"hosts.{name}"
+        d = self.mapping(raw, key, ("behind", "link"))
+        return Host(name, str(d.get("behind", INTERNET)), self.link(d.get("link"), f"{key}.link"))
+
+    def check_graph(self, topo: Topology) -> None:
+        names = topo.node_names()
+        for name in names:
+            if names.count(name) > 1:
+                raise self.fail(name, "node name used twice")
+        if not topo.servers:
+            raise self.fail("servers", "at least one server is needed")
+        nat_names = {n.name for n in topo.nats}
+        for nat in topo.nats:
+            if nat.upstream != INTERNET and nat.upstream not in nat_names:
+                raise self.fail(f"nats.{nat.name}.upstream", f"no NAT named {nat.upstream!r}")
+            seen, cur = {nat.name}, nat.upstream
+            while cur != INTERNET:
+                if cur in seen:
+                    raise self.fail(f"nats.{nat.name}.upstream", "NATs are nested in a loop")
+                seen.add(cur)
+                cur = topo.nat(cur).upstream
+        for host in topo.hosts:
+            if host.behind != INTERNET and host.behind not in nat_names:
+                raise self.fail(f"hosts.{host.name}.behind", f"no NAT named {host.behind!r}")
+        used = [a for s in topo.servers for a in s.addresses]
+        if len(set(used)) != len(used):
+            raise self.fail("servers", "an address is used twice")
+        for addr in used:
+            if int(addr) & 0xFF >= 50:
+                raise self.fail(
+                    "servers",
+                    f"{addr}: server addresses must be below .50 "
+                    "(.50-.99 are public hosts, .100+ NAT routers)",
+                )
