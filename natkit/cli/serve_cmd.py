@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from natkit.cli.common import config_option, fail
+from natkit.cli.common import config_option
 
 
 @click.command("serve")
@@ -12,8 +12,13 @@ from natkit.cli.common import config_option, fail
 def command(config_path: str | None) -> None:
     """Run the STUN server (and TURN relay, metrics) per config, in the foreground.
 
+    SIGINT/SIGTERM drain and exit 0; SIGHUP reloads rate limits and logging from the file.
+
     \b
     Example:
       natkit serve -c configs/natkit.yaml
     """
-    fail("natkit serve: the STUN server is not built yet (issue 3)")
+    from natkit.config import load
+    from natkit.serve import serve
+
+    serve(load(config_path))

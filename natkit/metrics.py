@@ -1,0 +1,204 @@
+"""Server metrics: per-worker counters in shared memory, summed and exposed by the parent.
+
+Theory of operation: every worker owns one row of a shared array of unsigned 64-bit counters and
+is its only writer, so no lock is needed. The hot path never touches shared memory: it bumps a
+plain Python list (`WorkerCounters.values`) and `flush()` copies the row out a few times a second.
+The parent sums the rows when Prometheus scrapes. A restarted worker starts from the values its
+predecessor flushed, so counters never go backwards (Prometheus would read that as a reset).
+
+The exposition is the Prometheus text format 0.0.4, served by a tiny asyncio HTTP server: one
+GET a scrape does not justify the prometheus-client dependency and its multiprocess mode's
+file-per-process scheme.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import multiprocessing
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from natkit.addr import parse_hostport
+
+__all__ = [
+    "COUNTERS",
+    "FAMILIES",
+    "RESULTS",
+    "TRANSPORTS",
+    "MetricsServer",
+    "SharedCounters",
+    "WorkerCounters",
+    "error_index",
+    "ratelimited_index",
+    "render",
+    "request_index",
+    "rss_bytes",
+]
+
+TRANSPORTS = ("udp", "tcp", "tls")
+FAMILIES = (4, 6)
+RESULTS = ("success", "error", "ignored")
+"""success: answered with a success response; error: with an error response (e.g. 420);
+ignored: nothing sent (malformed, indication, response, ChannelData without TURN)."""
+ERROR_KINDS = ("internal", "send", "framing", "connection_limit", "idle_timeout")
+
+_N_REQUESTS = len(TRANSPORTS) * len(FAMILIES) * len(RESULTS)
+_RATELIMITED = _N_REQUESTS
+_ERRORS = _RATELIMITED + len(TRANSPORTS)
+CONNECTIONS = _ERRORS + len(ERROR_KINDS)
+"""Gauge: TCP/TLS connections open in this worker."""
+COUNTERS = CONNECTIONS + 1
+"""Width of one worker's row."""
+
+
+def request_index(transport: str, family: int, result: str) -> int:
+    t, f, r = TRANSPORTS.index(transport), FAMILIES.index(family), RESULTS.index(result)
+    return (t * len(FAMILIES) + f) * len(RESULTS) + r
+
+
+def ratelimited_index(transport: str) -> int:
+    return _RATELIMITED + TRANSPORTS.index(transport)
+
+
+def error_index(kind: str) -> int:
+    return _ERRORS + ERROR_KINDS.index(kind)
+
+
+class SharedCounters:
+    """`max_workers` rows of `COUNTERS` u64 in anonymous shared memory (inherited by workers)."""
+
+    def __init__(self, max_workers: int) -> None:
+        self.max_workers = max_workers
+        self.array: Any = multiprocessing.RawArray(ctypes.c_uint64, max_workers * COUNTERS)
+
+    def row(self, worker: int) -> list[int]:
+        base = worker * COUNTERS
+        return list(self.array[base : base + COUNTERS])
+
+    def totals(self) -> list[int]:
+        totals = [0] * COUNTERS
+        for worker in range(self.max_workers):
+            for i, value in enumerate(self.row(worker)):
+                totals[i] += value
+        return totals
+
+
+class WorkerCounters:
+    """A worker's private copy of its row; hot paths do ``counters.values[i] += 1``."""
+
+    def __init__(self, array: Any, worker: int) -> None:
+        self._array = array
+        self._base = worker * COUNTERS
+        self.values: list[int] = list(array[self._base : self._base + COUNTERS])
+        self.values[CONNECTIONS] = 0  # a gauge: a restarted worker holds no connections
+        self.flush()
+
+    def flush(self) -> None:
+        self._array[self._base : self._base + COUNTERS] = self.values
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    """Resident set size of a process from /proc (0 if it is gone or /proc is absent)."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _family_label(family: int) -> str:
+    return f"ipv{family}"
+
+
+def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
+    """Prometheus text exposition of summed counters; `workers` is (index, pid) of live workers."""
+    workers = list(workers)
+    out: list[str] = []
+
+    def head(name: str, kind: str, help_text: str) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+
+    head(
+        "natkit_stun_requests_total",
+        "counter",
+        "STUN messages received, by transport, address family and result.",
+    )
+    for t in TRANSPORTS:
+        for f in FAMILIES:
+            for r in RESULTS:
+                value = totals[request_index(t, f, r)]
+                out.append(
+                    f'natkit_stun_requests_total{{transport="{t}",family="{_family_label(f)}",'
+                    f'result="{r}"}} {value}'
+                )
+    head(
+        "natkit_stun_ratelimited_total",
+        "counter",
+        "STUN messages dropped by the per-source rate limit before parsing.",
+    )
+    for t in TRANSPORTS:
+        out.append(
+            f'natkit_stun_ratelimited_total{{transport="{t}"}} {totals[ratelimited_index(t)]}'
+        )
+    head(
+        "natkit_stun_errors_total",
+        "counter",
+        "Server-side errors: internal, send failures, stream framing, connection cap, idle.",
+    )
+    for kind in ERROR_KINDS:
+        out.append(f'natkit_stun_errors_total{{kind="{kind}"}} {totals[error_index(kind)]}')
+    head("natkit_stun_connections", "gauge", "Open TCP/TLS connections over all workers.")
+    out.append(f"natkit_stun_connections {totals[CONNECTIONS]}")
+    head("natkit_workers", "gauge", "Worker processes alive.")
+    out.append(f"natkit_workers {len(workers)}")
+    head("natkit_worker_resident_memory_bytes", "gauge", "Resident set size of each worker.")
+    for index, pid in workers:
+        out.append(f'natkit_worker_resident_memory_bytes{{worker="{index}"}} {rss_bytes(pid)}')
+    head("process_resident_memory_bytes", "gauge", "Resident set size of the supervisor process.")
+    out.append(f"process_resident_memory_bytes {rss_bytes()}")
+    return "\n".join(out) + "\n"
+
+
+class MetricsServer:
+    """GET /metrics over HTTP/1.0-style one-shot connections; anything else is a 404."""
+
+    def __init__(self, listen: str, body: Callable[[], str]) -> None:
+        self.host, self.port = parse_hostport(listen, default_port=9641)
+        self._body = body
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, self.host, self.port)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            # Only the request line matters; the header block is bounded by the reader's limit.
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
+            method, _, rest = head.partition(b" ")
+            path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
+            if method == b"GET" and path == b"/metrics":
+                status, ctype, payload = (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    self._body().encode(),
+                )
+            else:
+                status, ctype, payload = "404 Not Found", "text/plain", b"try /metrics\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a broken scrape only concerns the scraper
+        finally:
+            writer.close()

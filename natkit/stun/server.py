@@ -1,0 +1,330 @@
+"""asyncio adapters for the STUN server: they move bytes between sockets and `BindingHandler`.
+
+Theory of operation. All protocol decisions live in the sans-IO `BindingHandler`; this module
+only receives, rate-limits, calls `handle()` and sends the `Transmit` it returns.
+
+- UDP takes a lean path: a non-blocking socket watched with `loop.add_reader`, drained with
+  `recvfrom` until EAGAIN (bounded per wake-up so one socket cannot starve the others). That is
+  several times cheaper per datagram than `DatagramProtocol`, whose transport allocates and
+  dispatches per packet.
+- With `stun.alternate` set, RFC 5780 §4 needs four UDP sockets (`natkit.stun.sockets` plans
+  them); each `Transmit` leaves from the socket whose address equals `Transmit.source`, so
+  CHANGE-REQUEST answers really come from the other IP and/or port.
+- TCP and TLS (RFC 8489 §6.2.2 framing) run one task per connection with a connection cap, an
+  idle timeout and a maximum message size; anything that is not a STUN message ends the
+  connection. `StreamFramer` also knows RFC 8656 §12.5 ChannelData framing for the TURN relay.
+- The per-source rate limit runs before any parsing. IPv6 sources are keyed by their /64: one
+  host commonly owns a whole /64, so a per-/128 bucket would be no limit at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Callable, Hashable
+
+from natkit.addr import Address, Transport
+from natkit.config.model import RateLimitConfig, StunConfig
+from natkit.metrics import (
+    CONNECTIONS,
+    WorkerCounters,
+    error_index,
+    ratelimited_index,
+    request_index,
+)
+from natkit.stun.binding import BindingHandler, Transmit
+from natkit.stun.errors import StunDecodeError
+from natkit.stun.framing import frame_size
+from natkit.stun.ratelimit import RateLimiter
+from natkit.stun.sockets import ListenerPlan, bind_stream, bind_udp, plan_listeners
+
+__all__ = ["FramingError", "StreamFramer", "StunServer"]
+
+log = logging.getLogger("natkit.stun.server")
+
+_BATCH = 256  # datagrams per wake-up before yielding to the loop
+_RECV_SIZE = 2048  # larger than any STUN request we answer; longer datagrams get truncated
+
+
+class FramingError(Exception):
+    """The peer sent bytes that are neither a STUN message nor ChannelData (or too large)."""
+
+
+class StreamFramer:
+    """Sans-IO splitter of a byte stream into STUN messages and ChannelData frames.
+
+    RFC 8489 §6.2.2: over TCP/TLS messages are self-delimiting (20-byte header + length).
+    RFC 8656 §12.5: ChannelData starts 0b01, is padded to 4 bytes over streams.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        while True:
+            try:
+                total = frame_size(bytes(buf[:4]))
+            except StunDecodeError as err:
+                raise FramingError(str(err)) from None
+            if total is None:
+                break
+            if buf[0] < 4 and total % 4:  # RFC 8489 §5: STUN lengths are multiples of 4
+                raise FramingError("STUN message length not a multiple of 4")
+            if total > self.max_size:
+                raise FramingError(f"frame of {total} bytes exceeds {self.max_size}")
+            if len(buf) < total:
+                break
+            frames.append(bytes(buf[:total]))
+            del buf[:total]
+        return frames
+
+
+def _ratelimit_key(family: int) -> Callable[[str], Hashable]:
+    if family == 4:
+        return lambda host: host
+    return lambda host: ipaddress.IPv6Address(host.partition("%")[0]).packed[:8]
+
+
+class StunServer:
+    """Every listener of one worker process, sharing one rate limiter and one counter row."""
+
+    def __init__(
+        self,
+        config: StunConfig,
+        counters: WorkerCounters,
+        *,
+        reuse_port: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.counters = counters
+        self.limiter: RateLimiter | None = None
+        self.reconfigure(config.rate_limit)
+        self._reuse_port = reuse_port
+        self._ssl = ssl_context
+        self._udp: list[socket.socket] = []
+        self._stream_socks: list[tuple[ListenerPlan, socket.socket]] = []
+        self._servers: list[asyncio.Server] = []
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def reconfigure(self, rl: RateLimitConfig) -> None:
+        """Apply `stun.rate_limit` (at start and on SIGHUP), keeping bucket state if possible."""
+        if not rl.enabled:
+            self.limiter = None
+        elif self.limiter is None:
+            self.limiter = RateLimiter(rl.per_source, rl.burst, rl.max_sources)
+        else:
+            self.limiter.reconfigure(rl.per_source, rl.burst, rl.max_sources)
+
+    def bind(self) -> list[ListenerPlan]:
+        """Create every socket (NatkitError on failure) before the loop starts serving."""
+        plans = plan_listeners(self.config)
+        for plan in plans:
+            if plan.uri.transport is Transport.UDP:
+                self._udp.extend(bind_udp(a, reuse_port=self._reuse_port) for a in plan.addresses)
+            else:
+                self._stream_socks.append((plan, bind_stream(plan.primary, self._reuse_port)))
+        self._plans = plans
+        return plans
+
+    async def start(self) -> None:
+        loop = self._loop = asyncio.get_running_loop()
+        udp = iter(self._udp)
+        for plan in self._plans:
+            if plan.uri.transport is not Transport.UDP:
+                continue
+            handler = self._handler(plan)
+            socks = {addr: next(udp) for addr in plan.addresses}
+            for local, sock in socks.items():
+                loop.add_reader(sock.fileno(), self._udp_reader(handler, sock, local, socks))
+        for plan, sock in self._stream_socks:
+            tls = plan.uri.transport is Transport.TLS
+            server = await asyncio.start_server(
+                self._stream_callback(plan, self._handler(plan)),
+                sock=sock,
+                ssl=self._ssl if tls else None,
+                ssl_handshake_timeout=self.config.stream.idle_timeout if tls else None,
+                limit=max(self.config.stream.max_message_size, 2**16),
+            )
+            self._servers.append(server)
+
+    def _handler(self, plan: ListenerPlan) -> BindingHandler:
+        return BindingHandler(
+            primary=plan.primary, alternate=plan.alternate, software=self.config.software
+        )
+
+    def _udp_reader(
+        self,
+        handler: BindingHandler,
+        sock: socket.socket,
+        local: Address,
+        socks: dict[Address, socket.socket],
+    ) -> Callable[[], None]:
+        # Everything the loop body needs is a local: attribute lookups cost per datagram.
+        recvfrom, sendto, handle = sock.recvfrom, sock.sendto, handler.handle
+        counts = self.counters.values
+        family = local.family
+        ok = request_index("udp", family, "success")
+        err = request_index("udp", family, "error")
+        ignored = request_index("udp", family, "ignored")
+        limited = ratelimited_index("udp")
+        internal, send_failed = error_index("internal"), error_index("send")
+        key = _ratelimit_key(family)
+        v4 = family == 4
+        udp = Transport.UDP
+        monotonic = time.monotonic
+        new_tuple = tuple.__new__
+
+        def on_readable() -> None:
+            limiter = self.limiter
+            now = monotonic()
+            for _ in range(_BATCH):
+                try:
+                    data, addr = recvfrom(_RECV_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    # ICMP port-unreachable for an earlier reply surfaces here: not our problem.
+                    continue
+                host = addr[0]
+                if limiter is not None and not limiter.allow(host if v4 else key(host), now):
+                    counts[limited] += 1
+                    continue
+                try:
+                    # IPv4 recvfrom gives exactly (host, port): reuse it as an Address, half the
+                    # cost of building one; IPv6 adds flowinfo and scope id.
+                    source = new_tuple(Address, addr) if v4 else Address(host, addr[1])
+                    tx = handle(data, source, local, udp)
+                except Exception:
+                    counts[internal] += 1
+                    log.exception("binding handler failed on a %d-byte datagram", len(data))
+                    continue
+                if tx is None:
+                    counts[ignored] += 1
+                    continue
+                counts[err if tx.data[1] & 0x10 else ok] += 1
+                try:
+                    if tx.source == local:
+                        sendto(tx.data, tx.destination)
+                    else:
+                        socks.get(tx.source, sock).sendto(tx.data, tx.destination)
+                except OSError:  # full send buffer or unreachable: UDP may drop, so do we
+                    counts[send_failed] += 1
+
+        return on_readable
+
+    def _stream_callback(
+        self, plan: ListenerPlan, handler: BindingHandler
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], asyncio.Future[None]]:
+        def on_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> asyncio.Future[None]:
+            task = asyncio.ensure_future(self._serve_stream(plan, handler, reader, writer))
+            self._conn_tasks.add(task)
+            task.add_done_callback(self._conn_tasks.discard)
+            return task
+
+        return on_connection
+
+    async def _serve_stream(
+        self,
+        plan: ListenerPlan,
+        handler: BindingHandler,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        counts = self.counters.values
+        limits = self.config.stream
+        transport = plan.uri.transport
+        name = transport.value
+        if counts[CONNECTIONS] >= limits.max_connections:
+            counts[error_index("connection_limit")] += 1
+            writer.close()
+            return
+        counts[CONNECTIONS] += 1
+        peer = writer.get_extra_info("peername")
+        source = Address(peer[0], peer[1])
+        sockname = writer.get_extra_info("sockname")
+        local = Address(sockname[0], sockname[1])
+        key = _ratelimit_key(source.family)(source.host)
+        framer = StreamFramer(limits.max_message_size)
+        family = source.family
+        try:
+            while True:
+                async with asyncio.timeout(limits.idle_timeout):
+                    data = await reader.read(65536)
+                if not data:
+                    return
+                now = time.monotonic()
+                for frame in framer.feed(data):
+                    if self.limiter is not None and not self.limiter.allow(key, now):
+                        counts[ratelimited_index(name)] += 1
+                        continue
+                    tx = self._handle_frame(handler, frame, source, local, transport)
+                    if tx is None:
+                        counts[request_index(name, family, "ignored")] += 1
+                        # An indication legitimately gets no answer; anything else is garbage.
+                        if frame[0] >= 4 or (frame[1] & 0x10) == 0 or frame[0] & 0x01:
+                            raise FramingError("unanswerable message on a stream")
+                        continue
+                    result = "error" if tx.data[1] & 0x10 else "success"
+                    counts[request_index(name, family, result)] += 1
+                    writer.write(tx.data)
+                await writer.drain()
+        except TimeoutError:
+            counts[error_index("idle_timeout")] += 1
+        except FramingError as exc:
+            counts[error_index("framing")] += 1
+            log.debug("closing %s connection from %s: %s", name, source, exc)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass  # the peer went away; nothing to tell it
+        finally:
+            counts[CONNECTIONS] -= 1
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _handle_frame(
+        self,
+        handler: BindingHandler,
+        frame: bytes,
+        source: Address,
+        local: Address,
+        transport: Transport,
+    ) -> Transmit | None:
+        if frame[0] >= 4:  # ChannelData: only meaningful once TURN allocations exist
+            return None
+        try:
+            return handler.handle(frame, source, local, transport)
+        except Exception:
+            self.counters.values[error_index("internal")] += 1
+            log.exception("binding handler failed on a %d-byte %s message", len(frame), transport)
+            return None
+
+    async def close(self, drain: float = 2.0) -> None:
+        """Stop accepting; give open streams `drain` seconds to finish, then cut them."""
+        loop = self._loop
+        for sock in self._udp:
+            if loop is not None:
+                loop.remove_reader(sock.fileno())
+            sock.close()
+        for server in self._servers:
+            server.close()
+        for _, sock in self._stream_socks:
+            sock.close()
+        if self._conn_tasks:
+            _, pending = await asyncio.wait(self._conn_tasks, timeout=drain)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        self.counters.flush()

@@ -1,0 +1,149 @@
+"""Which sockets the STUN server binds, and binding them with errors a user can act on.
+
+`plan_listeners` turns `stun.listen` + `stun.alternate` into local addresses: one per URI, or
+the four RFC 5780 §4 needs (primary/alternate IP x primary/alternate port) for a UDP listener
+of the alternate's family. Addresses carry canonical IP text because the binding handler names
+`Transmit.source` that way and the server looks its sockets up by it.
+
+Bind failures become one-line `NatkitError`s (port in use, privileged port, address not local);
+a bad certificate or key becomes a `ConfigError` naming `stun.tls`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass
+
+from natkit.addr import Address, ListenURI, Transport, parse_hostport
+from natkit.config.model import StunConfig, TlsConfig
+from natkit.errors import ConfigError, NatkitError
+
+__all__ = ["ListenerPlan", "bind_stream", "bind_udp", "make_ssl_context", "plan_listeners"]
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerPlan:
+    """One `stun.listen` URI and the local addresses it binds (4 for RFC 5780 UDP)."""
+
+    uri: ListenURI
+    addresses: tuple[Address, ...]
+    primary: Address
+    alternate: Address | None
+
+
+def plan_listeners(config: StunConfig, source: str | None = None) -> list[ListenerPlan]:
+    """Resolve listen URIs + `stun.alternate` into sockets to bind; ConfigError if impossible."""
+    alternate: Address | None = None
+    if config.alternate:
+        try:
+            alternate = Address(*_parse_alternate(config.alternate))
+        except ValueError as err:
+            raise ConfigError(str(err), file=source, path="stun.alternate") from None
+    plans = []
+    for uri in config.listen:
+        alt = alternate if alternate is not None and alternate.family == uri.family else None
+        # Canonical IP text: the handler names Transmit.source that way and we look sockets up
+        # by it.
+        primary = Address(str(uri.address.ip), uri.port)
+        addresses: tuple[Address, ...] = (primary,)
+        if alt is not None and uri.transport is Transport.UDP:
+            if uri.address.ip.is_unspecified:
+                raise ConfigError(
+                    f"{uri} listens on a wildcard address, but with stun.alternate set RFC 5780 "
+                    "needs a specific primary IP (e.g. udp://203.0.113.10:3478)",
+                    file=source,
+                    path="stun.listen",
+                )
+            if alt.ip == uri.address.ip or alt.port == uri.port:
+                raise ConfigError(
+                    f"stun.alternate {alt} must differ from {uri} in both IP and port "
+                    "(RFC 5780 §4 tests change IP and port independently)",
+                    file=source,
+                    path="stun.alternate",
+                )
+            p, a = primary, alt
+            addresses = (p, Address(p.host, a.port), Address(a.host, p.port), a)
+        plans.append(ListenerPlan(uri, addresses, primary, alt))
+    return plans
+
+
+def _parse_alternate(text: str) -> tuple[str, int]:
+    host, port = parse_hostport(text, default_port=3478)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"{host!r} is not an IP address literal") from None
+    if ip.is_unspecified:
+        raise ValueError("the alternate address must be a specific IP")
+    return str(ip), port
+
+
+def _bind_error(what: str, addr: Address, err: OSError) -> NatkitError:
+    if err.errno == errno.EADDRINUSE:
+        why = "address already in use (another server on this port?)"
+    elif err.errno == errno.EACCES:
+        why = "permission denied" + (
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if addr.port < 1024 else ""
+        )
+    elif err.errno == errno.EADDRNOTAVAIL:
+        why = "no local interface has this address"
+    else:
+        why = err.strerror or str(err)
+    return NatkitError(f"cannot listen on {what}://{addr}: {why}")
+
+
+def _socket(addr: Address, kind: int, reuse_port: bool) -> socket.socket:
+    family = socket.AF_INET if addr.family == 4 else socket.AF_INET6
+    sock = socket.socket(family, kind)
+    try:
+        if family == socket.AF_INET6:
+            # A [::] listener must not swallow IPv4: udp://0.0.0.0 is configured separately.
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if kind == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Workers each bind the same port; the kernel spreads flows over them by hash.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(addr)
+        sock.setblocking(False)
+    except OSError as err:
+        sock.close()
+        raise _bind_error("udp" if kind == socket.SOCK_DGRAM else "tcp", addr, err) from None
+    return sock
+
+
+def bind_udp(addr: Address, *, reuse_port: bool = True) -> socket.socket:
+    sock = _socket(addr, socket.SOCK_DGRAM, reuse_port)
+    with contextlib.suppress(OSError):  # bigger buffers absorb bursts between wake-ups
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return sock
+
+
+def bind_stream(addr: Address, reuse_port: bool = True) -> socket.socket:
+    sock = _socket(addr, socket.SOCK_STREAM, reuse_port)
+    sock.listen(1024)
+    return sock
+
+
+def make_ssl_context(tls: TlsConfig, source: str | None = None) -> ssl.SSLContext:
+    """Server context from `stun.tls`; ConfigError naming the key when a file is unusable."""
+    if not tls.cert or not tls.key:
+        raise ConfigError(
+            "tls:// listeners need stun.tls.cert and stun.tls.key", file=source, path="stun.tls"
+        )
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(
+            f"cannot load certificate {tls.cert} / key {tls.key}: {err}",
+            file=source,
+            path="stun.tls",
+        ) from None
+    return ctx

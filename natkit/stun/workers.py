@@ -1,0 +1,259 @@
+"""Worker processes sharing the STUN ports (SO_REUSEPORT) and the supervisor that keeps them alive.
+
+Theory of operation. The supervisor (the `natkit serve` process) spawns `stun.workers` processes.
+Each binds every listener itself with SO_REUSEPORT, so the kernel spreads flows over workers
+without a shared accept lock, and runs its own event loop (uvloop when installed). A duplex pipe
+joins each worker to the supervisor: the worker reports ``("ready", pid)`` or ``("error", text)``
+once; the supervisor sends ``("reload", Config)`` on SIGHUP. Workers never outlive the supervisor:
+PR_SET_PDEATHSIG delivers SIGTERM when it dies, and EOF on the pipe (the kernel closes it with the
+supervisor) stops them even where prctl is unavailable.
+
+`spawn` rather than `fork`: the supervisor runs an event loop, and forking a process with a live
+loop (and its selector, signal wake-up fd, metrics server) into a restarted worker is a known
+source of subtle bugs. A spawned worker imports only what it needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import gc
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from natkit import logs
+from natkit.addr import Transport
+from natkit.config.model import Config
+from natkit.errors import NatkitError
+
+__all__ = ["Supervisor", "resolve_workers", "worker_main"]
+
+log = logging.getLogger("natkit.stun.workers")
+
+_PR_SET_PDEATHSIG = 1
+_READY_TIMEOUT = 20.0  # seconds a worker may take to import, bind and report
+_FLUSH_INTERVAL = 0.5  # seconds between copies of the counters into shared memory
+
+
+def resolve_workers(workers: int | str) -> int:
+    return max(1, os.cpu_count() or 1) if workers == "auto" else max(1, int(workers))
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+        sys.exit(0)
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def worker_main(index: int, config: Config, array: Any, conn: Connection, parent_pid: int) -> None:
+    """Entry point of a worker process (runs in the spawned child)."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
+    logs.setup(config.logging.level, config.logging.format, role=f"worker-{index}")
+    from natkit.metrics import WorkerCounters
+    from natkit.stun.server import StunServer
+    from natkit.stun.sockets import make_ssl_context
+
+    counters = WorkerCounters(array, index)
+    try:
+        tls = any(u.transport is Transport.TLS for u in config.stun.listen)
+        ctx = make_ssl_context(config.stun.tls, config.source) if tls else None
+        server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx)
+        server.bind()
+    except NatkitError as err:
+        conn.send(("error", str(err)))
+        sys.exit(3)
+    with asyncio.Runner(loop_factory=_new_loop) as runner:
+        runner.run(_worker_loop(index, server, counters, conn))
+
+
+async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+
+    def on_message() -> None:
+        try:
+            kind, payload = conn.recv()
+        except (EOFError, OSError):  # the supervisor is gone: never serve unsupervised
+            loop.remove_reader(conn.fileno())
+            stop.set()
+            return
+        if kind == "reload":
+            new: Config = payload
+            logs.setup(new.logging.level, new.logging.format)
+            server.reconfigure(new.stun.rate_limit)
+            log.info("reloaded rate limits and logging")
+
+    loop.add_reader(conn.fileno(), on_message)
+    await server.start()
+    # Everything allocated so far lives as long as the worker: keep it out of every GC pass.
+    gc.collect()
+    gc.freeze()
+    conn.send(("ready", os.getpid()))
+    log.debug("worker %d serving", index)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL)
+        counters.flush()
+    await server.close(drain=2.0)
+    counters.flush()
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.ready: asyncio.Future[str] | None = None
+        self.crashes: list[float] = []
+
+
+class Supervisor:
+    """Starts, watches, restarts, reloads and stops the worker processes."""
+
+    def __init__(
+        self, config: Config, count: int, array: Any, on_change: Callable[[], None] | None = None
+    ) -> None:
+        self.config = config
+        self.array = array
+        self._workers = [_Worker(i) for i in range(count)]
+        self._ctx = multiprocessing.get_context("spawn")
+        self._stopping = False
+        self._on_change = on_change
+
+    def live(self) -> list[tuple[int, int]]:
+        """(index, pid) of workers currently running."""
+        return [
+            (w.index, w.proc.pid)
+            for w in self._workers
+            if w.proc is not None and w.proc.pid is not None and w.proc.is_alive()
+        ]
+
+    async def start(self) -> None:
+        """Spawn every worker and wait until all serve; NatkitError (and none left) otherwise."""
+        for worker in self._workers:
+            self._spawn(worker)
+        readies = [w.ready for w in self._workers if w.ready is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*readies), _READY_TIMEOUT)
+        except BaseException as err:
+            await self.stop()
+            if isinstance(err, TimeoutError):
+                raise NatkitError(f"workers did not start within {_READY_TIMEOUT:.0f} s") from None
+            raise
+
+    def _spawn(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(
+            target=worker_main,
+            name=f"natkit-worker-{worker.index}",
+            daemon=True,
+            args=(worker.index, self.config, self.array, child_conn, os.getpid()),
+        )
+        proc.start()
+        child_conn.close()
+        worker.proc, worker.conn, worker.ready = proc, parent_conn, loop.create_future()
+        loop.add_reader(parent_conn.fileno(), self._on_message, worker)
+        loop.add_reader(proc.sentinel, self._on_exit, worker)
+
+    def _on_message(self, worker: _Worker) -> None:
+        assert worker.conn is not None and worker.ready is not None
+        try:
+            kind, payload = worker.conn.recv()
+        except (EOFError, OSError):
+            asyncio.get_running_loop().remove_reader(worker.conn.fileno())
+            return
+        if worker.ready.done():
+            return
+        if kind == "ready":
+            worker.ready.set_result(str(payload))
+            if self._on_change is not None:
+                self._on_change()
+        else:
+            worker.ready.set_exception(NatkitError(str(payload)))
+
+    def _on_exit(self, worker: _Worker) -> None:
+        loop = asyncio.get_running_loop()
+        assert worker.proc is not None and worker.conn is not None
+        loop.remove_reader(worker.proc.sentinel)
+        with contextlib.suppress(OSError, EOFError):
+            if worker.conn.poll():  # its last words ("error", ...) may still be in the pipe
+                self._on_message(worker)
+        with contextlib.suppress(Exception):
+            loop.remove_reader(worker.conn.fileno())
+        worker.proc.join(0)
+        code = worker.proc.exitcode
+        worker.conn.close()
+        if worker.ready is not None and not worker.ready.done():
+            if self._stopping:
+                worker.ready.cancel()
+            else:
+                worker.ready.set_exception(
+                    NatkitError(f"worker {worker.index} exited with status {code} while starting")
+                )
+        if self._stopping:
+            return
+        now = time.monotonic()
+        worker.crashes = [t for t in worker.crashes if now - t < 60.0] + [now]
+        # Back off when a worker keeps dying: a crash loop must not eat the CPU it shares.
+        delay = min(0.1 * 2 ** (len(worker.crashes) - 1), 10.0)
+        log.error(
+            "worker %d (pid %s) exited with status %s; restarting in %.1f s",
+            worker.index,
+            worker.proc.pid,
+            code,
+            delay,
+        )
+        worker.proc = None
+        loop.call_later(delay, self._respawn, worker)
+
+    def _respawn(self, worker: _Worker) -> None:
+        if not self._stopping:
+            self._spawn(worker)
+
+    def reload(self, config: Config) -> None:
+        """Hand a new config to every worker; they apply rate limits and logging."""
+        self.config = config
+        for worker in self._workers:
+            if worker.conn is not None and not worker.conn.closed:
+                with contextlib.suppress(OSError):
+                    worker.conn.send(("reload", config))
+
+    async def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM every worker (they drain), SIGKILL whoever is still there after `timeout`."""
+        self._stopping = True
+        procs = [w.proc for w in self._workers if w.proc is not None]
+        for proc in procs:
+            if proc.is_alive():
+                with contextlib.suppress(OSError):
+                    proc.terminate()
+        deadline = time.monotonic() + timeout
+        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for proc in procs:
+            if proc.is_alive():
+                log.warning("worker pid %s did not drain in %.0f s; killing it", proc.pid, timeout)
+                proc.kill()
+            proc.join(1.0)
