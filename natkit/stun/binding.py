@@ -195,6 +195,27 @@ class BindingHandler:
                 xma = self._xma6(host, port, data[4:20])
         except (OSError, ValueError, struct.error):
             return None
+        return Transmit(self._plain_response(data, xma, local, fp), source, local)
+
+    def plain_response_v4(self, data: bytes, ip4: int, port: int, local: Address) -> bytes | None:
+        """The answer to a plain Binding request from IPv4 `ip4`:`port`, or None when `data` is
+        anything else (the caller then goes through `handle`). For batched I/O, which has the
+        source as raw integers: no text address, no `Transmit`, same bytes as `handle`."""
+        size = len(data)
+        if size == 20:
+            if data[:8] != _PLAIN or not port:
+                return None
+            fp = False
+        elif size == 28 and data[:8] == _PLAIN_WITH_FP and data[20:24] == _FP_HEAD and port:
+            if binascii.crc32(data[:20]) ^ FINGERPRINT_XOR != int.from_bytes(data[24:28], "big"):
+                return None
+            fp = True
+        else:
+            return None
+        xma = _XMA4.pack(0x0020, 8, 1, port ^ 0x2112, ip4 ^ MAGIC_COOKIE)
+        return self._plain_response(data, xma, local, fp)
+
+    def _plain_response(self, data: bytes, xma: bytes, local: Address, fp: bool) -> bytes:
         suffix = self._suffixes.get(local)
         if suffix is None:
             suffix = self._suffix(local)
@@ -202,7 +223,7 @@ class BindingHandler:
         msg = b"\x01\x01" + length.to_bytes(2, "big") + data[4:20] + xma + suffix
         if fp:
             msg += _FP.pack(0x8028, 4, binascii.crc32(msg) ^ FINGERPRINT_XOR)
-        return Transmit(msg, source, local)
+        return msg
 
     @staticmethod
     def _xma6(host: str, port: int, pad: bytes) -> bytes:
