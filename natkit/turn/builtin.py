@@ -1,0 +1,306 @@
+"""The builtin TURN engine: a thin asyncio shell that moves bytes for the sans-IO `Relay`.
+
+Theory of operation. The STUN listeners hand every non-Binding datagram or stream frame to
+`BuiltinTurn.datagram` with a `reply` callable for that socket or connection; relay sockets (one
+non-blocking UDP socket per allocation, bound within ``turn.relay.ports`` on the relay IP) are
+watched with `loop.add_reader` and drained in batches, the same lean path the STUN server uses.
+Whatever the core returns is carried out at once, in order (`natkit.turn.relay` documents the
+commands). A one-second timer runs `Relay.handle_timeout` and keeps the core's Unix-time offset
+current (REST API expiries are Unix times; lifetimes use the monotonic clock).
+
+`listen()` opens standalone UDP/TCP listeners that answer Binding too: for embedding natkit's
+TURN without `natkit serve`, for tests and for the benchmark.
+
+With ``stun.workers`` > 1 every worker has its own `BuiltinTurn`: SO_REUSEPORT keeps a client's
+5-tuple on one worker, so allocations work, but quotas count per worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import time
+from collections.abc import Callable
+
+from natkit.addr import Address, ListenURI, Transport
+from natkit.config.model import Config
+from natkit.stun.binding import BindingHandler
+from natkit.stun.server import FramingError, StreamFramer
+from natkit.turn.allocation import FiveTuple
+from natkit.turn.engine import Reply, build_relay
+from natkit.turn.relay import Command, OpenRelay, Relay, SendToClient, SendToPeer
+
+__all__ = ["BuiltinTurn"]
+
+log = logging.getLogger("natkit.turn.builtin")
+
+_BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
+_RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
+_TICK = 1.0
+_IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
+
+
+def _dont_fragment(sock: socket.socket, family: int) -> None:
+    """RFC 8656 §7.2/§14: DONT-FRAGMENT → set DF on what the relay sends (Linux options)."""
+    if family == socket.AF_INET and hasattr(socket, "IP_MTU_DISCOVER"):
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_MTU_DISCOVER, _IP_PMTUDISC_DO)
+    elif family == socket.AF_INET6 and hasattr(socket, "IPV6_DONTFRAG"):
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
+
+
+def _sender(sock: socket.socket, addr: tuple[str, int]) -> Reply:
+    def reply(data: bytes) -> None:
+        sock.sendto(data, addr)
+
+    return reply
+
+
+class BuiltinTurn:
+    """The asyncio adapter around one `Relay`; implements `natkit.turn.engine.TurnEngine`."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        relay: Relay | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.relay = relay or build_relay(config, rng=rng)
+        self.clock = clock
+        self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
+        self._senders: dict[FiveTuple, Reply] = {}
+        self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.Server] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.send_errors = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sync_unix_time()
+        if self._timer is None:
+            self._timer = asyncio.create_task(self._tick())
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._timer
+            self._timer = None
+        for server in self._servers:
+            server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sock in self._listeners:
+            self._unwatch(sock)
+        for relay in list(self._sockets):
+            self._close_relay(relay)
+        self._listeners.clear()
+        self._servers.clear()
+
+    def _sync_unix_time(self) -> None:
+        self.relay.auth.unix_offset = time.time() - self.clock()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(_TICK)
+            self._sync_unix_time()
+            try:
+                self._run(self.relay.handle_timeout(self.clock()), None)
+            except Exception:  # the timer must survive a bug in one sweep
+                log.exception("TURN timeout sweep failed")
+
+    # -- the TurnEngine interface ----------------------------------------------------------
+
+    def datagram(
+        self, data: bytes, source: Address, local: Address, transport: Transport, reply: Reply
+    ) -> None:
+        commands = self.relay.handle_client(data, source, local, transport, self.clock())
+        if commands:
+            self._run(commands, reply)
+
+    def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
+        five_tuple = FiveTuple(source, local, transport)
+        self._run(self.relay.connection_lost(five_tuple, self.clock()), None)
+
+    @property
+    def allocation_count(self) -> int:
+        return len(self.relay.allocations)
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _run(self, commands: list[Command], reply: Reply | None) -> None:
+        for cmd in commands:
+            try:
+                if isinstance(cmd, SendToPeer):
+                    entry = self._sockets.get(cmd.relay)
+                    if entry is not None:
+                        entry[0].sendto(cmd.data, cmd.peer)
+                elif isinstance(cmd, SendToClient):
+                    # Answers to a client's own request go back the way it came.
+                    send = reply or self._senders.get(cmd.to)
+                    if send is not None:
+                        send(cmd.data)
+                elif isinstance(cmd, OpenRelay):
+                    if not self._open_relay(cmd, reply):
+                        # The rest of this batch announces the relay that failed: replace it.
+                        self._run(self.relay.relay_unavailable(cmd.relay, self.clock()), reply)
+                        return
+                else:
+                    self._close_relay(cmd.relay)
+            except OSError:  # full send buffer, unreachable peer: UDP may drop, so do we
+                self.send_errors += 1
+
+    def _open_relay(self, cmd: OpenRelay, reply: Reply | None) -> bool:
+        family = socket.AF_INET6 if cmd.relay.family == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            sock.bind(cmd.relay)
+            if cmd.dont_fragment:
+                _dont_fragment(sock, family)
+        except OSError as err:
+            sock.close()
+            log.debug("relay %s unavailable: %s", cmd.relay, err)
+            return False
+        self._sockets[cmd.relay] = (sock, cmd.owner)
+        if reply is not None:
+            self._senders[cmd.owner] = reply
+        assert self._loop is not None, "BuiltinTurn.start() was not awaited"
+        self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
+        return True
+
+    def _close_relay(self, relay: Address) -> None:
+        entry = self._sockets.pop(relay, None)
+        if entry is None:
+            return
+        sock, owner = entry
+        self._senders.pop(owner, None)
+        self._unwatch(sock)
+
+    def _unwatch(self, sock: socket.socket) -> None:
+        if self._loop is not None and sock.fileno() >= 0:
+            self._loop.remove_reader(sock.fileno())
+        sock.close()
+
+    def _peer_reader(self, sock: socket.socket, relay: Address) -> Callable[[], None]:
+        recvfrom, handle, clock, run = sock.recvfrom, self.relay.handle_peer, self.clock, self._run
+        senders = self._senders
+
+        def on_readable() -> None:
+            now = clock()
+            for _ in range(_BATCH):
+                try:
+                    data, addr = recvfrom(_RECV_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError:  # ICMP errors from earlier sends surface here
+                    continue
+                commands = handle(relay, data, Address(addr[0], addr[1]), now)
+                if len(commands) == 1 and type(commands[0]) is SendToClient:
+                    send = senders.get(commands[0].to)
+                    if send is not None:
+                        try:
+                            send(commands[0].data)
+                        except OSError:
+                            self.send_errors += 1
+                elif commands:
+                    run(commands, None)
+
+        return on_readable
+
+    # -- standalone listeners --------------------------------------------------------------
+
+    async def listen(self, uri: ListenURI) -> Address:
+        """Serve STUN Binding + TURN on `uri` (udp or tcp) without `natkit serve`."""
+        loop = self._loop or asyncio.get_running_loop()
+        binding = BindingHandler(software=self.config.stun.software)
+        family = socket.AF_INET6 if uri.family == 6 else socket.AF_INET
+        if uri.transport is Transport.UDP:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
+            try:
+                sock.setblocking(False)
+                sock.bind((uri.host, uri.port))
+            except OSError:
+                sock.close()
+                raise
+            self._listeners.append(sock)
+            local = Address(*sock.getsockname()[:2])
+            loop.add_reader(sock.fileno(), self._udp_listener(sock, local, binding))
+            return local
+        server = await asyncio.start_server(
+            lambda r, w: self._spawn(self._stream(r, w, binding, uri.transport)),
+            host=uri.host, port=uri.port, family=family,
+        )  # fmt: skip
+        self._servers.append(server)
+        return Address(*server.sockets[0].getsockname()[:2])
+
+    def _spawn(self, coro: asyncio.Future[None] | object) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _udp_listener(
+        self, sock: socket.socket, local: Address, binding: BindingHandler
+    ) -> Callable[[], None]:
+        recvfrom, sendto, datagram = sock.recvfrom, sock.sendto, self.datagram
+        udp = Transport.UDP
+
+        def on_readable() -> None:
+            for _ in range(_BATCH):
+                try:
+                    data, addr = recvfrom(_RECV_SIZE)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    continue
+                source = Address(addr[0], addr[1])
+                try:
+                    if data[:2] == b"\x00\x01":  # a Binding request: the STUN server's job
+                        tx = binding.handle(data, source, local, udp)
+                        if tx is not None:
+                            sendto(tx.data, addr)
+                        continue
+                    datagram(data, source, local, udp, _sender(sock, addr))
+                except OSError:
+                    self.send_errors += 1
+
+        return on_readable
+
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        binding: BindingHandler,
+        transport: Transport,
+    ) -> None:
+        peer, own = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
+        source, local = Address(peer[0], peer[1]), Address(own[0], own[1])
+        # Frames carry relayed data here: allow the largest ChannelData (RFC 8656 §12.4).
+        framer = StreamFramer(max(self.config.stun.stream.max_message_size, 4 + 0xFFFF + 3))
+        try:
+            while data := await reader.read(65536):
+                for frame in framer.feed(data):
+                    if frame[:2] == b"\x00\x01":
+                        tx = binding.handle(frame, source, local, transport)
+                        if tx is not None:
+                            writer.write(tx.data)
+                    else:
+                        self.datagram(frame, source, local, transport, writer.write)
+                await writer.drain()
+        except (FramingError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.connection_lost(source, local, transport)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -1,0 +1,124 @@
+"""The interface a TURN engine offers the STUN listeners, and the builtin engine's settings.
+
+One port serves STUN and TURN (as coturn does): the listeners of `natkit.stun.server` answer
+Binding requests themselves and hand every other datagram or stream frame (TURN methods, Send
+indications, ChannelData) to the engine through `TurnEngine.datagram`, with a `reply` callable
+that sends on the same socket (UDP: to the source; TCP/TLS: on the same connection). The
+``coturn`` engine is a separate process that owns the ports itself, so it has no `TurnEngine`:
+`create_engine` returns None for it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+from natkit.addr import Address, Transport
+from natkit.config.model import Config
+from natkit.errors import ConfigError
+from natkit.turn.auth import Authenticator
+from natkit.turn.coturn_conf import peer_policy
+from natkit.turn.relay import Relay, RelaySettings
+
+__all__ = ["Reply", "TurnEngine", "build_relay", "create_engine", "parse_ports", "relay_settings"]
+
+Reply = Callable[[bytes], None]
+
+
+class TurnEngine(Protocol):
+    """What the STUN listeners call; every method returns at once (no awaiting per packet)."""
+
+    async def start(self) -> None:
+        """Start timers; call inside the running loop before the first `datagram`."""
+
+    async def close(self) -> None:
+        """Free every allocation and relay socket."""
+
+    def datagram(
+        self, data: bytes, source: Address, local: Address, transport: Transport, reply: Reply
+    ) -> None:
+        """One UDP datagram or one stream frame (STUN or ChannelData) from a client."""
+
+    def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
+        """A TCP/TLS client connection closed (RFC 8656 §7: its allocation goes with it)."""
+
+
+def parse_ports(config: Config) -> tuple[int, int]:
+    text = config.turn.relay.ports
+    low, sep, high = text.partition("-")
+    if sep and low.strip().isdigit() and high.strip().isdigit():
+        lo, hi = int(low), int(high)
+        if 0 < lo <= hi <= 65535:
+            return lo, hi
+    raise ConfigError(
+        f"expected LOW-HIGH within 1-65535, got {text!r}",
+        file=config.source,
+        path="turn.relay.ports",
+    )
+
+
+def relay_settings(config: Config) -> RelaySettings:
+    """Relay IPs per family: ``turn.relay.address`` for its family, else the first concrete
+    listener IP of each family (a wildcard listener names no address a peer could reach)."""
+    turn = config.turn
+    relay_ips: dict[int, str] = {}
+    if turn.relay.address:
+        relay_ips[ipaddress.ip_address(turn.relay.address).version] = turn.relay.address
+    for uri in config.stun.listen:
+        ip = ipaddress.ip_address(uri.host)
+        if not ip.is_unspecified:
+            relay_ips.setdefault(ip.version, uri.host)
+    if not relay_ips:
+        raise ConfigError(
+            "the builtin TURN engine needs a relay IP: set turn.relay.address "
+            "(every listener is a wildcard address)",
+            file=config.source,
+            path="turn.relay.address",
+        )
+    external: dict[int, str] = {}
+    if turn.relay.external_address:
+        external[ipaddress.ip_address(turn.relay.external_address).version] = (
+            turn.relay.external_address
+        )
+    return RelaySettings(
+        relay_ips=relay_ips,
+        external_ips=external,
+        ports=parse_ports(config),
+        lifetime_default=turn.lifetime.default,
+        lifetime_max=turn.lifetime.max,
+        quota_per_user=turn.quota.per_user,
+        quota_total=turn.quota.total,
+        software=config.stun.software,
+    )
+
+
+def build_relay(
+    config: Config, *, rng: random.Random | None = None, nonce_key: bytes | None = None
+) -> Relay:
+    """The sans-IO core for `config` (ConfigError for what it cannot serve)."""
+    auth = config.turn.auth
+    if not auth.secret and not auth.users:
+        raise ConfigError(
+            "set `secret` or `users`: natkit runs no open relay",
+            file=config.source,
+            path="turn.auth",
+        )
+    authenticator = Authenticator(
+        config.turn.realm,
+        users=auth.users,
+        secret=auth.secret,
+        nonce_lifetime=auth.nonce_lifetime,
+        nonce_key=nonce_key,
+    )
+    return Relay(relay_settings(config), authenticator, peer_policy(config), rng)
+
+
+def create_engine(config: Config) -> TurnEngine | None:
+    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it)."""
+    if not config.turn.enabled or config.turn.engine != "builtin":
+        return None
+    from natkit.turn.builtin import BuiltinTurn
+
+    return BuiltinTurn(config)

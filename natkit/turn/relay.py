@@ -1,0 +1,456 @@
+"""The built-in TURN server core, sans-IO (RFC 8656, UDP relays).
+
+Theory of operation (the shape of firezone's relay). The caller owns every socket and the clock;
+`Relay` owns the state and the rules. Three entry points take bytes, the addresses they moved
+between and `now`, and return a list of commands for the caller to carry out, in order:
+
+- `handle_client(data, client, local, transport, now)`: a STUN message or ChannelData from a
+  client on one of the server's listeners (`local`; over TCP each frame separately);
+- `handle_peer(relay, data, peer, now)`: a datagram a relay socket received from a peer;
+- `handle_timeout(now)`: call about once a second; frees expired allocations;
+- and two notifications: `connection_lost` (a TCP client went away: its allocation goes too,
+  §7) and `relay_unavailable` (the adapter could not bind an `OpenRelay` address).
+
+Commands: `SendToClient` (on the listener 5-tuple), `SendToPeer` (from a relay socket),
+`OpenRelay` (bind a relay socket; always followed by the Allocate response that announces it —
+if the bind fails, drop the rest of that batch and run `relay_unavailable(...)`'s commands
+instead) and `CloseRelay`. They are NamedTuples: immutable like frozen dataclasses, and several
+times cheaper to build, which matters on the per-packet path.
+
+Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
+(`natkit.turn.peers`, 403), quotas (486 per user, 508 in total or when no port is free),
+lifetimes and the channel rules (`natkit.turn.allocation`). Responses carry SOFTWARE,
+MESSAGE-INTEGRITY once the request authenticated, and FINGERPRINT when the request had one.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from natkit.addr import Address, Transport
+from natkit.stun.attributes import AddressErrorCode, AttrValue, ErrorCode
+from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass, Method
+from natkit.stun.errors import StunDecodeError
+from natkit.stun.framing import build_channel_data, parse_channel_data
+from natkit.stun.message import Message, parse_message
+from natkit.turn.allocation import (
+    Allocation,
+    AllocationTable,
+    FiveTuple,
+    PortPool,
+    grant_lifetime,
+)
+from natkit.turn.auth import Authenticator, AuthError, Credentials
+from natkit.turn.peers import PeerPolicy
+
+__all__ = [
+    "CloseRelay",
+    "Command",
+    "OpenRelay",
+    "Relay",
+    "RelaySettings",
+    "SendToClient",
+    "SendToPeer",
+]
+
+UDP_PROTOCOL = 17  # REQUESTED-TRANSPORT value for UDP (RFC 8656 §18.9)
+_FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.10)
+_OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
+_BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
+
+
+class SendToClient(NamedTuple):
+    data: bytes
+    to: FiveTuple
+
+
+class SendToPeer(NamedTuple):
+    relay: Address
+    data: bytes
+    peer: Address
+
+
+class OpenRelay(NamedTuple):
+    relay: Address
+    owner: FiveTuple
+    dont_fragment: bool
+
+
+class CloseRelay(NamedTuple):
+    relay: Address
+
+
+Command = SendToClient | SendToPeer | OpenRelay | CloseRelay
+
+
+@dataclass(frozen=True, slots=True)
+class RelaySettings:
+    """What the core needs from ``turn.*`` (built by `natkit.turn.engine.relay_settings`)."""
+
+    relay_ips: Mapping[int, str]
+    """IP version → the local IP relay sockets bind to; a family missing here answers 440."""
+    external_ips: Mapping[int, str] = field(default_factory=dict)
+    """IP version → the IP advertised in XOR-RELAYED-ADDRESS (1:1 NAT), else the relay IP."""
+    ports: tuple[int, int] = (49152, 65535)
+    lifetime_default: int = 600
+    lifetime_max: int = 3600
+    quota_per_user: int = 10
+    quota_total: int = 1000
+    software: str = "natkit"
+
+
+_Handler = Callable[[Message, FiveTuple, Credentials, float], list["Command"]]
+
+
+class Relay:
+    """One TURN server's allocations and rules; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        auth: Authenticator,
+        policy: PeerPolicy,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.auth = auth
+        self.policy = policy
+        self.rng = rng or random.SystemRandom()
+        low, high = settings.ports
+        pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
+        self.allocations = AllocationTable(pools)
+        self._opening: dict[Address, tuple[Message, int]] = {}
+        self._blocked: list[tuple[float, str, int]] = []
+        self._methods: dict[int, _Handler] = {
+            Method.ALLOCATE: self._allocate,
+            Method.REFRESH: self._refresh,
+            Method.CREATE_PERMISSION: self._create_permission,
+            Method.CHANNEL_BIND: self._channel_bind,
+        }
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def handle_client(
+        self, data: bytes, client: Address, local: Address, transport: Transport, now: float
+    ) -> list[Command]:
+        if not data:
+            return []
+        if self._opening:
+            self._opening.clear()  # relay_unavailable comes before the next datagram
+        first = data[0]
+        if 0x40 <= first <= 0x4F:  # ChannelData (RFC 7983 §7), the hot path
+            alloc = self.allocations.by_five_tuple.get(FiveTuple(client, local, transport))
+            if alloc is None:
+                return []
+            try:
+                number, payload = parse_channel_data(data)
+            except StunDecodeError:
+                return []
+            peer = alloc.channel_peer(number, now)
+            return [] if peer is None else [SendToPeer(alloc.relay, payload, peer)]
+        if first > 3:
+            return []
+        try:
+            msg = parse_message(data)
+        except StunDecodeError:
+            return []
+        if msg.legacy:
+            return []  # TURN needs the magic cookie; RFC 3489 has no relay methods
+        five_tuple = FiveTuple(client, local, transport)
+        if msg.message_class is MessageClass.REQUEST:
+            return self._request(msg, five_tuple, now)
+        if msg.message_class is MessageClass.INDICATION and msg.method == Method.SEND:
+            return self._send(msg, five_tuple, now)
+        return []
+
+    def handle_peer(self, relay: Address, data: bytes, peer: Address, now: float) -> list[Command]:
+        alloc = self.allocations.by_relay.get(relay)
+        # RFC 8656 §11.3, §12.6: without a permission for the peer's IP, drop silently.
+        if alloc is None or not alloc.permitted(peer.host, now):
+            return []
+        channel = alloc.peer_channels.get(peer)
+        if channel is not None and channel.expires > now:
+            # §12.5: over TCP ChannelData is padded to a multiple of 4 bytes.
+            pad = alloc.five_tuple.transport is not Transport.UDP
+            frame = build_channel_data(channel.number, data, pad=pad)
+        else:
+            tid = self.rng.getrandbits(96).to_bytes(12, "big")
+            attrs: list[tuple[int, AttrValue]] = [
+                (AttrType.XOR_PEER_ADDRESS, peer),
+                (AttrType.DATA, data),
+            ]
+            frame = Message(Method.DATA, MessageClass.INDICATION, tid, attrs).encode()
+        return [SendToClient(frame, alloc.five_tuple)]
+
+    def handle_timeout(self, now: float) -> list[Command]:
+        table = self.allocations
+        commands: list[Command] = []
+        for alloc in table.expired(now):  # §7: the allocation ends with its lifetime
+            table.remove(alloc)
+            commands.append(CloseRelay(alloc.relay))
+        for alloc in table.by_five_tuple.values():
+            alloc.expire(now)
+        if self._blocked and self._blocked[0][0] <= now:
+            keep = []
+            for until, host, port in self._blocked:
+                if until <= now and host in table.pools:
+                    table.pools[host].release(port)
+                else:
+                    keep.append((until, host, port))
+            self._blocked = keep
+        return commands
+
+    def connection_lost(self, five_tuple: FiveTuple, now: float) -> list[Command]:
+        """RFC 8656 §7 (TCP/TLS): the allocation lives only as long as its connection."""
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        if alloc is None:
+            return []
+        self.allocations.remove(alloc)
+        return [CloseRelay(alloc.relay)]
+
+    def relay_unavailable(self, relay: Address, now: float) -> list[Command]:
+        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2)."""
+        table = self.allocations
+        alloc = table.by_relay.get(relay)
+        pending = self._opening.pop(relay, None)
+        if alloc is None or pending is None:
+            return []
+        msg, tries = pending
+        self._blocked.append((now + _BLOCK_SECONDS, relay.host, relay.port))
+        pool = table.pools[relay.host]
+        port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False) if tries < _OPEN_TRIES else None
+        if port is None:
+            table.remove(alloc)
+            return [self._error(msg, alloc.five_tuple, 508, alloc.key)]
+        new = Address(relay.host, port)
+        table.move(alloc, new, self._advertised(new))
+        self._opening[new] = (msg, tries + 1)
+        return [
+            OpenRelay(new, alloc.five_tuple, alloc.dont_fragment),
+            self._allocate_success(msg, alloc, now),
+        ]
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _request(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
+        handler = self._methods.get(msg.method)
+        if handler is None:
+            # Binding belongs to the STUN server's handler; other methods are unknown here.
+            return [] if msg.method == Method.BINDING else [self._error(msg, five_tuple, 400)]
+        creds = self.auth.check(msg, five_tuple.client.host, now)
+        if isinstance(creds, AuthError):
+            return [self._auth_error(msg, five_tuple, creds, now)]
+        unknown = msg.unknown_required
+        if unknown:  # RFC 8489 §6.3.1
+            extra: list[tuple[int, AttrValue]] = [(AttrType.UNKNOWN_ATTRIBUTES, tuple(unknown))]
+            return [self._error(msg, five_tuple, 420, creds.key, extra)]
+        return handler(msg, five_tuple, creds, now)
+
+    def _allocate(
+        self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
+    ) -> list[Command]:
+        existing = self.allocations.by_five_tuple.get(five_tuple)
+        if existing is not None and existing.expires > now:
+            if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
+                return [self._allocate_success(msg, existing, now)]
+            return [self._error(msg, five_tuple, 437, creds.key)]
+        if existing is not None:
+            self.allocations.remove(existing)
+        code = self._allocate_check(msg, creds)
+        if code:
+            return [self._error(msg, five_tuple, code, creds.key)]
+        even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
+        family = _FAMILIES.get(_int(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)) or 1, 4)
+        ip = self.settings.relay_ips[family]
+        port = self.allocations.pools[ip].take(even=even)
+        if port is None:
+            return [self._error(msg, five_tuple, 508, creds.key)]
+        relay = Address(ip, port)
+        lifetime = grant_lifetime(_int(msg.get(AttrType.LIFETIME)), *self._lifetimes)
+        alloc = Allocation(
+            five_tuple, relay, self._advertised(relay), creds.username, creds.user, creds.key,
+            now + lifetime, msg.transaction_id, AttrType.DONT_FRAGMENT in msg,
+        )  # fmt: skip
+        self.allocations.add(alloc)
+        self._opening[relay] = (msg, 1)
+        return [
+            OpenRelay(relay, five_tuple, alloc.dont_fragment),
+            self._allocate_success(msg, alloc, now),
+        ]
+
+    def _allocate_check(self, msg: Message, creds: Credentials) -> int:
+        """The error code an Allocate gets before any state changes (§7.2), or 0."""
+        requested = msg.get(AttrType.REQUESTED_TRANSPORT)
+        if not isinstance(requested, int) or isinstance(requested, bool):
+            return 400
+        if requested != UDP_PROTOCOL:
+            return 442  # TCP relays (RFC 6062) are not offered
+        token = AttrType.RESERVATION_TOKEN in msg
+        even = msg.get(AttrType.EVEN_PORT)
+        family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
+        additional = msg.get(AttrType.ADDITIONAL_ADDRESS_FAMILY)
+        if token and (even is not None or family is not None):
+            return 400
+        if family is not None and additional is not None:
+            return 400
+        if additional == 1:  # §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6
+            return 400
+        if token or even is True:
+            return 508  # port reservations (R bit, RESERVATION-TOKEN) are not offered
+        if _FAMILIES.get(_int(family) or 1, 4) not in self.settings.relay_ips:
+            return 440
+        if self.allocations.per_user.get(creds.user, 0) >= self.settings.quota_per_user:
+            return 486
+        if len(self.allocations) >= self.settings.quota_total:
+            return 508
+        return 0
+
+    def _allocate_success(self, msg: Message, alloc: Allocation, now: float) -> SendToClient:
+        attrs: list[tuple[int, AttrValue]] = [
+            (AttrType.XOR_RELAYED_ADDRESS, alloc.advertised),
+            (AttrType.LIFETIME, max(0, int(alloc.expires - now))),
+            (AttrType.XOR_MAPPED_ADDRESS, alloc.five_tuple.client),
+        ]
+        if msg.get(AttrType.ADDITIONAL_ADDRESS_FAMILY) == 2:
+            # §7.2: dual allocations are not offered; say so for IPv6, keep the IPv4 relay.
+            attrs.append((AttrType.ADDRESS_ERROR_CODE, AddressErrorCode(2, 440, "Not Supported")))
+        return self._response(msg, alloc.five_tuple, alloc.key, attrs)
+
+    def _owned(
+        self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
+    ) -> Allocation | SendToClient:
+        """The 5-tuple's live allocation, or the 437/441 answer (RFC 8656 §8, §10, §11)."""
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        if alloc is None or alloc.expires <= now:
+            return self._error(msg, five_tuple, 437, creds.key)
+        if alloc.username != creds.username:
+            return self._error(msg, five_tuple, 441, creds.key)
+        return alloc
+
+    def _refresh(
+        self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
+    ) -> list[Command]:
+        alloc = self._owned(msg, five_tuple, creds, now)
+        if isinstance(alloc, SendToClient):
+            return [alloc]
+        family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
+        if family is not None and _FAMILIES.get(_int(family) or 0) != alloc.family:
+            return [self._error(msg, five_tuple, 443, creds.key)]  # §8
+        requested = _int(msg.get(AttrType.LIFETIME))
+        if requested == 0:  # §8: a zero lifetime deletes the allocation now
+            self.allocations.remove(alloc)
+            response = self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, 0)])
+            return [response, CloseRelay(alloc.relay)]
+        lifetime = grant_lifetime(requested, *self._lifetimes)
+        alloc.expires = now + lifetime
+        return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
+
+    def _peer_error(self, alloc: Allocation, peer: AttrValue | None) -> int:
+        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused by the policy (§9)."""
+        if not isinstance(peer, Address):
+            return 400
+        if peer.family != alloc.family:
+            return 443
+        return 0 if self.policy.is_allowed(peer.host) else 403
+
+    def _create_permission(
+        self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
+    ) -> list[Command]:
+        alloc = self._owned(msg, five_tuple, creds, now)
+        if isinstance(alloc, SendToClient):
+            return [alloc]
+        peers = [v for t, v in msg.attributes if t == AttrType.XOR_PEER_ADDRESS]
+        for peer in peers or [b""]:  # none at all is a 400 too
+            code = self._peer_error(alloc, peer)
+            if code:  # §10: all or nothing
+                return [self._error(msg, five_tuple, code, creds.key)]
+        for peer in peers:
+            assert isinstance(peer, Address)
+            alloc.permit(peer.host, now)
+        return [self._response(msg, five_tuple, creds.key, [])]
+
+    def _channel_bind(
+        self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
+    ) -> list[Command]:
+        alloc = self._owned(msg, five_tuple, creds, now)
+        if isinstance(alloc, SendToClient):
+            return [alloc]
+        number = _int(msg.get(AttrType.CHANNEL_NUMBER))
+        peer = msg.get(AttrType.XOR_PEER_ADDRESS)
+        code = self._peer_error(alloc, peer)
+        if number is None or not 0x4000 <= number <= 0x4FFF:
+            code = 400
+        if code:
+            return [self._error(msg, five_tuple, code, creds.key)]
+        assert isinstance(peer, Address) and number is not None
+        if not alloc.can_bind(number, peer):  # §12.2: number or peer already bound otherwise
+            return [self._error(msg, five_tuple, 400, creds.key)]
+        alloc.bind(number, peer, now)
+        return [self._response(msg, five_tuple, creds.key, [])]
+
+    def _send(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
+        """Send indication (§11.2): no answer ever; dropped unless permitted."""
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        if alloc is None or alloc.expires <= now:
+            return []
+        peer, payload = msg.get(AttrType.XOR_PEER_ADDRESS), msg.get(AttrType.DATA)
+        if not isinstance(peer, Address) or not isinstance(payload, bytes):
+            return []
+        if peer.family != alloc.family or not alloc.permitted(peer.host, now):
+            return []
+        return [SendToPeer(alloc.relay, payload, peer)]
+
+    # -- responses -------------------------------------------------------------------------
+
+    @property
+    def _lifetimes(self) -> tuple[int, int]:
+        return self.settings.lifetime_default, self.settings.lifetime_max
+
+    def _advertised(self, relay: Address) -> Address:
+        external = self.settings.external_ips.get(relay.family)
+        return relay if external is None else Address(external, relay.port)
+
+    def _response(
+        self,
+        msg: Message,
+        five_tuple: FiveTuple,
+        key: bytes | None,
+        attrs: list[tuple[int, AttrValue]],
+        message_class: MessageClass = MessageClass.SUCCESS,
+    ) -> SendToClient:
+        if self.settings.software:
+            attrs.append((AttrType.SOFTWARE, self.settings.software))
+        out = Message(msg.method, message_class, msg.transaction_id, attrs)
+        fingerprint = AttrType.FINGERPRINT in msg  # RFC 8489 §7.3: mirror the request
+        return SendToClient(out.encode(integrity_key=key, fingerprint=fingerprint), five_tuple)
+
+    def _error(
+        self,
+        msg: Message,
+        five_tuple: FiveTuple,
+        code: int,
+        key: bytes | None = None,
+        extra: list[tuple[int, AttrValue]] | None = None,
+    ) -> SendToClient:
+        attrs: list[tuple[int, AttrValue]] = [
+            (AttrType.ERROR_CODE, ErrorCode(code, ERROR_REASONS[code]))
+        ]
+        return self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
+
+    def _auth_error(
+        self, msg: Message, five_tuple: FiveTuple, err: AuthError, now: float
+    ) -> SendToClient:
+        extra: list[tuple[int, AttrValue]] = []
+        if err.nonce:  # RFC 8489 §9.2.4: the challenge carries REALM and a fresh NONCE
+            extra = [
+                (AttrType.REALM, self.auth.realm),
+                (AttrType.NONCE, self.auth.nonce(five_tuple.client.host, now)),
+            ]
+        return self._error(msg, five_tuple, err.code, None, extra)
+
+
+def _int(value: AttrValue | None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
