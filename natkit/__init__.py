@@ -1,7 +1,7 @@
 """natkit: NAT traversal infrastructure toolkit.
 
-STUN/TURN serving (`natkit.stun`, `natkit.turn`), NAT diagnosis (`natkit.diag`) and network-namespace
-NAT labs for CI (`natkit.lab`), sharing one config layer (`natkit.config`).
+STUN/TURN serving (`natkit.stun`, `natkit.turn`), NAT diagnosis (`natkit.diag`) and
+network-namespace NAT labs for CI (`natkit.lab`), sharing one config layer (`natkit.config`).
 """
 
 from importlib.metadata import PackageNotFoundError, version

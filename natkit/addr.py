@@ -96,7 +96,9 @@ class ListenURI:
                 f"unknown transport {scheme!r} in {text!r} (expected udp, tcp or tls)"
             ) from None
         if rest.count(":") > 1 and not rest.startswith("["):
-            raise ValueError(f"write the IPv6 address in {text!r} in brackets, e.g. udp://[::1]:3478")
+            raise ValueError(
+                f"write the IPv6 address in {text!r} in brackets, e.g. udp://[::1]:3478"
+            )
         host, port = parse_hostport(rest, default_port=5349 if transport is Transport.TLS else 3478)
         try:
             ipaddress.ip_address(host)

@@ -32,8 +32,14 @@ class UsageError(NatkitError):
 class ConfigError(NatkitError):
     """The config file is invalid. The message reads ``FILE:LINE: key.path: problem``."""
 
-    def __init__(self, problem: str, *, file: str | None = None, line: int | None = None,
-                 path: str | None = None) -> None:
+    def __init__(
+        self,
+        problem: str,
+        *,
+        file: str | None = None,
+        line: int | None = None,
+        path: str | None = None,
+    ) -> None:
         self.problem = problem
         self.file = file
         self.line = line
@@ -48,7 +54,7 @@ class ConfigError(NatkitError):
 
 
 class DependencyError(NatkitError):
-    """An external binary or package natkit needs is missing; the message names how to install it."""
+    """An external binary or package natkit needs is missing; the message says how to install it."""
 
 
 class PrivilegeError(NatkitError):

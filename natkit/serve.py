@@ -19,8 +19,9 @@ from typing import TextIO
 from natkit import logs
 from natkit.addr import Transport
 from natkit.config.model import Config
-from natkit.errors import DependencyError, NatkitError
+from natkit.errors import NatkitError
 from natkit.metrics import MetricsServer, SharedCounters, render
+from natkit.signal.http import SignalServer, serve_signal
 from natkit.stun.sockets import make_ssl_context, plan_listeners
 from natkit.stun.workers import Supervisor, resolve_workers
 
@@ -32,33 +33,28 @@ log = logging.getLogger("natkit.serve")
 _RESTART_ONLY = ("listen", "alternate", "workers", "software", "tls", "stream")
 
 
-def serve(config: Config, *, out: TextIO | None = None) -> None:
-    """Serve per `config` until SIGINT/SIGTERM; NatkitError for anything the user must fix."""
+def serve(config: Config, *, out: TextIO | None = None) -> int:
+    """Serve per `config` until SIGINT/SIGTERM and return the exit status (0 after a clean
+    stop; coturn's own status with that engine). NatkitError for anything the user must fix."""
     out = out or sys.stdout
     logs.setup(config.logging.level, config.logging.format, role="supervisor")
     if config.turn.enabled and config.turn.engine == "coturn":
-        _serve_coturn(config)
-        return
-    if config.turn.enabled:
-        log.warning("turn.engine builtin is not built yet; serving STUN only")
+        if config.signal.enabled:
+            log.warning("signal is not served with turn.engine coturn; run natkit p2p signal")
+        # coturn serves STUN and TURN on the same ports itself; natkit only supervises it.
+        from natkit.turn import coturn
+
+        return coturn.serve(config)
     if not config.stun.enabled:
-        raise NatkitError("nothing to serve: stun.enabled is false and TURN is off")
+        raise NatkitError(
+            "nothing to serve: stun.enabled is false (the builtin TURN engine "
+            "shares the STUN listeners)"
+        )
     plans = plan_listeners(config.stun, config.source)  # ConfigError before anything starts
     if any(p.uri.transport is Transport.TLS for p in plans):
         make_ssl_context(config.stun.tls, config.source)
     asyncio.run(_run(config, out))
-
-
-def _serve_coturn(config: Config) -> None:
-    # The coturn engine serves STUN and TURN on the same ports itself; natkit only supervises it.
-    try:
-        from natkit.turn import coturn
-    except ImportError:
-        raise DependencyError("turn.engine coturn: the coturn engine is not built yet") from None
-    run = getattr(coturn, "serve", None)
-    if run is None:
-        raise DependencyError("turn.engine coturn: the coturn engine is not built yet")
-    run(config)
+    return 0
 
 
 async def _run(config: Config, out: TextIO) -> None:
@@ -83,16 +79,26 @@ async def _run(config: Config, out: TextIO) -> None:
         loop.add_signal_handler(sig, stop.set)
     state = {"config": config}
     loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor)
+    rendezvous: SignalServer | None = None
     try:
         await supervisor.start()
+        # The rendezvous keeps pairings in memory: one instance, in the supervisor, not per worker.
+        if config.signal.enabled:
+            rendezvous = serve_signal(config.signal)
+            await rendezvous.start()
         plural = "worker" if count == 1 else "workers"
+        served = "STUN + TURN" if config.turn.enabled else "STUN"
         for uri in config.stun.listen:
-            print(f"listening {uri} ({count} {plural})", file=out, flush=True)
+            print(f"listening {uri} ({served}, {count} {plural})", file=out, flush=True)
+        if rendezvous is not None:
+            print(f"signal {rendezvous.url}", file=out, flush=True)
         if metrics is not None:
             print(f"metrics http://{config.metrics.listen}/metrics", file=out, flush=True)
         await stop.wait()
         log.info("stopping: draining workers")
     finally:
+        if rendezvous is not None:
+            await rendezvous.stop()
         await supervisor.stop()
         if metrics is not None:
             await metrics.close()

@@ -27,4 +27,6 @@ def pytest_runtest_makereport(
     report = outcome.get_result()  # type: ignore[attr-defined]
     if IN_CI and report.skipped and "netns" in item.keywords:
         report.outcome = "failed"
-        report.longrepr = f"CI=true: lab test {item.nodeid} skipped instead of running: {report.longrepr}"
+        report.longrepr = (
+            f"CI=true: lab test {item.nodeid} skipped instead of running: {report.longrepr}"
+        )

@@ -21,4 +21,6 @@ def command(config_path: str | None) -> None:
     from natkit.config import load
     from natkit.serve import serve
 
-    serve(load(config_path))
+    status = serve(load(config_path))
+    if status:
+        raise SystemExit(status)

@@ -73,23 +73,26 @@ def available() -> bool:
 
 
 class MMsgSocket:
-    """Receive and send buffers for `batch` datagrams of at most `size` bytes on one IPv4 socket.
+    """Buffers for `batch` datagrams of at most `size` bytes in, `send_size` bytes out, on one
+    IPv4 socket.
 
     Usage per wake-up: ``n = recv()``; for each i < n read `datagram(i)` / `source(i)`, queue
     answers with `queue(i, data)` (to the source of datagram i); then `flush()` sends them all.
     """
 
-    def __init__(self, sock: socket.socket, *, batch: int = 64, size: int = 2048) -> None:
+    def __init__(
+        self, sock: socket.socket, *, batch: int = 64, size: int = 2048, send_size: int = 2048
+    ) -> None:
         if _CALLS is None:
             raise OSError("recvmmsg/sendmmsg are not available here")
         if sock.family != socket.AF_INET:
             raise ValueError("batched I/O is for IPv4 sockets")
         self._recvmmsg, self._sendmmsg = _CALLS
         self.fd = sock.fileno()
-        self.batch, self.size = batch, size
+        self.batch, self.size, self.send_size = batch, size, send_size
         self._rbuf = (ctypes.c_char * (batch * size))()
         self._names = (ctypes.c_char * (batch * _NAME_SIZE))()
-        self._sbuf = (ctypes.c_char * (batch * size))()
+        self._sbuf = (ctypes.c_char * (batch * send_size))()
         self._riov = (_IoVec * batch)()
         self._siov = (_IoVec * batch)()
         self._rmsgs = (_MMsgHdr * batch)()
@@ -98,7 +101,7 @@ class MMsgSocket:
         for i in range(batch):
             self._riov[i].base = ctypes.addressof(self._rbuf) + i * size
             self._riov[i].len = size
-            self._siov[i].base = ctypes.addressof(self._sbuf) + i * size
+            self._siov[i].base = ctypes.addressof(self._sbuf) + i * send_size
             for msgs, iov in ((self._rmsgs, self._riov), (self._smsgs, self._siov)):
                 msgs[i].hdr.name = names + i * _NAME_SIZE
                 msgs[i].hdr.namelen = _NAME_SIZE
@@ -147,9 +150,9 @@ class MMsgSocket:
         """Queue `data` to the source of datagram i (dropped if it does not fit the slot)."""
         j = self._queued
         size = len(data)
-        if size > self.size:
+        if size > self.send_size:
             return
-        start = j * self.size
+        start = j * self.send_size
         self._sview[start : start + size] = data
         self._siov64[j * 2 + 1] = size
         self._s64[j * _MMSG_U64] = self._names_base + i * _NAME_SIZE

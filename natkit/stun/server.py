@@ -27,6 +27,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from natkit.addr import Address, Transport
 from natkit.config.model import RateLimitConfig, StunConfig
@@ -44,6 +45,9 @@ from natkit.stun.framing import frame_size
 from natkit.stun.ratelimit import RateLimiter
 from natkit.stun.sockets import ListenerPlan, bind_stream, bind_udp, plan_listeners
 
+if TYPE_CHECKING:
+    from natkit.turn.engine import TurnEngine
+
 __all__ = ["FramingError", "StreamFramer", "StunServer"]
 
 log = logging.getLogger("natkit.stun.server")
@@ -51,6 +55,19 @@ log = logging.getLogger("natkit.stun.server")
 _BATCH = 256  # datagrams per wake-up before yielding to the loop
 _MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg on IPv4 sockets
 _RECV_SIZE = 2048  # larger than any STUN request we answer; longer datagrams get truncated
+_TURN_RECV_SIZE = 65535  # with TURN on, relayed data arrives in datagrams as large as UDP allows
+_TURN_FRAME_SIZE = 65540  # ChannelData over TCP: 4-byte header + 65535 bytes, padded
+
+
+def _binding_request(data: bytes) -> bool:
+    return data[:2] == b"\x00\x01"
+
+
+def _not_a_request(data: bytes) -> bool:
+    """ChannelData, indications and responses: with TURN on they carry relayed media at media
+    rates, so the per-source request limit must not apply (only an allocation makes them count).
+    RFC 8489 §5: the class bits are bit 0 of byte 0 and bit 4 of byte 1."""
+    return len(data) > 1 and (data[0] >= 0x40 or bool(data[0] & 0x01) or bool(data[1] & 0x10))
 
 
 class FramingError(Exception):
@@ -107,8 +124,10 @@ class StunServer:
         *,
         reuse_port: bool = True,
         ssl_context: ssl.SSLContext | None = None,
+        turn: TurnEngine | None = None,
     ) -> None:
         self.config = config
+        self.turn = turn
         self.counters = counters
         self.limiter: RateLimiter | None = None
         self.reconfigure(config.rate_limit)
@@ -187,8 +206,18 @@ class StunServer:
         udp = Transport.UDP
         monotonic = time.monotonic
         new_tuple = tuple.__new__
+        turn = self.turn
+        exempt = _not_a_request if turn is not None else None
+        recv_size = _TURN_RECV_SIZE if turn is not None else _RECV_SIZE
 
         def serve_one(data: bytes, source: Address) -> None:
+            if turn is not None and not _binding_request(data):
+                try:
+                    turn.datagram(data, source, local, udp, lambda reply: sendto(reply, source))
+                except Exception:
+                    counts[internal] += 1
+                    log.exception("TURN engine failed on a %d-byte datagram", len(data))
+                return
             try:
                 tx = handle(data, source, local, udp)
             except Exception:
@@ -212,14 +241,18 @@ class StunServer:
             now = monotonic()
             for _ in range(_BATCH):
                 try:
-                    data, addr = recvfrom(_RECV_SIZE)
+                    data, addr = recvfrom(recv_size)
                 except BlockingIOError:
                     return
                 except OSError:
                     # ICMP port-unreachable for an earlier reply surfaces here: not our problem.
                     continue
                 host = addr[0]
-                if limiter is not None and not limiter.allow(key(host), now):
+                if (
+                    limiter is not None
+                    and not (exempt is not None and exempt(data))
+                    and not limiter.allow(key(host), now)
+                ):
                     counts[limited] += 1
                     continue
                 # IPv4 recvfrom gives exactly (host, port): reuse it as an Address, half the
@@ -228,7 +261,13 @@ class StunServer:
 
         if not (v4 and mmsg.available()):
             return on_readable
-        batch = mmsg.MMsgSocket(sock, batch=_MMSG_BATCH, size=_RECV_SIZE)
+        # With TURN on, fewer but larger receive slots: relayed data needs 64 KiB each.
+        batch = mmsg.MMsgSocket(
+            sock,
+            batch=_MMSG_BATCH if turn is None else _MMSG_BATCH // 4,
+            size=recv_size,
+            send_size=_RECV_SIZE,
+        )
         plain = handler.plain_response_v4
         inet_ntoa = socket.inet_ntoa
 
@@ -246,10 +285,14 @@ class StunServer:
                     return
                 for i in range(n):
                     ip4, port = batch.source(i)
-                    if limiter is not None and not limiter.allow(ip4, now):
+                    data = batch.datagram(i)
+                    if (
+                        limiter is not None
+                        and not (exempt is not None and exempt(data))
+                        and not limiter.allow(ip4, now)
+                    ):
                         counts[limited] += 1
                         continue
-                    data = batch.datagram(i)
                     answer = plain(data, ip4, port, local)
                     if answer is None:
                         serve_one(data, Address(inet_ntoa(ip4.to_bytes(4, "big")), port))
@@ -296,7 +339,12 @@ class StunServer:
         sockname = writer.get_extra_info("sockname")
         local = Address(sockname[0], sockname[1])
         key = _ratelimit_key(source.family)(source.host)
-        framer = StreamFramer(limits.max_message_size)
+        turn = self.turn
+        framer = StreamFramer(
+            limits.max_message_size
+            if turn is None
+            else max(limits.max_message_size, _TURN_FRAME_SIZE)
+        )
         family = source.family
         try:
             while True:
@@ -306,8 +354,13 @@ class StunServer:
                     return
                 now = time.monotonic()
                 for frame in framer.feed(data):
-                    if self.limiter is not None and not self.limiter.allow(key, now):
-                        counts[ratelimited_index(name)] += 1
+                    if turn is not None and not _binding_request(frame):
+                        # TURN over TCP/TLS: requests still count against the source's budget.
+                        if not _not_a_request(frame) and not self._allow(key, now, name):
+                            continue
+                        self._turn_frame(turn, frame, source, local, transport, writer.write)
+                        continue
+                    if not self._allow(key, now, name):
                         continue
                     tx = self._handle_frame(handler, frame, source, local, transport)
                     if tx is None:
@@ -329,9 +382,32 @@ class StunServer:
             pass  # the peer went away; nothing to tell it
         finally:
             counts[CONNECTIONS] -= 1
+            if turn is not None:
+                turn.connection_lost(source, local, transport)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _allow(self, key: Hashable, now: float, transport_name: str) -> bool:
+        if self.limiter is None or self.limiter.allow(key, now):
+            return True
+        self.counters.values[ratelimited_index(transport_name)] += 1
+        return False
+
+    def _turn_frame(
+        self,
+        turn: TurnEngine,
+        frame: bytes,
+        source: Address,
+        local: Address,
+        transport: Transport,
+        reply: Callable[[bytes], object],
+    ) -> None:
+        try:
+            turn.datagram(frame, source, local, transport, reply)
+        except Exception:
+            self.counters.values[error_index("internal")] += 1
+            log.exception("TURN engine failed on a %d-byte %s frame", len(frame), transport)
 
     def _handle_frame(
         self,

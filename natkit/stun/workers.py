@@ -73,12 +73,16 @@ def worker_main(index: int, config: Config, array: Any, conn: Connection, parent
     from natkit.metrics import WorkerCounters
     from natkit.stun.server import StunServer
     from natkit.stun.sockets import make_ssl_context
+    from natkit.turn.engine import create_engine
 
     counters = WorkerCounters(array, index)
     try:
         tls = any(u.transport is Transport.TLS for u in config.stun.listen)
         ctx = make_ssl_context(config.stun.tls, config.source) if tls else None
-        server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx)
+        # Each worker relays for the clients the kernel hashes to it (SO_REUSEPORT keeps a
+        # 5-tuple on one worker), so each has its own TURN engine.
+        turn = create_engine(config)
+        server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
         server.bind()
     except NatkitError as err:
         conn.send(("error", str(err)))
@@ -106,6 +110,8 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
             log.info("reloaded rate limits and logging")
 
     loop.add_reader(conn.fileno(), on_message)
+    if server.turn is not None:
+        await server.turn.start()
     await server.start()
     # Everything allocated so far lives as long as the worker: keep it out of every GC pass.
     gc.collect()
@@ -117,6 +123,8 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
             await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL)
         counters.flush()
     await server.close(drain=2.0)
+    if server.turn is not None:
+        await server.turn.close()
     counters.flush()
 
 

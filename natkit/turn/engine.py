@@ -24,7 +24,7 @@ from natkit.turn.relay import Relay, RelaySettings
 
 __all__ = ["Reply", "TurnEngine", "build_relay", "create_engine", "parse_ports", "relay_settings"]
 
-Reply = Callable[[bytes], None]
+Reply = Callable[[bytes], object]  # return value ignored (sendto returns a count)
 
 
 class TurnEngine(Protocol):

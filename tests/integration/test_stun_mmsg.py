@@ -66,7 +66,7 @@ def test_batch_answers_each_datagram_to_its_own_source(server: socket.socket) ->
 
 
 def test_oversized_answer_is_dropped_not_truncated(server: socket.socket) -> None:
-    batch = mmsg.MMsgSocket(server, batch=4, size=64)
+    batch = mmsg.MMsgSocket(server, batch=4, size=64, send_size=64)
     (client,) = _clients(1)
     try:
         client.sendto(b"x", server.getsockname())

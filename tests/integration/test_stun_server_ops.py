@@ -107,7 +107,7 @@ def test_metrics_count_requests(natkit_serve: Serve) -> None:
 
 def test_sigterm_drains_and_exits_0_leaving_no_process(natkit_serve: Serve) -> None:
     served = natkit_serve(stun={"workers": 2})
-    assert served.lines[0].endswith("(2 workers)")
+    assert served.lines[0].endswith("(STUN, 2 workers)")
     workers = served.workers()
     assert len(workers) >= 2
     served.proc.send_signal(signal.SIGTERM)

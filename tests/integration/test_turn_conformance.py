@@ -1,9 +1,9 @@
 """One TURN conformance suite, run against both engines: ``builtin`` and ``coturn``.
 
-Each engine serves the same natkit configs: the builtin in a thread of this process (its
-standalone listeners, until `natkit serve` hands it traffic), coturn as a child process with
-the turnserver.conf natkit renders. Clients are code natkit did not write: aioice's TURN client
-and an aiortc peer connection forced through the relay (``iceTransportPolicy: relay``).
+Each engine serves the same natkit configs: the builtin as `natkit serve` runs it (STUN and TURN
+on the same listeners), coturn as a child process with the turnserver.conf natkit renders.
+Clients are code natkit did not write: aioice's TURN client and an aiortc peer connection forced
+through the relay (``iceTransportPolicy: relay``).
 
 Everything stays on loopback. The configs deny every peer range by default; the ``lab`` config
 opens exactly 127.0.0.1 (the tests relay to themselves) and 10.1.2.3 (only ever given a
@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import shutil
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from aioice import stun, turn
 
-from natkit.config import Config, loads
+from natkit.config import Config, loads, to_dict
 from natkit.diag.turncheck import TurnCheckReport, check_turn
-from natkit.turn.builtin import BuiltinTurn
 from natkit.turn.credentials import mint
+from tests.integration.conftest import start_serve, stop_process
 from tests.integration.test_coturn import free_port, relay_range, running_coturn
 
 pytestmark = [pytest.mark.integration]
@@ -81,49 +81,29 @@ def make_config(engine: str, *, auth: str = USERS, peers: str = "{}", per_user: 
 
 
 @contextlib.contextmanager
-def running_builtin(cfg: Config) -> Iterator[BuiltinTurn]:
-    """The builtin engine on its own event loop in a thread; always closed."""
-    loop = asyncio.new_event_loop()
-    engine = BuiltinTurn(cfg)
-    ready = threading.Event()
-    failed: list[BaseException] = []
-
-    async def start() -> None:
-        await engine.start()
-        for uri in cfg.stun.listen:
-            await engine.listen(uri)
-
-    def run() -> None:
-        try:
-            loop.run_until_complete(start())
-        except BaseException as err:
-            failed.append(err)
-        ready.set()
-        try:
-            if not failed:
-                loop.run_forever()
-        finally:
-            loop.run_until_complete(engine.close())
-            loop.close()
-
-    thread = threading.Thread(target=run, name="builtin-turn", daemon=True)
-    thread.start()
+def running_serve(cfg: Config, workdir: Path) -> Iterator[None]:
+    """`natkit serve` with the builtin engine, as an operator runs it; always stopped."""
+    data = to_dict(cfg, redact=False)
+    data["stun"]["workers"] = 1  # quotas are per worker: one worker keeps them exact
+    data["metrics"]["listen"] = None
+    path = workdir / "natkit.yaml"
+    path.write_text(yaml.safe_dump(data))
+    proc, lines = start_serve(path, len(cfg.stun.listen))
     try:
-        assert ready.wait(10), "builtin TURN did not start"
-        if failed:
-            raise failed[0]
-        yield engine
+        assert len(lines) == len(cfg.stun.listen), (lines, proc.stderr and proc.stderr.read())
+        assert all("STUN + TURN" in line for line in lines), lines
+        yield
     finally:
-        if not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
+        assert stop_process(proc) == 0
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 @contextlib.contextmanager
 def running(engine: str, cfg: Config, workdir: Path) -> Iterator[None]:
     if engine == "builtin":
-        with running_builtin(cfg):
+        with running_serve(cfg, workdir):
             yield
         return
     from natkit.turn import coturn

@@ -1,0 +1,311 @@
+"""The NAT matrix: which peer pairs connect directly, which need the relay, and was it predicted.
+
+Theory of operation. `run_matrix` builds the `matrix` lab (one peer behind each NAT type), starts
+STUN (`natkit serve`, RFC 5780 alternate for diagnose) and TURN + the rendezvous
+(`natkit.p2p.labserver`) in node `server`, runs `natkit diagnose` in every peer node to learn its
+NAT type, then for each unordered pair of peers runs `natkit p2p offer` in one node and
+`natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and relay (TURN only,
+--relay-only, over TCP 443 for a peer whose UDP is blocked). Runs go in parallel in a thread pool;
+every process is started through the lab, so `Lab.down()` stops whatever is left.
+
+The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
+applied to both measured types; `held` says whether the direct outcome matched it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import selectors
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from natkit.errors import LabError
+
+__all__ = ["PairRecord", "predict_direct", "render_table", "run_matrix", "to_json"]
+
+SERVER, ALTERNATE = "203.0.113.10", "203.0.113.11"
+STUN_PORT, TURN_UDP_PORT, TURN_TCP_PORT, SIGNAL_PORT = 3478, 3480, 443, 80
+_TURN_USER = "natkit"
+_PY = [sys.executable, "-m", "natkit"]
+
+
+@dataclass(frozen=True, slots=True)
+class PairRecord:
+    """One pair's outcome (`--json` emits these fields)."""
+
+    a: str
+    b: str
+    a_type: str | None
+    b_type: str | None
+    direct: bool
+    relay: bool
+    predicted_direct: bool | None
+    held: bool | None
+    ice_s: float | None
+    selected: str | None
+    direct_error: str | None = None
+    relay_error: str | None = None
+
+
+def predict_direct(a: str | None, b: str | None) -> bool | None:
+    """Whether diagnose's verdict expects a direct path between NAT types `a` and `b`."""
+    from natkit.diag.verdict import COMPATIBLE
+
+    if a is None or b is None or "unknown" in (a, b):
+        return None
+    if "udp-blocked" in (a, b):
+        return False
+    return b in COMPATIBLE.get(a, ()) and a in COMPATIBLE.get(b, ())  # type: ignore[call-overload]
+
+
+def run_matrix(
+    topology: str = "matrix",
+    *,
+    concurrency: int = 6,
+    timeout: float = 10.0,
+    progress: Callable[[PairRecord], None] | None = None,
+) -> list[PairRecord]:
+    """Build the lab, run every pair direct and relayed, tear everything down; one record a pair."""
+    from natkit.lab import Lab
+
+    with Lab.up(topology) as lab, tempfile.TemporaryDirectory(prefix="natkit-matrix-") as tmp:
+        peers = sorted(n for n in lab.nodes if lab.state.nodes[n]["kind"] == "host")
+        password = secrets.token_urlsafe(12)
+        _start_services(lab, Path(tmp), password)
+        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+            types = dict(zip(peers, pool.map(lambda p: _diagnose(lab, p), peers), strict=True))
+            runner = _PairRunner(lab, types, password, timeout, progress)
+            return list(pool.map(runner.run, itertools.combinations(peers, 2)))
+
+
+def _start_services(lab: Any, tmp: Path, password: str) -> None:
+    stun = {
+        "version": 1,
+        "stun": {
+            "listen": [f"udp://{SERVER}:{STUN_PORT}", f"tcp://{SERVER}:{STUN_PORT}"],
+            "alternate": f"{ALTERNATE}:{STUN_PORT + 1}",
+            "workers": 1,
+        },
+        "metrics": {"listen": None},
+        "logging": {"level": "warning"},
+    }
+    relay = {
+        "version": 1,
+        "stun": {"listen": [f"udp://{SERVER}:{TURN_UDP_PORT}", f"tcp://{SERVER}:{TURN_TCP_PORT}"]},
+        "turn": {
+            "enabled": True,
+            "engine": "builtin",
+            "auth": {"users": {_TURN_USER: password}},
+            "relay": {"address": SERVER, "ports": "50000-50999"},
+            # The lab's "internet" is documentation space the hardened default denies.
+            "peers": {"allow": ["203.0.113.0/24"]},
+        },
+        "signal": {"enabled": True, "listen": f"{SERVER}:{SIGNAL_PORT}", "ttl": 120.0},
+        "metrics": {"listen": None},
+        "logging": {"level": "warning"},
+    }
+    (tmp / "stun.yaml").write_text(yaml.safe_dump(stun))
+    (tmp / "relay.yaml").write_text(yaml.safe_dump(relay))
+    serve = lab.spawn(
+        "server",
+        [*_PY, "serve", "-c", str(tmp / "stun.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    services = lab.spawn(
+        "server",
+        [sys.executable, "-m", "natkit.p2p.labserver", str(tmp / "relay.yaml")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    for name, proc, word in (
+        ("natkit serve", serve, "listening"),
+        ("TURN/signal", services, "ready"),
+    ):
+        line = _read_line(proc, proc.stdout, 20.0)
+        if line is None or word not in line:
+            err = proc.stderr.read() if proc.poll() is not None else ""
+            raise LabError(f"matrix: {name} did not start in node server: {line or err.strip()}")
+
+
+def _diagnose(lab: Any, peer: str) -> str | None:
+    done = lab.exec(
+        peer,
+        [*_PY, "diagnose", "--stun", f"{SERVER}:{STUN_PORT}", "--json", "--timeout", "5"],
+        timeout=30,
+    )
+    try:
+        kind = json.loads(done.stdout)["nat_type"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return str(kind) if kind else None
+
+
+class _PairRunner:
+    def __init__(
+        self,
+        lab: Any,
+        types: dict[str, str | None],
+        password: str,
+        timeout: float,
+        progress: Callable[[PairRecord], None] | None,
+    ) -> None:
+        self.lab, self.types, self.password = lab, types, password
+        self.timeout, self.progress = timeout, progress
+
+    def run(self, pair: tuple[str, str]) -> PairRecord:
+        a, b = pair
+        direct = self._p2p(a, b, relay=False)
+        relay = self._p2p(a, b, relay=True)
+        predicted = predict_direct(self.types[a], self.types[b])
+        shown = direct if direct.get("connected") else relay
+        record = PairRecord(
+            a=a, b=b, a_type=self.types[a], b_type=self.types[b],
+            direct=bool(direct.get("connected")), relay=bool(relay.get("connected")),
+            predicted_direct=predicted,
+            held=None if predicted is None else predicted == bool(direct.get("connected")),
+            ice_s=shown.get("ice_s"), selected=_selected(shown),
+            direct_error=direct.get("error"), relay_error=relay.get("error"),
+        )  # fmt: skip
+        if self.progress:
+            self.progress(record)
+        return record
+
+    def _args(self, node: str, relay: bool) -> list[str]:
+        common = [
+            "--signal",
+            f"http://{SERVER}:{SIGNAL_PORT}",
+            "--timeout",
+            str(self.timeout),
+            "--wait",
+            "30",
+            "--bytes",
+            "32768",
+            "--json",
+        ]
+        if not relay:
+            return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
+        blocked = self.types[node] == "udp-blocked" or node.endswith("udp-blocked")
+        url = (
+            f"turn:{SERVER}:{TURN_TCP_PORT}?transport=tcp"
+            if blocked
+            else f"turn:{SERVER}:{TURN_UDP_PORT}?transport=udp"
+        )
+        return [
+            *common,
+            "--relay-only",
+            "--turn",
+            url,
+            "--user",
+            _TURN_USER,
+            "--password",
+            self.password,
+        ]
+
+    def _p2p(self, a: str, b: str, *, relay: bool) -> dict[str, Any]:
+        """Offer in `a`, answer in `b`; the offerer's JSON report (or an error record)."""
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        offerer = self.lab.spawn(a, [*_PY, "p2p", "offer", *self._args(a, relay)], **pipes)
+        answerer = None
+        try:
+            line = _read_line(offerer, offerer.stderr, 30.0)
+            if not line or not line.startswith("pairing code: "):
+                return {"connected": False, "error": f"offerer: {line or 'no pairing code'}"}
+            code = line.split()[2]
+            answerer = self.lab.spawn(
+                b, [*_PY, "p2p", "answer", code, *self._args(b, relay)], **pipes
+            )
+            limit = self.timeout + 45
+            a_out, _ = answerer.communicate(timeout=limit)
+            o_out, o_err = offerer.communicate(timeout=limit)
+            try:
+                report: dict[str, Any] = json.loads(o_out)
+            except ValueError:
+                return {"connected": False, "error": (o_err.strip() or "no report")[-200:]}
+            # Connected means both sides saw the data channel open.
+            if report.get("connected") and answerer.returncode != 0:
+                report["connected"] = False
+                report["error"] = f"answerer: {_error(a_out)}"
+            return report
+        except subprocess.TimeoutExpired:
+            return {"connected": False, "error": "natkit p2p did not finish"}
+        finally:
+            for proc in (offerer, answerer):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+
+
+def _error(out: str) -> str:
+    try:
+        return str(json.loads(out).get("error"))
+    except (ValueError, AttributeError):
+        return out.strip()[-200:] or "failed"
+
+
+def _selected(report: dict[str, Any]) -> str | None:
+    sel = report.get("selected")
+    if not sel:
+        return None
+    local, remote = sel["local"], sel["remote"]
+    return (
+        f"{sel['kind']}: {local['type']} {local['address']}:{local['port']} <-> "
+        f"{remote['type']} {remote['address']}:{remote['port']}"
+    )
+
+
+def _read_line(proc: subprocess.Popen[str], stream: Any, timeout: float) -> str | None:
+    """One line from `stream`, waiting at most `timeout` seconds (None if nothing came)."""
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sel.select(min(0.5, max(0.0, deadline - time.monotonic()))):
+                line: str = stream.readline()
+                return line.strip() or None
+            if proc.poll() is not None:
+                return None
+    return None
+
+
+def to_json(records: list[PairRecord]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in records]
+
+
+def render_table(records: list[PairRecord]) -> str:
+    def mark(ok: bool | None) -> str:
+        return "-" if ok is None else ("ok" if ok else "FAIL")
+
+    rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
+    for r in records:
+        rows.append((
+            f"{r.a} ({r.a_type})", f"{r.b} ({r.b_type})", mark(r.direct), mark(r.relay),
+            mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
+            {None: "-", True: "yes", False: "NO"}[r.held],
+            "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1]
+        for row in rows
+    ]
+    held = sum(1 for r in records if r.held)
+    judged = sum(1 for r in records if r.held is not None)
+    lines.append(
+        f"{len(records)} pairs: {sum(r.direct for r in records)} direct, "
+        f"{sum(r.relay for r in records)} via relay; prediction held for {held}/{judged}"
+    )
+    return "\n".join(lines)
