@@ -47,5 +47,12 @@ lint: install
 bench: install
 	$(BIN)/python -m bench
 
+# The NAT matrix: every pair of NAT types, direct and through TURN (network namespaces: root).
+demo: install
+	@if [ "$$(id -u)" != 0 ]; then \
+	  echo "make demo needs root (it builds network namespaces): sudo make demo" >&2; exit 2; \
+	fi
+	$(BIN)/natkit lab matrix
+
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,12 +1,33 @@
-"""Run benchmarks: ``python -m bench [NAME ...] [--option ...]`` (default: all)."""
+"""Run benchmarks: ``python -m bench [NAME ...] [--option ...]`` (default: all).
+
+Each prints its figures as ratios against an anchor measured in the same run (coturn, pystun3,
+turnutils_natdiscovery) on the same cores; all traffic stays on loopback or inside lab
+namespaces, and each stops everything it started. ``lab`` and ``diagnose`` need root.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from collections.abc import Callable
 
-from bench import stun_bench
+from bench import diagnose_bench, lab_bench, stun_bench, turn_bench
 
-BENCHMARKS = {"stun": stun_bench.main}
+
+def _lab(argv: list[str]) -> int:
+    if os.geteuid() != 0:
+        print("lab: skipped, building namespaces needs root")
+        return 0
+    lab_bench.main()
+    return 0
+
+
+BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
+    "stun": stun_bench.main,
+    "turn": turn_bench.main,
+    "lab": _lab,
+    "diagnose": diagnose_bench.main,
+}
 
 
 def main() -> int:

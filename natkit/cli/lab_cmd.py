@@ -7,6 +7,7 @@ import sys
 import click
 
 from natkit.cli.common import NatkitGroup, echo_json, fail
+from natkit.cli.p2p_cmd import matrix_cmd as _p2p_matrix
 
 
 @click.group("lab", cls=NatkitGroup)
@@ -143,6 +144,29 @@ def down_cmd(name: str | None, all_: bool) -> None:
         return
     assert name is not None
     Lab.attach(name).down()
+
+
+# `natkit lab matrix` is `natkit p2p matrix` under the lab group: same options, same callback.
+command.add_command(
+    click.Command(
+        "matrix",
+        params=list(_p2p_matrix.params),
+        callback=_p2p_matrix.callback,
+        short_help="Run the NAT matrix (alias of `natkit p2p matrix`; needs root).",
+        help="""Build the matrix lab (one peer behind each NAT type), run natkit serve (STUN +
+TURN + signal) in node `server`, and test every pair of peers with real WebRTC, direct and
+through TURN; print the outcome table and whether diagnose's prediction held.
+
+Alias of `natkit p2p matrix` (same options). Needs root. Exit 0 when every pair connects
+(directly or relayed) and every prediction held.
+
+\b
+Example:
+  sudo natkit lab matrix
+  sudo natkit lab matrix --json --parallel 4 > matrix.json
+""",
+    )
+)
 
 
 @command.command("gc")

@@ -1,10 +1,11 @@
 """The NAT matrix: which peer pairs connect directly, which need the relay, and was it predicted.
 
-Theory of operation. `run_matrix` builds the `matrix` lab (one peer behind each NAT type), starts
-STUN (`natkit serve`, RFC 5780 alternate for diagnose) and TURN + the rendezvous
-(`natkit.p2p.labserver`) in node `server`, runs `natkit diagnose` in every peer node to learn its
-NAT type, then for each unordered pair of peers runs `natkit p2p offer` in one node and
-`natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and relay (TURN only,
+Theory of operation. `run_matrix` builds the `matrix` lab (one peer behind each NAT type) and
+starts one `natkit serve` in node `server`: STUN with the RFC 5780 alternate (for diagnose), the
+builtin TURN engine on the same listeners plus TCP 443, and the rendezvous on TCP 80 (the
+udp-blocked peer's firewall lets only TCP 80/443 out). It runs `natkit diagnose` in every peer node
+to learn its NAT type, then for each unordered pair of peers runs `natkit p2p offer` in one node
+and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and relay (TURN only,
 --relay-only, over TCP 443 for a peer whose UDP is blocked). Runs go in parallel in a thread pool;
 every process is started through the lab, so `Lab.down()` stops whatever is left.
 
@@ -14,6 +15,7 @@ applied to both measured types; `held` says whether the direct outcome matched i
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import secrets
@@ -22,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,10 +34,24 @@ import yaml
 
 from natkit.errors import LabError
 
-__all__ = ["PairRecord", "predict_direct", "render_table", "run_matrix", "to_json"]
+__all__ = [
+    "LAB_PEER_RANGES",
+    "PairRecord",
+    "predict_direct",
+    "render_table",
+    "run_matrix",
+    "serve_config",
+    "to_json",
+]
 
 SERVER, ALTERNATE = "203.0.113.10", "203.0.113.11"
-STUN_PORT, TURN_UDP_PORT, TURN_TCP_PORT, SIGNAL_PORT = 3478, 3480, 443, 80
+# TURN shares the STUN listeners (UDP 3478); TCP 443 and the rendezvous on 80 are the ports the
+# udp-blocked peer's firewall lets out.
+STUN_PORT, TURN_TCP_PORT, SIGNAL_PORT = 3478, 443, 80
+# The lab's ranges, all in the relay's default deny list (`DEFAULT_DENIED_PEERS`): documentation
+# space for the "internet" (RFC 5737), RFC 1918 home LANs and the RFC 6598 CGNAT inside. In the
+# lab they are the real peers, so the lab config opens them deliberately; a public server must not.
+LAB_PEER_RANGES = ("203.0.113.0/24", "10.0.0.0/8", "100.64.0.0/10")
 _TURN_USER = "natkit"
 _PY = [sys.executable, "-m", "natkit"]
 
@@ -82,63 +98,66 @@ def run_matrix(
     with Lab.up(topology) as lab, tempfile.TemporaryDirectory(prefix="natkit-matrix-") as tmp:
         peers = sorted(n for n in lab.nodes if lab.state.nodes[n]["kind"] == "host")
         password = secrets.token_urlsafe(12)
-        _start_services(lab, Path(tmp), password)
-        with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        with _serving(lab, Path(tmp), password), ThreadPoolExecutor(max(1, concurrency)) as pool:
             types = dict(zip(peers, pool.map(lambda p: _diagnose(lab, p), peers), strict=True))
             runner = _PairRunner(lab, types, password, timeout, progress)
             return list(pool.map(runner.run, itertools.combinations(peers, 2)))
 
 
-def _start_services(lab: Any, tmp: Path, password: str) -> None:
-    stun = {
+def serve_config(password: str) -> dict[str, Any]:
+    """The one `natkit serve` config of the matrix: STUN + builtin TURN + rendezvous."""
+    return {
         "version": 1,
         "stun": {
-            "listen": [f"udp://{SERVER}:{STUN_PORT}", f"tcp://{SERVER}:{STUN_PORT}"],
+            "listen": [
+                f"udp://{SERVER}:{STUN_PORT}",
+                f"tcp://{SERVER}:{STUN_PORT}",
+                f"tcp://{SERVER}:{TURN_TCP_PORT}",
+            ],
             "alternate": f"{ALTERNATE}:{STUN_PORT + 1}",
             "workers": 1,
         },
-        "metrics": {"listen": None},
-        "logging": {"level": "warning"},
-    }
-    relay = {
-        "version": 1,
-        "stun": {"listen": [f"udp://{SERVER}:{TURN_UDP_PORT}", f"tcp://{SERVER}:{TURN_TCP_PORT}"]},
         "turn": {
             "enabled": True,
             "engine": "builtin",
             "auth": {"users": {_TURN_USER: password}},
             "relay": {"address": SERVER, "ports": "50000-50999"},
-            # The lab's "internet" is documentation space the hardened default denies.
-            "peers": {"allow": ["203.0.113.0/24"]},
+            "peers": {"allow": list(LAB_PEER_RANGES)},
         },
         "signal": {"enabled": True, "listen": f"{SERVER}:{SIGNAL_PORT}", "ttl": 120.0},
         "metrics": {"listen": None},
         "logging": {"level": "warning"},
     }
-    (tmp / "stun.yaml").write_text(yaml.safe_dump(stun))
-    (tmp / "relay.yaml").write_text(yaml.safe_dump(relay))
-    serve = lab.spawn(
-        "server",
-        [*_PY, "serve", "-c", str(tmp / "stun.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    services = lab.spawn(
-        "server",
-        [sys.executable, "-m", "natkit.p2p.labserver", str(tmp / "relay.yaml")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    for name, proc, word in (
-        ("natkit serve", serve, "listening"),
-        ("TURN/signal", services, "ready"),
-    ):
-        line = _read_line(proc, proc.stdout, 20.0)
-        if line is None or word not in line:
-            err = proc.stderr.read() if proc.poll() is not None else ""
-            raise LabError(f"matrix: {name} did not start in node server: {line or err.strip()}")
+
+
+@contextlib.contextmanager
+def _serving(lab: Any, tmp: Path, password: str) -> Iterator[None]:
+    """Run `natkit serve` in node `server` until the block ends, then stop it (SIGTERM, bounded)."""
+    (tmp / "serve.yaml").write_text(yaml.safe_dump(serve_config(password)))
+    # Output to files, not pipes: nobody reads them while the matrix runs, and a full pipe would
+    # block the server.
+    out_path, err_path = tmp / "serve.out", tmp / "serve.err"
+    with out_path.open("w") as out, err_path.open("w") as err:
+        proc = lab.spawn(
+            "server", [*_PY, "serve", "-c", str(tmp / "serve.yaml")], stdout=out, stderr=err
+        )
+    try:
+        deadline = time.monotonic() + 30.0
+        # `signal http://...` comes after every `listening` line: then all is bound.
+        while not any(line.startswith("signal ") for line in out_path.read_text().splitlines()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                why = err_path.read_text().strip().splitlines()[-1:] or ["no output"]
+                raise LabError(f"matrix: natkit serve did not start in node server: {why[0]}")
+            time.sleep(0.1)
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(10.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _diagnose(lab: Any, peer: str) -> str | None:
@@ -202,7 +221,7 @@ class _PairRunner:
         url = (
             f"turn:{SERVER}:{TURN_TCP_PORT}?transport=tcp"
             if blocked
-            else f"turn:{SERVER}:{TURN_UDP_PORT}?transport=udp"
+            else f"turn:{SERVER}:{STUN_PORT}?transport=udp"
         )
         return [
             *common,

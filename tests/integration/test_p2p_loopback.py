@@ -36,7 +36,10 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
 
 def spawn(started: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [*NATKIT, "p2p", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [*NATKIT, "p2p", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         start_new_session=True,
     )
     started.append(proc)
@@ -48,7 +51,10 @@ def signal_url(processes: list[subprocess.Popen[str]]) -> str:
     port = free_port()
     proc = subprocess.Popen(
         [*NATKIT, "p2p", "signal", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     processes.append(proc)
     deadline = time.monotonic() + 15
@@ -112,8 +118,18 @@ def test_not_connected_is_exit_1_with_history_and_advice(
     offerer = spawn(processes, "offer", *common, "--host", "127.0.0.1", "--json")
     code = read_code(offerer)
     answerer = spawn(
-        processes, "answer", code, *common, "--relay-only", "--turn",
-        f"turn:127.0.0.1:{free_port()}?transport=tcp", "--user", "u", "--password", "p", "--json",
+        processes,
+        "answer",
+        code,
+        *common,
+        "--relay-only",
+        "--turn",
+        f"turn:127.0.0.1:{free_port()}?transport=tcp",
+        "--user",
+        "u",
+        "--password",
+        "p",
+        "--json",
     )
     a_out, _ = answerer.communicate(timeout=60)
     o_out, _ = offerer.communicate(timeout=60)

@@ -93,9 +93,7 @@ def test_too_large_is_413_without_reading_the_body() -> None:
 
 def test_rate_limited_is_429() -> None:
     async def test(server: SignalServer) -> None:
-        statuses = [
-            (await raw(server, b"POST /v1/pair HTTP/1.1\r\n\r\n"))[0] for _ in range(5)
-        ]
+        statuses = [(await raw(server, b"POST /v1/pair HTTP/1.1\r\n\r\n"))[0] for _ in range(5)]
         assert statuses == [201, 201, 201, 429, 429]
 
     run(test, store=SignalStore(rate=0.01, burst=3))

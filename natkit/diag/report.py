@@ -1,0 +1,272 @@
+"""Rendering a `Diagnosis`: the JSON document (version 1, docs/diagnose-json.md) and human text.
+
+The JSON's top-level fields named in DESIGN.md are a contract; everything else is added freely.
+The human report is plain text; `style` (click.style or a no-op) adds colour on a terminal.
+Progress lines are printed by `ProgressPrinter` while the probes run.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from natkit.addr import Address
+from natkit.diag.classify import Binding, Classification, FamilyProbe
+from natkit.diag.runner import Diagnosis
+
+__all__ = ["SCHEMA_VERSION", "ProgressPrinter", "to_json", "to_text"]
+
+SCHEMA_VERSION = 1
+Style = Callable[..., str]
+
+
+def _addr(a: Address | None) -> str | None:
+    return None if a is None else str(a)
+
+
+def _binding(b: Binding | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {
+        "target": str(b.target),
+        "status": b.status,
+        "mapped_address": _addr(b.mapped),
+        "other_address": _addr(b.other),
+        "response_origin": _addr(b.origin),
+        "rtt_ms": b.rtt_ms,
+        "sends": b.sends,
+        "error": b.error,
+    }
+
+
+def _family(p: FamilyProbe, c: Classification | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "reachable": p.reachable,
+        "local_address": _addr(p.local),
+        "public_address": _addr(c.public_address) if c else None,
+        "behind_nat": c.behind_nat if c else None,
+        "mapping": c.mapping if c else None,
+        "filtering": c.filtering if c else None,
+        "hairpinning": c.hairpinning if c else None,
+        "port_preservation": c.port_preservation if c else None,
+        "mapping_consistent": c.mapping_consistent if c else None,
+        "nat_type": c.nat_type if c else "unknown",
+        "classic_type": c.classic_type if c else "Unknown",
+        "error": p.error,
+        "rfc5780": None,
+    }
+    if p.rfc5780_index is not None:
+        out["rfc5780"] = {
+            "server": str(p.servers[p.rfc5780_index].target),
+            "mapping_alt_ip": _binding(p.alt_ip),
+            "mapping_alt_ip_port": _binding(p.alt_ip_port),
+            "filtering_primary": _binding(p.filter_primary),
+            "filtering_change_ip_port": _binding(p.change_ip_port),
+            "filtering_change_port": _binding(p.change_port),
+        }
+    return out
+
+
+def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for spec in d.options.stun:
+        addrs = d.resolved.get(str(spec))
+        if addrs is None:
+            out.append(
+                {
+                    "server": str(spec),
+                    "address": None,
+                    "family": None,
+                    "reachable": False,
+                    "error": "cannot resolve",
+                }
+            )
+            continue
+        for a in addrs:
+            probe = d.families.get(a.family)
+            b = next((b for b in probe.servers if b.target == a), None) if probe else None
+            out.append(
+                {
+                    "server": str(spec),
+                    "address": str(a),
+                    "family": a.family,
+                    "reachable": bool(b and b.ok),
+                    "mapped_address": _addr(b.mapped) if b else None,
+                    "other_address": _addr(b.other) if b else None,
+                    "rtt_ms": b.rtt_ms if b else None,
+                    "error": (b.error or ("no answer" if b.status == "timeout" else None))
+                    if b
+                    else (probe.error if probe else None),
+                }
+            )
+    return out
+
+
+def to_json(d: Diagnosis) -> dict[str, Any]:
+    """The diagnose JSON document, version 1."""
+    main = d.main
+    v = d.verdict
+    public = [str(c.public_address) for c in d.classes.values() if c.public_address]
+    return {
+        "version": SCHEMA_VERSION,
+        "duration_s": d.duration_s,
+        "udp": {
+            "reachable": bool(main and main.udp),
+            "ipv4": d.classes[4].udp if 4 in d.classes else None,
+            "ipv6": d.classes[6].udp if 6 in d.classes else None,
+        },
+        "public_address": _addr(main.public_address) if main else None,
+        "public_addresses": public,
+        "behind_nat": main.behind_nat if main else None,
+        "mapping": main.mapping if main else None,
+        "filtering": main.filtering if main else None,
+        "hairpinning": main.hairpinning if main else None,
+        "port_preservation": main.port_preservation if main else None,
+        "mapping_consistent": main.mapping_consistent if main else None,
+        "nat_type": main.nat_type if main else "unknown",
+        "classic_type": main.classic_type if main else "Unknown",
+        "families": {f"ipv{f}": _family(p, d.classes.get(f)) for f, p in d.families.items()},
+        "stun": _stun_servers(d),
+        "streams": [s.to_dict() for s in d.streams],
+        "turn": [r.to_dict() for r in d.turn],
+        "candidates": [c for c in (d.gathered.to_dict()["candidates"] if d.gathered else [])],
+        "gathering": (
+            {k: val for k, val in d.gathered.to_dict().items() if k != "candidates"}
+            if d.gathered
+            else None
+        ),
+        "interfaces": [
+            {
+                "name": i.name,
+                "addresses": list(i.addresses),
+                "tunnel": i.tunnel,
+                "loopback": i.loopback,
+                "default_route": i.default_route,
+            }
+            for i in d.interfaces
+        ],
+        "multiple_uplinks": sum(1 for i in d.interfaces if i.default_route) > 1,
+        "lifetime": (
+            {
+                "alive_s": d.lifetime.alive_s,
+                "expired_s": d.lifetime.expired_s,
+                "samples": {f"{k:g}": val for k, val in d.lifetime.samples.items()},
+                "error": d.lifetime.error,
+            }
+            if d.lifetime
+            else None
+        ),
+        "problems": list(d.problems),
+        "verdict": {
+            "direct_p2p": v.direct_p2p if v else "unlikely",
+            "relay_required": v.relay_required if v else True,
+            "relay_working": v.relay_working if v else None,
+            "compatible_peer_types": list(v.compatible_peer_types) if v else [],
+            "explanation": v.explanation if v else "no diagnosis",
+            "actions": list(v.actions) if v else [],
+        },
+        "exit_status": d.exit_status,
+    }
+
+
+def _plain(text: str, **_: Any) -> str:
+    return text
+
+
+def _yn(value: bool | None, style: Style) -> str:
+    if value is None:
+        return style("unknown", fg="yellow")
+    return style("yes", fg="green") if value else style("no", fg="red")
+
+
+def to_text(d: Diagnosis, style: Style = _plain) -> str:
+    """The human report."""
+    main, v = d.main, d.verdict
+    lines = [style("natkit diagnose", bold=True) + f"  ({d.duration_s:.2f} s)", ""]
+    reach = bool(main and main.udp)
+    lines.append(f"  UDP to STUN servers   {_yn(reach, style)}")
+    for f, c in sorted(d.classes.items()):
+        lines.append(
+            f"  IPv{f} public address   {c.public_address or '-'}"
+            + ("" if c.behind_nat is None else ("  (behind NAT)" if c.behind_nat else "  (no NAT)"))
+        )
+    if main is not None:
+        lines += [
+            f"  mapping               {main.mapping or style('unknown', fg='yellow')}",
+            f"  filtering             {main.filtering or style('unknown', fg='yellow')}",
+            f"  NAT type              {style(main.nat_type, bold=True)} ({main.classic_type})",
+            "  hairpinning           "
+            + ("n/a (no NAT)" if main.behind_nat is False else _yn(main.hairpinning, style)),
+            f"  port preservation     {_yn(main.port_preservation, style)}",
+            f"  same mapping for all  {_yn(main.mapping_consistent, style)}",
+        ]
+    if d.lifetime is not None:
+        lines.append(f"  binding lifetime      {d.lifetime.summary()}")
+    for s in d.streams:
+        state = (
+            style("answers STUN", fg="green")
+            if s.answered
+            else (style(s.error or "failed", fg="red"))
+        )
+        lines.append(f"  {s.transport}://{s.address}".ljust(30) + f" {state}")
+    for r in d.turn:
+        state = (
+            style("works", fg="green") + f" (relay {r.relayed_address})"
+            if r.ok
+            else (style(r.error or "failed", fg="red"))
+        )
+        lines.append(f"  TURN {r.url}: {state}")
+    if d.gathered is not None:
+        kinds: dict[str, int] = {}
+        for cand in d.gathered.candidates:
+            kinds[cand.type] = kinds.get(cand.type, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items())) or "none"
+        lines.append(
+            f"  ICE candidates        {summary}"
+            + (f"  ({d.gathered.error})" if d.gathered.error else "")
+        )
+    tunnels = [i.name for i in d.interfaces if i.tunnel]
+    if tunnels:
+        lines.append(f"  VPN/tunnel interfaces {', '.join(tunnels)} (traffic may leave via them)")
+    if sum(1 for i in d.interfaces if i.default_route) > 1:
+        uplinks = ", ".join(i.name for i in d.interfaces if i.default_route)
+        lines.append(f"  several uplinks       {uplinks}")
+    if d.problems:
+        lines += ["", style("Problems", bold=True)] + [f"  - {p}" for p in d.problems]
+    if v is not None:
+        colour = {"likely": "green", "peer-dependent": "yellow", "unlikely": "red"}[v.direct_p2p]
+        lines += [
+            "",
+            style("Verdict", bold=True)
+            + f": direct P2P {style(v.direct_p2p, fg=colour, bold=True)}"
+            + (", relay required" if v.relay_required else ""),
+            f"  works directly with peers behind: {', '.join(v.compatible_peer_types) or 'none'}",
+            f"  {v.explanation}",
+        ]
+        if v.actions:
+            lines += ["", style("What to do", bold=True)] + [f"  - {a}" for a in v.actions]
+    return "\n".join(lines)
+
+
+class ProgressPrinter:
+    """Prints one line per step event (to stderr by default), marked and coloured by `style`."""
+
+    MARKS = {"ok": ("✓", "green"), "warn": ("!", "yellow"), "fail": ("✗", "red")}
+
+    def __init__(self, echo: Callable[[str], None] | None = None, style: Style = _plain) -> None:
+        self.echo = echo or _stderr
+        self.style = style
+
+    def __call__(self, step: str, status: str, text: str) -> None:
+        if status == "start":
+            mark = self.style("…", fg="blue")
+        else:
+            symbol, colour = self.MARKS.get(status, ("·", "white"))
+            mark = self.style(symbol, fg=colour)
+        self.echo(f"{mark} {text}")
+
+
+def _stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()

@@ -1,0 +1,365 @@
+"""`diagnose()`: every probe at once, within one time budget, with progress events.
+
+Time plan (budget B = --timeout, default 3 s):
+
+    0          resolve every STUN/TURN name (bounded by 1 s)
+    then, all in parallel:
+      UDP probes per family (probes.py): test I must be answered by min(1.5 s, B/2), else
+        UDP is blocked; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period later
+      TCP/TLS reachability (streams.py), TURN checks (turncheck.py), ICE gathering (gather.py):
+        each bounded by min(2 s, what is left of B)
+    local interfaces: read, not probed
+
+So a reachable setup is done in a few RTTs plus ~0.25 s, and a UDP-blocked one in ~2 s. Every
+failure becomes a line in `problems` (or in its probe's result); nothing here raises for what
+the network or the user's input does, except `ValueError` from `StunSpec.parse` for bad syntax.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+from natkit.addr import Address, format_hostport, parse_hostport
+from natkit.diag.classify import Classification, FamilyProbe, classify
+from natkit.diag.gather import GatherResult, Interface, gather, interfaces
+from natkit.diag.lifetime import LifetimeResult, measure_lifetime
+from natkit.diag.probes import probe_family
+from natkit.diag.streams import StreamProbe, probe_stream
+from natkit.diag.turncheck import TurnCheckReport, check_turn
+from natkit.diag.verdict import RelayStatus, StreamStatus, Verdict, decide
+from natkit.turn.credentials import mint
+from natkit.turn.uri import TurnURI
+
+__all__ = ["DiagnoseOptions", "Diagnosis", "Progress", "StunSpec", "TurnSpec", "diagnose"]
+
+T = TypeVar("T")
+Progress = Callable[[str, str, str], None]
+"""progress(step, status, text): status is "start", "ok", "warn" or "fail"."""
+
+STUN_PORT = 3478
+RESOLVE_TIMEOUT = 1.0
+REACH_WAIT = 1.5
+SIDE_WAIT = 2.0
+MAX_STREAM_PROBES = 16
+
+
+@dataclass(frozen=True, slots=True)
+class StunSpec:
+    """A STUN server as given: ``stun:HOST[:PORT]`` or ``HOST[:PORT]``."""
+
+    text: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> StunSpec:
+        rest = text.strip()
+        if rest.lower().startswith("stuns:"):
+            raise ValueError(f"{text!r}: stuns: (STUN over TLS) is not probed; use stun:HOST:PORT")
+        if rest.lower().startswith("stun:"):
+            rest = rest[5:]
+        if rest.startswith("//") or "/" in rest or "?" in rest:
+            raise ValueError(f"{text!r} is not a STUN server (expected stun:HOST[:PORT])")
+        host, port = parse_hostport(rest, default_port=STUN_PORT)
+        if port == 0:
+            raise ValueError(f"{text!r}: port 0 is not a server port")
+        return cls(text, host, port)
+
+    def __str__(self) -> str:
+        return f"stun:{format_hostport(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class TurnSpec:
+    uri: TurnURI
+    username: str | None = None
+    password: str | None = None
+    secret: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DiagnoseOptions:
+    stun: tuple[StunSpec, ...]
+    turn: tuple[TurnSpec, ...] = ()
+    timeout: float = 3.0
+    """Overall budget in seconds (the lifetime test, when asked for, comes on top)."""
+    lifetime: bool = False
+    lifetime_max: float = 120.0
+    """Longest binding lifetime the --lifetime test looks for, seconds."""
+    gather: bool = True
+    """Gather ICE candidates with aioice."""
+
+
+@dataclass
+class Diagnosis:
+    """Everything `diagnose` found; `natkit.diag.report` renders it."""
+
+    options: DiagnoseOptions
+    duration_s: float = 0.0
+    resolved: dict[str, list[Address]] = field(default_factory=dict)
+    families: dict[int, FamilyProbe] = field(default_factory=dict)
+    classes: dict[int, Classification] = field(default_factory=dict)
+    streams: list[StreamProbe] = field(default_factory=list)
+    turn: list[TurnCheckReport] = field(default_factory=list)
+    gathered: GatherResult | None = None
+    interfaces: list[Interface] = field(default_factory=list)
+    lifetime: LifetimeResult | None = None
+    problems: list[str] = field(default_factory=list)
+    bad_input: bool = False
+    verdict: Verdict | None = None
+
+    @property
+    def main(self) -> Classification | None:
+        """IPv4's classification when IPv4 answered, else IPv6's, else whatever there is."""
+        for family in (4, 6):
+            c = self.classes.get(family)
+            if c is not None and c.udp:
+                return c
+        return self.classes.get(4) or self.classes.get(6)
+
+    @property
+    def exit_status(self) -> int:
+        if self.bad_input:
+            return 2
+        return self.verdict.exit_status if self.verdict else 3
+
+
+def _quiet(_: str, __: str, ___: str) -> None:
+    return None
+
+
+async def _resolve(spec: StunSpec, kind: int, timeout: float) -> list[Address]:
+    loop = asyncio.get_running_loop()
+    infos = await asyncio.wait_for(loop.getaddrinfo(spec.host, spec.port, type=kind), timeout)
+    out: list[Address] = []
+    for family in (socket.AF_INET, socket.AF_INET6):  # the first address of each family
+        first = next((i for i in infos if i[0] == family), None)
+        if first is not None:
+            out.append(Address(str(first[4][0]), int(first[4][1])))
+    return out
+
+
+class _Run:
+    def __init__(self, options: DiagnoseOptions, progress: Progress) -> None:
+        self.o, self.progress = options, progress
+        self.d = Diagnosis(options)
+        self.start = time.monotonic()
+        self.deadline = self.start + options.timeout
+
+    def left(self, cap: float = SIDE_WAIT) -> float:
+        return max(0.05, min(cap, self.deadline - time.monotonic()))
+
+    async def guarded(self, step: str, aw: Awaitable[T]) -> T | None:
+        """Await one probe; an unexpected exception becomes a problem line, not a traceback."""
+        try:
+            return await aw
+        except Exception as err:
+            self.d.problems.append(f"{step}: internal error: {type(err).__name__}: {err}")
+            self.progress(step, "fail", f"{type(err).__name__}: {err}")
+            return None
+
+    async def resolve_all(self) -> None:
+        async def one(spec: StunSpec) -> None:
+            try:
+                found = await _resolve(spec, socket.SOCK_DGRAM, RESOLVE_TIMEOUT)
+            except (OSError, TimeoutError) as err:
+                reason = "no answer" if isinstance(err, TimeoutError) else (err.strerror or err)
+                self.d.problems.append(f"{spec}: cannot resolve {spec.host!r}: {reason}")
+                self.progress("resolve", "fail", f"{spec}: cannot resolve {spec.host!r}")
+                return
+            self.d.resolved[str(spec)] = found
+
+        await asyncio.gather(*(one(s) for s in self.o.stun))
+        if self.o.stun and not self.d.resolved:
+            self.d.bad_input = True
+
+    def servers(self, family: int) -> list[Address]:
+        out = []
+        for spec in self.o.stun:
+            out += [a for a in self.d.resolved.get(str(spec), []) if a.family == family]
+        return list(dict.fromkeys(out))
+
+    async def udp(self, family: int) -> None:
+        servers = self.servers(family)
+        if not servers:
+            return
+        self.progress(f"udp{family}", "start", f"IPv{family}: RFC 5780 tests via {servers[0]}")
+        reach = min(self.start + min(REACH_WAIT, self.o.timeout / 2), self.deadline)
+        probe = await probe_family(family, servers, reach_deadline=reach, deadline=self.deadline)
+        self.d.families[family] = probe
+        c = classify(probe)
+        self.d.classes[family] = c
+        if probe.error:
+            self.progress(f"udp{family}", "warn", f"IPv{family}: {probe.error}")
+        elif c.udp:
+            text = f"IPv{family}: public {c.public_address}, {c.nat_type}"
+            self.progress(f"udp{family}", "ok", text)
+        else:
+            self.progress(f"udp{family}", "fail", f"IPv{family}: no STUN server answered over UDP")
+
+    def stream_targets(self) -> list[tuple[Literal["tcp", "tls"], Address]]:
+        targets: list[tuple[Literal["tcp", "tls"], Address]] = []
+        hosts: list[str] = []
+        for addrs in self.d.resolved.values():
+            for a in addrs:
+                targets.append(("tcp", a))
+                hosts.append(a.host)
+        for spec in self.o.turn:
+            uri = spec.uri
+            try:
+                ip = ipaddress.ip_address(uri.host)
+            except ValueError:
+                continue  # a name: turncheck resolves and reports it
+            hosts.append(str(ip))
+            if uri.transport == "tcp":
+                targets.append(("tls" if uri.secure else "tcp", Address(str(ip), uri.port)))
+        for host in dict.fromkeys(hosts):
+            targets += [("tcp", Address(host, 443)), ("tls", Address(host, 443))]
+        return list(dict.fromkeys(targets))[:MAX_STREAM_PROBES]
+
+    async def streams(self) -> None:
+        targets = self.stream_targets()
+        if not targets:
+            return
+        self.progress("tcp", "start", f"TCP/TLS reachability of {len(targets)} endpoints")
+        results = await asyncio.gather(
+            *(probe_stream(kind, addr, self.left(1.5)) for kind, addr in targets)
+        )
+        self.d.streams = list(results)
+        ok = sum(1 for r in results if r.answered)
+        self.progress(
+            "tcp", "ok" if ok else "warn", f"{ok}/{len(results)} TCP/TLS endpoints answer STUN"
+        )
+
+    async def turn_one(self, spec: TurnSpec) -> TurnCheckReport:
+        self.progress("turn", "start", f"TURN check {spec.uri}")
+        report = await check_turn(
+            spec.uri,
+            username=spec.username,
+            password=spec.password,
+            secret=spec.secret,
+            timeout=self.left(),
+            insecure=True,
+        )
+        if report.failed_step is not None and report.failed_step.error_code == 401:
+            report.error = f"{report.error} — wrong or missing TURN credentials"
+        status = "ok" if report.ok else "fail"
+        self.progress(
+            "turn", status, f"{spec.uri}: " + (report.error or f"relay {report.relayed_address}")
+        )
+        return report
+
+    async def ice(self) -> None:
+        v4 = self.servers(4)
+        turn = self.o.turn[0] if self.o.turn else None
+        kwargs: dict[str, Any] = {}
+        if turn is not None:
+            user, password = turn.username, turn.password
+            if turn.secret is not None:
+                cred = mint(turn.secret, user or "natkit-check", 600, time.time())
+                user, password = cred.username, cred.password
+            kwargs = dict(
+                turn=(turn.uri.host, turn.uri.port),
+                turn_username=user,
+                turn_password=password,
+                turn_transport=turn.uri.transport,
+                turn_ssl=turn.uri.secure,
+            )
+        self.progress("ice", "start", "gathering ICE candidates (aioice)")
+        stun = (v4[0].host, v4[0].port) if v4 else None
+        self.d.gathered = result = await gather(self.left(), stun=stun, **kwargs)
+        kinds = sorted({c.type for c in result.candidates})
+        self.progress(
+            "ice",
+            "warn" if result.error else "ok",
+            f"{len(result.candidates)} candidates ({', '.join(kinds) or 'none'})"
+            + (f"; {result.error}" if result.error else ""),
+        )
+
+    async def run(self) -> Diagnosis:
+        self.d.interfaces = interfaces()
+        await self.resolve_all()
+        jobs: list[Awaitable[Any]] = [
+            self.guarded("udp", self.udp(4)),
+            self.guarded("udp", self.udp(6)),
+            self.guarded("tcp", self.streams()),
+        ]
+        if self.o.gather:
+            jobs.append(self.guarded("ice", self.ice()))
+        turns = [self.guarded("turn", self.turn_one(t)) for t in self.o.turn]
+        results = await asyncio.gather(*jobs, *turns)
+        self.d.turn = [r for r in results[len(jobs) :] if isinstance(r, TurnCheckReport)]
+        self.finish()
+        if self.o.lifetime:
+            await self.measure_lifetime()
+        self.d.duration_s = round(time.monotonic() - self.start, 3)
+        return self.d
+
+    async def measure_lifetime(self) -> None:
+        main = self.d.main
+        probe = next((p for p in self.d.families.values() if p.reachable), None)
+        if main is None or probe is None or probe.primary is None:
+            return
+        self.progress("lifetime", "start", f"binding lifetime (up to {self.o.lifetime_max:g} s)")
+        self.d.lifetime = result = await measure_lifetime(
+            probe.primary.target,
+            probe.local.host if probe.local else "0.0.0.0",
+            self.o.lifetime_max,
+        )
+        self.progress("lifetime", "ok" if result.error is None else "warn", result.summary())
+
+    def finish(self) -> None:
+        main = self.d.main
+        for c in self.d.classes.values():
+            self.d.problems += [n for n in c.notes if n not in self.d.problems]
+        udp_any = any(c.udp for c in self.d.classes.values())
+        for f, c in self.d.classes.items():
+            if udp_any and not c.udp:
+                self.d.problems.append(f"IPv{f}: no STUN server answered over UDP")
+        relays = [self.relay_status(r, udp_any) for r in self.d.turn]
+        streams = [
+            StreamStatus(
+                s.transport, s.address.host, s.address.port, s.connected, s.answered, s.refused
+            )
+            for s in self.d.streams
+        ]
+        udp = main.udp if main else False
+        self.d.verdict = decide(
+            main.nat_type if main else ("unknown" if self.d.bad_input else "udp-blocked"),
+            udp=udp,
+            eim_known=bool(main and main.mapping == "endpoint-independent"),
+            relays=relays,
+            streams=streams,
+            hairpinning=main.hairpinning if main else None,
+            consistent=main.mapping_consistent if main else None,
+        )
+
+    def relay_status(self, r: TurnCheckReport, udp: bool) -> RelayStatus:
+        """A relay counts as working after a full round trip; with UDP blocked, the round trip
+        cannot be tested from here (our peer socket cannot receive UDP either), so a successful
+        allocation over TCP/TLS is the best evidence there is, and is reported as such."""
+        transport = _turn_transport(r.url)
+        allocated = any(s.name == "allocate" and s.ok for s in r.steps)
+        if not r.ok and allocated and not udp and transport != "udp":
+            self.d.problems.append(
+                f"{r.url}: allocation over {transport.upper()} works; the relay round trip "
+                "cannot be tested from a network that blocks UDP"
+            )
+            return RelayStatus(str(r.url), transport, True)
+        return RelayStatus(str(r.url), transport, r.ok, r.error)
+
+
+def _turn_transport(url: str) -> Literal["udp", "tcp", "tls"]:
+    uri = TurnURI.parse(url)
+    return "tls" if uri.secure else uri.transport
+
+
+async def diagnose(options: DiagnoseOptions, progress: Progress | None = None) -> Diagnosis:
+    """Run the whole diagnosis; see the module docstring for the time plan."""
+    return await _Run(options, progress or _quiet).run()

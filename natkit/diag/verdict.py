@@ -1,0 +1,226 @@
+"""The verdict: can this machine connect directly, with whom, is a relay needed, what to do. Pure.
+
+Which classic types punch a hole to each other (FIELD-NOTES; research and namespace experiments
+agree): full cone and restricted cone connect with every type; port-restricted cone with all but
+symmetric; symmetric only with full and restricted cone. "open" (no NAT, no filtering) behaves as
+a full cone. UDP blocked on either side: only a relay over TCP/TLS works.
+
+direct_p2p is "likely" when every peer type is compatible, "peer-dependent" when some are,
+"unlikely" when none is. Exit status (the CLI contract): 0 direct P2P possible, 1 relay needed
+and a configured relay works, 3 no working path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from natkit.diag.classify import NatType
+
+__all__ = [
+    "COMPATIBLE",
+    "PEER_TYPES",
+    "RelayStatus",
+    "StreamStatus",
+    "Verdict",
+    "compatible_peer_types",
+    "decide",
+]
+
+Direct = Literal["likely", "peer-dependent", "unlikely"]
+
+PEER_TYPES: tuple[NatType, ...] = (
+    "open",
+    "full-cone",
+    "restricted-cone",
+    "port-restricted-cone",
+    "symmetric",
+)
+_NOT_SYMMETRIC = PEER_TYPES[:4]
+_CONES = PEER_TYPES[:3]
+
+COMPATIBLE: dict[NatType, tuple[NatType, ...]] = {
+    "open": PEER_TYPES,
+    "full-cone": PEER_TYPES,
+    "restricted-cone": PEER_TYPES,
+    "port-restricted-cone": _NOT_SYMMETRIC,
+    "symmetric": _CONES,
+    "udp-blocked": (),
+}
+"""Peer NAT types a direct UDP path can be punched to, per own type (peers with UDP)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayStatus:
+    """One TURN check, as the verdict needs it."""
+
+    url: str
+    transport: Literal["udp", "tcp", "tls"]
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One TCP/TLS reachability probe of a STUN/TURN server."""
+
+    transport: Literal["tcp", "tls"]
+    address: str
+    port: int
+    connected: bool
+    answered: bool = False
+    """It answered a STUN Binding request over the connection."""
+    refused: bool = False
+    """Connection refused: the host is reachable but nothing listens there."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    direct_p2p: Direct
+    relay_required: bool
+    relay_working: bool | None
+    """Some configured TURN server completed a relay round trip (None: none configured)."""
+    compatible_peer_types: tuple[NatType, ...]
+    explanation: str
+    actions: tuple[str, ...] = field(default=())
+    """What to do, in plain words, most important first."""
+    exit_status: int = 0
+
+
+def compatible_peer_types(kind: NatType, *, eim_known: bool = False) -> tuple[NatType, ...]:
+    """Peer types reachable directly. For "unknown" assume the worst the evidence allows: with an
+    endpoint-independent mapping at least a port-restricted cone, otherwise possibly symmetric."""
+    if kind == "unknown":
+        return _NOT_SYMMETRIC if eim_known else _CONES
+    return COMPATIBLE[kind]
+
+
+def _direct(compatible: Sequence[NatType]) -> Direct:
+    if len(compatible) == len(PEER_TYPES):
+        return "likely"
+    return "peer-dependent" if compatible else "unlikely"
+
+
+def _relay_line(relays: Sequence[RelayStatus]) -> tuple[bool | None, str]:
+    if not relays:
+        return None, "No TURN server is configured."
+    good = [r for r in relays if r.ok]
+    if good:
+        return True, f"The relay {good[0].url} works."
+    return False, f"No configured relay works ({relays[0].url}: {relays[0].error or 'failed'})."
+
+
+def _blocked_actions(relays: Sequence[RelayStatus], streams: Sequence[StreamStatus]) -> list[str]:
+    good = [r for r in relays if r.ok and r.transport != "udp"]
+    if good:
+        return [f"Use TURN over {good[0].transport.upper()}: {good[0].url} works from here."]
+    actions = []
+    on443 = [s for s in streams if s.port == 443]
+    if any(s.connected and s.transport == "tls" for s in on443):
+        s = next(s for s in on443 if s.connected and s.transport == "tls")
+        actions.append(
+            f"{s.address}:443 accepts TLS: configure TURN over TLS there (turns:HOST:443) and "
+            "give clients that URL."
+        )
+    elif any(s.refused for s in on443):
+        s = next(s for s in on443 if s.refused)
+        actions.append(
+            f"UDP is blocked: offer TURN over TLS on 443 — your server {s.address} does not "
+            "listen there (connection refused)."
+        )
+    elif on443:
+        actions.append(
+            "UDP is blocked and port 443 of your servers is filtered too: ask the network admin "
+            "to allow UDP (or TCP 443 to the TURN server)."
+        )
+    else:
+        actions.append("UDP is blocked: offer TURN over TLS on port 443 (turns:HOST:443).")
+    actions.append("Or ask the network admin to allow outbound UDP (3478 and 49152-65535).")
+    return actions
+
+
+def decide(
+    kind: NatType,
+    *,
+    udp: bool,
+    eim_known: bool = False,
+    relays: Sequence[RelayStatus] = (),
+    streams: Sequence[StreamStatus] = (),
+    hairpinning: bool | None = None,
+    consistent: bool | None = None,
+) -> Verdict:
+    """The verdict for this machine from its NAT type and the relay/stream checks."""
+    compatible = compatible_peer_types(kind, eim_known=eim_known) if udp else ()
+    direct = _direct(compatible)
+    relay_ok, relay_text = _relay_line(relays)
+    actions: list[str] = []
+    if not udp:
+        text = (
+            "UDP is blocked: no STUN server answered over UDP, so a direct connection is "
+            "impossible. Only a TURN relay over TCP or TLS can carry the call."
+        )
+        actions += _blocked_actions(relays, streams)
+    elif direct == "likely":
+        text = f"Your NAT ({kind}) lets peers behind any NAT type connect directly."
+        if relay_ok is not True:
+            actions.append(
+                "Keep a TURN relay as a fallback for peers whose own network blocks UDP."
+            )
+    else:
+        names = ", ".join(compatible)
+        if kind == "symmetric":
+            text = (
+                "Your NAT is symmetric: it uses a new public port for every destination, so a "
+                f"direct connection works only with peers behind: {names}. Most home routers "
+                "are port-restricted, so most calls will need a TURN relay."
+            )
+            actions.append(
+                "If you control the router: enable endpoint-independent mapping (often "
+                '"full-cone"/"consistent NAT" or turning off "port randomization"), or UPnP/PCP.'
+            )
+        elif kind == "unknown":
+            text = (
+                "The NAT type could not be fully measured (see the notes); assuming the worst "
+                f"the evidence allows, direct connections work with peers behind: {names}."
+            )
+            actions.append(
+                "Probe a STUN server with RFC 5780 support (OTHER-ADDRESS), e.g. "
+                "natkit serve with stun.alternate set."
+            )
+        else:
+            text = (
+                f"Your NAT is a {kind}: direct connections work with peers behind: {names}; "
+                "peers behind a symmetric NAT (common on mobile and carrier-grade NAT) need "
+                "a relay."
+            )
+        if relay_ok is not True:
+            actions.insert(
+                0,
+                "Configure a working TURN relay for the peers that cannot connect "
+                "directly (--turn turn:HOST:3478 with credentials).",
+            )
+    for r in relays:
+        if not r.ok:
+            actions.append(f"Fix {r.url}: {r.error or 'the check failed'}.")
+    if hairpinning is False:
+        actions.append(
+            "Your NAT does not hairpin: two devices behind it reach each other only via their "
+            "local addresses (fine on one LAN; across VLANs/guest Wi-Fi they need the relay)."
+        )
+    if consistent is False:
+        actions.append(
+            "Different servers saw different public addresses: traffic may leave through more "
+            "than one uplink or NAT address; peers may see an address that does not work."
+        )
+    relay_required = direct == "unlikely"
+    status = 0 if direct != "unlikely" else (1 if relay_ok else 3)
+    return Verdict(
+        direct_p2p=direct,
+        relay_required=relay_required,
+        relay_working=relay_ok,
+        compatible_peer_types=compatible,
+        explanation=f"{text} {relay_text}",
+        actions=tuple(actions),
+        exit_status=status,
+    )
