@@ -11,7 +11,6 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +18,13 @@ from typing import Any
 import pytest
 
 from natkit.lab import Lab, Topology
+from tests.netns.stunserver import ALTERNATE, CONFIG, PRIMARY
+from tests.netns.stunserver import wait_udp as _wait_udp
 
 pytestmark = pytest.mark.netns
 
 MakeLab = Callable[..., Lab]
 EIM, ADM, APDM = "endpoint-independent", "address-dependent", "address-and-port-dependent"
-PRIMARY, ALTERNATE = "203.0.113.10", "203.0.113.11"
 
 # preset → (mapping, filtering, hairpinning, nat_type, direct_p2p, exit status without TURN)
 EXPECTED: dict[str, tuple[str | None, str | None, bool | None, str, str, int]] = {
@@ -39,38 +39,10 @@ EXPECTED: dict[str, tuple[str | None, str | None, bool | None, str, str, int]] =
     "no-hairpin": (EIM, APDM, False, "port-restricted-cone", "peer-dependent", 0),
 }
 
-NATKIT_CONFIG = f"""version: 1
-stun:
-  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:3478"]
-  alternate: "{ALTERNATE}:3479"
-  workers: 1
-metrics: {{listen: null}}
-"""
-
-
-def _wait_udp(lab: Lab, seconds: float = 10.0) -> None:
-    """Until something answers a Binding on the primary address (from the server node)."""
-    import struct
-
-    deadline = time.monotonic() + seconds
-    sock = lab.socket("server")
-    sock.settimeout(0.1)
-    try:
-        while time.monotonic() < deadline:
-            sock.sendto(struct.pack("!HHI", 1, 0, 0x2112A442) + b"x" * 12, (PRIMARY, 3478))
-            try:
-                sock.recvfrom(1500)
-                return
-            except TimeoutError:
-                continue
-    finally:
-        sock.close()
-    raise AssertionError("the STUN server in node server did not come up")
-
 
 def _start_natkit(lab: Lab, tmp: Path) -> subprocess.Popen[Any]:
     config = tmp / "natkit.yaml"
-    config.write_text(NATKIT_CONFIG)
+    config.write_text(CONFIG)
     argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
     return lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
