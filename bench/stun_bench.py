@@ -5,8 +5,9 @@ Steps, all on 127.0.0.1 and bounded in time (well under 60 s):
 2. start natkit serve (workers = cores, rate limit off like coturn's) and coturn `--stun-only`;
    alternate closed-loop runs between them (median of each), then RSS per worker;
 3. open loop at half natkit's rate against both for p50/p99 latency;
-4. print responses/s, the ratio natkit/coturn, RSS/worker, p50/p99, and the load generator's own
-   CPU per response (it must be far cheaper than a server's, else it would be the bottleneck).
+4. print responses/s, the ratio natkit/coturn, each server's own CPU per response (an efficiency
+   ratio the shared cores cannot blur), RSS/worker, p50/p99, and the load generator's own CPU per
+   response (it must be far cheaper than a server's, else it would be the bottleneck).
 Every process is started in its own session and killed (group) in a finally block.
 """
 
@@ -141,6 +142,35 @@ def loadgen(
     return result
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) used so far by every process of process group `pgid`: the
+    natkit supervisor and its workers, or coturn and its threads."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after comm: state ppid pgrp ... utime(11) stime(12)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def server_run(port: int, pgid: int, duration: float) -> dict[str, Any]:
+    """One closed-loop run plus the server's own CPU per response (the efficiency figure the
+    shared cores cannot blur: it does not depend on how fast the load generator is)."""
+    before = group_cpu(pgid)
+    result = loadgen(port, duration)
+    cpu = group_cpu(pgid) - before
+    result["server_cpu_us_per_response"] = (
+        1e6 * cpu / max(1, result["received"]) * duration / (duration + 0.5)
+    )
+    return result
+
+
 def worker_rss(metrics_port: int) -> list[int]:
     text = urllib.request.urlopen(f"http://{HOST}:{metrics_port}/metrics", timeout=5).read()
     return [
@@ -208,9 +238,9 @@ def measure(tmp: Path, workers: int, duration: float, rounds: int) -> dict[str, 
             wait_stun(cport, cproc, clog)
         wait_stun(port, nproc, tmp / "natkit.log", timeout=20)
         for _ in range(rounds):
-            result["natkit"]["closed"].append(loadgen(port, duration))
+            result["natkit"]["closed"].append(server_run(port, nproc.pid, duration))
             if binary is not None:
-                result["coturn"]["closed"].append(loadgen(cport, duration))
+                result["coturn"]["closed"].append(server_run(cport, cproc.pid, duration))
         result["natkit"]["rss"] = worker_rss(mport)
         half = statistics.median(r["rate"] for r in result["natkit"]["closed"]) / 2
         result["natkit"]["open"] = loadgen(port, duration, rate=half)
@@ -218,7 +248,11 @@ def measure(tmp: Path, workers: int, duration: float, rounds: int) -> dict[str, 
             result["coturn"]["open"] = loadgen(cport, duration, rate=half)
     for server in ("natkit", "coturn"):
         if result[server] is not None:
-            result[server]["rate"] = statistics.median(r["rate"] for r in result[server]["closed"])
+            runs = result[server]["closed"]
+            result[server]["rate"] = statistics.median(r["rate"] for r in runs)
+            result[server]["cpu_us"] = statistics.median(
+                r["server_cpu_us_per_response"] for r in runs
+            )
     return result
 
 
@@ -248,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  coturn --stun-only:        {c_rate:>10,.0f} responses/s")
         print(f"  ratio natkit/coturn:       {n_rate / c_rate:>10.2f}   (target >= 1.0)")
         summary |= {"coturn_rps": c_rate, "ratio": n_rate / c_rate}
+        print(
+            f"  server CPU per response:   natkit {nat['cpu_us']:.2f} us, coturn "
+            f"{cot['cpu_us']:.2f} us (incl. kernel send path); "
+            f"efficiency natkit/coturn {cot['cpu_us'] / nat['cpu_us']:.2f}"
+        )
+        summary |= {"efficiency": cot["cpu_us"] / nat["cpu_us"]}
     rss = [r / 2**20 for r in nat["rss"]]
     print(f"  natkit RSS per worker:     {', '.join(f'{r:.1f}' for r in rss)} MB (target <= 40)")
     print(f"  latency at half load ({n_rate / 2:,.0f}/s, open loop):")
