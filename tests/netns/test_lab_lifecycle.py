@@ -174,3 +174,19 @@ def test_cli_up_status_exec_down() -> None:
 def test_plugin_lab_fixture_is_parametrizable(lab: Lab) -> None:
     assert lab.state.topology in ("symmetric", "open")
     assert lab.exec("peer", [sys.executable, "-c", "print('hi')"], check=True).stdout == "hi\n"
+
+
+def test_unprivileged_up_is_one_clear_error() -> None:
+    """Really without privileges (root drops to nobody, no capabilities): one line, exit 2."""
+    argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"]
+    done = subprocess.run(
+        [*argv, sys.executable, "-m", "natkit", "lab", "up", "open"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "natkit: error: natkit lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create "
+        "network namespaces: run it with sudo"
+    ]
