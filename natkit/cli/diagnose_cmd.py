@@ -124,6 +124,8 @@ def command(
         fail(f"diagnose: internal error: {type(err).__name__}: {err}", 3)
     if as_json:
         echo_json(to_json(result))
+    elif result.bad_input:  # nothing was probed: a verdict would only mislead
+        fail(f"diagnose: {'; '.join(result.problems) or 'no STUN server could be resolved'}")
     else:
         click.echo(to_text(result, click.style))
     sys.exit(result.exit_status)

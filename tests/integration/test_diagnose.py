@@ -164,6 +164,13 @@ def test_unresolvable_name_is_a_report_line(monkeypatch: pytest.MonkeyPatch) -> 
     assert report["problems"] == [
         "stun:stun.invalid:3478: cannot resolve 'stun.invalid': Name or service not known"
     ]
+    # Without --json: one line, no verdict (nothing was probed).
+    text = CliRunner().invoke(cli, ["diagnose", "--stun", "stun.invalid"])
+    assert text.exit_code == 2
+    assert text.output.strip().splitlines() == [
+        "natkit: error: diagnose: stun:stun.invalid:3478: cannot resolve 'stun.invalid': "
+        "Name or service not known"
+    ]
 
 
 # -- coturn ---------------------------------------------------------------------------------
