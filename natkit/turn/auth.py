@@ -98,7 +98,9 @@ class Authenticator:
 
     def nonce_valid(self, nonce: str, client_ip: str, now: float) -> bool:
         issued, sep, mac = nonce.partition(".")
-        if not sep or not hmac.compare_digest(mac, self._mac(issued, client_ip)):
+        # Bytes, not str: compare_digest raises on non-ASCII text, and a nonce is remote input.
+        expected = self._mac(issued, client_ip).encode()
+        if not sep or not hmac.compare_digest(mac.encode(), expected):
             return False
         try:
             age = now - int(issued, 16) / 1000

@@ -70,11 +70,12 @@ def verify(secret: str, username: str, password: str, now: float) -> bool:
     A username without a numeric expiry is refused: it is not an ephemeral credential.
     """
     expiry_text, sep, _user = username.partition(SEPARATOR)
-    if not sep or not expiry_text.isdigit():
+    if not sep or not (expiry_text.isascii() and expiry_text.isdigit()):
         return False
     if int(expiry_text) < now:
         return False
-    return hmac.compare_digest(password_for(secret, username), password)
+    # Bytes: compare_digest raises TypeError on non-ASCII str, and the password is user input.
+    return hmac.compare_digest(password_for(secret, username).encode(), password.encode())
 
 
 def parse_ttl(text: str) -> int:

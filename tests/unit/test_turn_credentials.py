@@ -78,3 +78,8 @@ def test_ice_server_entry() -> None:
         "username": "60:alice",
         "credential": cred.password,
     }
+
+
+def test_verify_refuses_non_ascii_input_without_raising() -> None:
+    assert not verify("s3cret", "9999999999:alice", "pässwörd", now=0)
+    assert not verify("s3cret", "\u0663:alice", "x", now=0)  # an Arabic-Indic digit as expiry
