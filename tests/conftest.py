@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+import shutil
+import tempfile
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -30,3 +33,18 @@ def pytest_runtest_makereport(
         report.longrepr = (
             f"CI=true: lab test {item.nodeid} skipped instead of running: {report.longrepr}"
         )
+
+
+@pytest.fixture
+def unprivileged() -> Iterator[tuple[list[str], Path]]:
+    """(argv prefix that runs a command without privileges, a directory for its files).
+
+    As root the prefix drops every capability (setpriv, uid kept: the interpreter may live in
+    root's home), so "permission denied" paths are tested for real instead of skipped; for
+    anyone else it is empty."""
+    prefix = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] if os.geteuid() == 0 else []
+    workdir = Path(tempfile.mkdtemp(prefix="natkit-unpriv-"))
+    try:
+        yield prefix, workdir
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)

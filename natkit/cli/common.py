@@ -51,7 +51,7 @@ def config_option(func: F) -> F:
         "--config",
         "config_path",
         envvar="NATKIT_CONFIG",
-        type=click.Path(dir_okay=False),
+        type=click.Path(readable=False),  # the loader reports every file problem itself
         default=None,
         help="Config file (YAML). Default: $NATKIT_CONFIG, else the built-in defaults.",
     )(func)

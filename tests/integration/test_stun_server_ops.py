@@ -194,13 +194,21 @@ def test_metrics_port_in_use_exits_2(tmp_path: Path) -> None:
         assert "metrics" in _one_line_error(path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may bind ports below 1024")
-def test_privileged_port_exits_2(tmp_path: Path) -> None:
-    path = tmp_path / "low.yaml"
+def test_privileged_port_exits_2(unprivileged: tuple[list[str], Path]) -> None:
+    prefix, workdir = unprivileged
+    path = workdir / "low.yaml"
     path.write_text(
         "version: 1\nstun:\n  listen: ['udp://127.0.0.1:478']\nmetrics: {listen: null}\n"
     )
-    assert "permission denied" in _one_line_error(path)
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "natkit", "serve", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    err = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(err) == 1, (done.returncode, err)
+    assert err[0].startswith("natkit: error: ") and "permission denied" in err[0], err
 
 
 def test_json_logs_one_object_per_line(tmp_path: Path) -> None:

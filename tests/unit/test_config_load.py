@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
+import sys
 import types
 from pathlib import Path
 from typing import Any
@@ -267,13 +269,21 @@ def test_directory_is_not_a_config(tmp_path: Path) -> None:
         load(tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file(tmp_path: Path) -> None:
-    path = tmp_path / "natkit.yaml"
+def test_unreadable_file(unprivileged: tuple[list[str], Path]) -> None:
+    prefix, workdir = unprivileged  # as root: checked by a process that really cannot read it
+    path = workdir / "natkit.yaml"
     path.write_text("version: 1\n")
     path.chmod(0)
-    with pytest.raises(ConfigError, match="file not readable"):
-        load(path)
+    done = subprocess.run(
+        [*prefix, sys.executable, "-m", "natkit", "config", "check", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"natkit: error: {path}: file not readable (permission denied)"
+    ]
 
 
 def test_empty_file(tmp_path: Path) -> None:
