@@ -58,13 +58,13 @@ def _effective_caps() -> int:
 
 def check_privileges() -> None:
     """PrivilegeError unless we may create namespaces; DependencyError if a tool is missing."""
-    if os.geteuid() != 0:
-        caps = _effective_caps()
-        if not (caps >> 12 & 1 and caps >> 21 & 1):  # CAP_NET_ADMIN, CAP_SYS_ADMIN
-            raise PrivilegeError(
-                "natkit lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
-                "namespaces: run it with sudo"
-            )
+    # Capabilities, not the uid: root in a container with dropped capabilities cannot either.
+    caps = _effective_caps()
+    if not (caps >> 12 & 1 and caps >> 21 & 1):  # CAP_NET_ADMIN, CAP_SYS_ADMIN
+        raise PrivilegeError(
+            "natkit lab needs root (or CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network "
+            "namespaces: run it with sudo"
+        )
     for tool, package in (("ip", "iproute2"), ("nft", "nftables")):
         if shutil.which(tool) is None:
             raise DependencyError(f"natkit lab needs `{tool}`: install the {package} package")
