@@ -208,9 +208,13 @@ class StunServer:
         new_tuple = tuple.__new__
         turn = self.turn
         exempt = _not_a_request if turn is not None else None
+        channel = turn.channel_data if turn is not None else None
         recv_size = _TURN_RECV_SIZE if turn is not None else _RECV_SIZE
 
         def serve_one(data: bytes, source: Address) -> None:
+            if channel is not None and data and 0x40 <= data[0] <= 0x4F:
+                channel(data, source, local)  # relayed media: the TURN hot path
+                return
             if turn is not None and not _binding_request(data):
                 try:
                     turn.datagram(data, source, local, udp, lambda reply: sendto(reply, source))
@@ -292,6 +296,9 @@ class StunServer:
                         and not limiter.allow(ip4, now)
                     ):
                         counts[limited] += 1
+                        continue
+                    if channel is not None and data and 0x40 <= data[0] <= 0x4F:
+                        channel(data, (inet_ntoa(ip4.to_bytes(4, "big")), port), local)
                         continue
                     answer = plain(data, ip4, port, local)
                     if answer is None:

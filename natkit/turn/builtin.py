@@ -128,6 +128,18 @@ class BuiltinTurn:
         if commands:
             self._run(commands, reply)
 
+    def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
+        """A ChannelData datagram from a UDP client (first byte 0x40-0x4F): the relay's hot path,
+        straight to the peer from the allocation's relay socket, no command list."""
+        route = self.relay.channel_data(data, client, local, Transport.UDP, self.clock())
+        if route is not None:
+            entry = self._sockets.get(route[0])
+            if entry is not None:
+                try:
+                    entry[0].sendto(route[1], route[2])
+                except OSError:  # a full buffer or an ICMP error: UDP may drop, so do we
+                    self.send_errors += 1
+
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         five_tuple = FiveTuple(source, local, transport)
         self._run(self.relay.connection_lost(five_tuple, self.clock()), None)
@@ -193,7 +205,7 @@ class BuiltinTurn:
         sock.close()
 
     def _peer_reader(self, sock: socket.socket, relay: Address) -> Callable[[], None]:
-        recvfrom, handle, clock, run = sock.recvfrom, self.relay.handle_peer, self.clock, self._run
+        recvfrom, route, clock = sock.recvfrom, self.relay.peer_data, self.clock
         senders = self._senders
 
         def on_readable() -> None:
@@ -205,16 +217,14 @@ class BuiltinTurn:
                     return
                 except OSError:  # ICMP errors from earlier sends surface here
                     continue
-                commands = handle(relay, data, Address(addr[0], addr[1]), now)
-                if len(commands) == 1 and type(commands[0]) is SendToClient:
-                    send = senders.get(commands[0].to)
+                out = route(relay, data, addr, now)
+                if out is not None:
+                    send = senders.get(out[1])
                     if send is not None:
                         try:
-                            send(commands[0].data)
+                            send(out[0])
                         except OSError:
                             self.send_errors += 1
-                elif commands:
-                    run(commands, None)
 
         return on_readable
 
@@ -253,6 +263,7 @@ class BuiltinTurn:
         self, sock: socket.socket, local: Address, binding: BindingHandler
     ) -> Callable[[], None]:
         recvfrom, sendto, datagram = sock.recvfrom, sock.sendto, self.datagram
+        channel_data = self.channel_data
         udp = Transport.UDP
 
         def on_readable() -> None:
@@ -263,8 +274,11 @@ class BuiltinTurn:
                     return
                 except OSError:
                     continue
-                source = Address(addr[0], addr[1])
                 try:
+                    if data and 0x40 <= data[0] <= 0x4F:  # ChannelData: the relay's hot path
+                        channel_data(data, addr, local)
+                        continue
+                    source = Address(addr[0], addr[1])
                     if data[:2] == b"\x00\x01":  # a Binding request: the STUN server's job
                         tx = binding.handle(data, source, local, udp)
                         if tx is not None:

@@ -41,6 +41,10 @@ class TurnEngine(Protocol):
     ) -> None:
         """One UDP datagram or one stream frame (STUN or ChannelData) from a client."""
 
+    def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
+        """One ChannelData datagram (first byte 0x40-0x4F) from a UDP client: the media path,
+        kept free of per-packet objects."""
+
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         """A TCP/TLS client connection closed (RFC 8656 §7: its allocation goes with it)."""
 

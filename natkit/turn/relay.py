@@ -26,15 +26,16 @@ MESSAGE-INTEGRITY once the request authenticated, and FINGERPRINT when the reque
 from __future__ import annotations
 
 import random
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from natkit.addr import Address, Transport
 from natkit.stun.attributes import AddressErrorCode, AttrValue, ErrorCode
 from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass, Method
 from natkit.stun.errors import StunDecodeError
-from natkit.stun.framing import build_channel_data, parse_channel_data
+from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
 from natkit.turn.allocation import (
     Allocation,
@@ -60,6 +61,7 @@ UDP_PROTOCOL = 17  # REQUESTED-TRANSPORT value for UDP (RFC 8656 §18.9)
 _FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.10)
 _OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
 _BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
+_CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
 
 
 class SendToClient(NamedTuple):
@@ -142,15 +144,8 @@ class Relay:
             self._opening.clear()  # relay_unavailable comes before the next datagram
         first = data[0]
         if 0x40 <= first <= 0x4F:  # ChannelData (RFC 7983 §7), the hot path
-            alloc = self.allocations.by_five_tuple.get(FiveTuple(client, local, transport))
-            if alloc is None:
-                return []
-            try:
-                number, payload = parse_channel_data(data)
-            except StunDecodeError:
-                return []
-            peer = alloc.channel_peer(number, now)
-            return [] if peer is None else [SendToPeer(alloc.relay, payload, peer)]
+            route = self.channel_data(data, client, local, transport, now)
+            return [] if route is None else [SendToPeer(*route)]
         if first > 3:
             return []
         try:
@@ -167,23 +162,66 @@ class Relay:
         return []
 
     def handle_peer(self, relay: Address, data: bytes, peer: Address, now: float) -> list[Command]:
+        out = self.peer_data(relay, data, peer, now)
+        return [] if out is None else [SendToClient(*out)]
+
+    # -- the per-packet fast paths ---------------------------------------------------------
+    # What `handle_client` (ChannelData) and `handle_peer` do, without building command lists
+    # or NamedTuples: a relay moves every packet through one of these, and in CPython each
+    # object built per packet costs as much as the dict lookups that apply the rules. Plain
+    # (host, port) tuples are accepted where an `Address` only keys a lookup (equal, same hash).
+
+    def channel_data(
+        self,
+        data: bytes,
+        client: tuple[str, int],
+        local: Address,
+        transport: Transport,
+        now: float,
+    ) -> tuple[Address, bytes, Address] | None:
+        """A client's ChannelData (first byte 0x40-0x4F): (relay, payload, peer) to send from
+        the relay socket, or None to drop it (RFC 8656 §12.6: unknown, unbound or malformed)."""
+        if self._opening:
+            self._opening.clear()  # as in handle_client
+        alloc = self.allocations.by_five_tuple.get(cast(FiveTuple, (client, local, transport)))
+        if alloc is None:
+            return None
+        size = len(data) - 4
+        if size < 0:
+            return None
+        length = data[2] << 8 | data[3]
+        # §12.4/§12.5: the length must fit; trailing bytes only as padding to a multiple of 4.
+        if size != length and (size < length or size - length != -length % 4):
+            return None
+        peer = alloc.channel_peer(data[0] << 8 | data[1], now)
+        if peer is None:
+            return None
+        return alloc.relay, bytes(data[4 : 4 + length]), peer
+
+    def peer_data(
+        self, relay: Address, data: bytes, peer: tuple[str, int], now: float
+    ) -> tuple[bytes, FiveTuple] | None:
+        """A datagram from `peer` on `relay`: (frame, client 5-tuple) to send, or None."""
         alloc = self.allocations.by_relay.get(relay)
         # RFC 8656 §11.3, §12.6: without a permission for the peer's IP, drop silently.
-        if alloc is None or not alloc.permitted(peer.host, now):
-            return []
-        channel = alloc.peer_channels.get(peer)
+        if alloc is None or not alloc.permitted(peer[0], now):
+            return None
+        channel = alloc.peer_channels.get(cast(Address, peer))
         if channel is not None and channel.expires > now:
-            # §12.5: over TCP ChannelData is padded to a multiple of 4 bytes.
-            pad = alloc.five_tuple.transport is not Transport.UDP
-            frame = build_channel_data(channel.number, data, pad=pad)
+            if alloc.five_tuple.transport is Transport.UDP:
+                if len(data) > 0xFFFF:
+                    return None  # cannot happen over UDP/IPv4; build_channel_data would raise
+                frame = _CHANNEL_HEADER.pack(channel.number, len(data)) + data
+            else:  # §12.5: over TCP ChannelData is padded to a multiple of 4 bytes.
+                frame = build_channel_data(channel.number, data, pad=True)
         else:
             tid = self.rng.getrandbits(96).to_bytes(12, "big")
             attrs: list[tuple[int, AttrValue]] = [
-                (AttrType.XOR_PEER_ADDRESS, peer),
+                (AttrType.XOR_PEER_ADDRESS, Address(peer[0], peer[1])),
                 (AttrType.DATA, data),
             ]
             frame = Message(Method.DATA, MessageClass.INDICATION, tid, attrs).encode()
-        return [SendToClient(frame, alloc.five_tuple)]
+        return frame, alloc.five_tuple
 
     def handle_timeout(self, now: float) -> list[Command]:
         table = self.allocations
