@@ -67,6 +67,9 @@ class P2PResult:
     remote_candidates: list[Candidate] = field(default_factory=list)
     error: str | None = None
     advice: str | None = None
+    diagnosis: dict[str, Any] | None = None
+    """On failure: what `natkit diagnose` says of this side's NAT (nat_type, mapping, filtering,
+    direct_p2p, compatible_peer_types), so the report says why, not only that it failed."""
 
     @property
     def kind(self) -> str | None:
@@ -101,6 +104,7 @@ def to_json(result: P2PResult) -> dict[str, Any]:
         },
         "error": result.error,
         "advice": result.advice,
+        "diagnosis": result.diagnosis,
     }
 
 
@@ -127,6 +131,15 @@ def render_text(result: P2PResult) -> str:
         lines.append(f"  remote       {_cands(result.remote_candidates)}")
         for local, remote, state in result.tried_pairs:
             lines.append(f"  tried        {local} -> {remote}: {state}")
+    if result.diagnosis and "error" in result.diagnosis:
+        lines.append(f"  this side    no diagnosis: {result.diagnosis['error']}")
+    elif result.diagnosis:
+        d = result.diagnosis
+        peers = ", ".join(d["compatible_peer_types"]) or "none"
+        lines.append(
+            f"  this side    {d['nat_type']} NAT (mapping {d['mapping']}, filtering "
+            f"{d['filtering']}): direct P2P {d['direct_p2p']}; works directly with: {peers}"
+        )
     if result.advice:
         lines.append(f"  advice       {result.advice}")
     return "\n".join(lines)

@@ -90,6 +90,7 @@ async def offer(options: P2POptions, on_code: Callable[[str], None] = lambda _: 
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp, "answer"))
         if await peer.connect():
             await peer.measure(channel)
+        await peer.diagnose_if_failed()
         return peer.finish()
     finally:
         await peer.close()
@@ -120,6 +121,7 @@ async def answer(code: str, options: P2POptions) -> P2PResult:
                 await asyncio.wait_for(peer.reported.wait(), peer.remaining())
             if not peer.reported.is_set():
                 peer.result.error = "the offerer sent no measurements in time"
+        await peer.diagnose_if_failed()
         return peer.finish()
     finally:
         await peer.close()
@@ -269,6 +271,31 @@ class _Peer:
             for p in conn._check_list
         ]
         result.tried_pairs = tried or result.tried_pairs
+
+    async def diagnose_if_failed(self) -> None:
+        """Not connected: ask `natkit diagnose` (its UDP probes, ~0.3 s) what this side's NAT
+        does, against the first STUN server, so the report can say why."""
+        if self.result.connected or not self.options.stun:
+            return
+        from natkit.diag.report import to_json
+        from natkit.diag.runner import DiagnoseOptions, StunSpec, diagnose
+
+        try:
+            spec = StunSpec.parse(self.options.stun[0])
+            found = to_json(
+                await diagnose(DiagnoseOptions(stun=(spec,), timeout=2.0, gather=False))
+            )
+        except Exception as err:  # the report must come out even if the diagnosis cannot
+            self.result.diagnosis = {"error": f"{type(err).__name__}: {err}"}
+            return
+        verdict = found["verdict"]
+        self.result.diagnosis = {
+            "nat_type": found["nat_type"],
+            "mapping": found["mapping"],
+            "filtering": found["filtering"],
+            "direct_p2p": verdict["direct_p2p"],
+            "compatible_peer_types": verdict["compatible_peer_types"],
+        }
 
     def finish(self) -> P2PResult:
         self.result.duration_s = time.monotonic() - self._start

@@ -12,7 +12,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -111,11 +112,20 @@ def test_offer_and_answer_connect_on_loopback(
 
 
 def test_not_connected_is_exit_1_with_history_and_advice(
-    processes: list[subprocess.Popen[str]], signal_url: str
+    processes: list[subprocess.Popen[str]], signal_url: str, natkit_serve: Callable[..., Any]
 ) -> None:
     # The answerer may only use a TURN server that refuses the connection: it has no candidate.
+    # The offerer names a STUN server (natkit serve with an RFC 5780 alternate) so its failure
+    # report carries natkit diagnose's view of its NAT.
+    port = free_port()
+    natkit_serve(
+        port=port,
+        stun={"listen": [f"udp://127.0.0.1:{port}"], "alternate": f"127.0.0.2:{free_port()}"},
+        metrics=False,
+    )
     common = ["--signal", signal_url, "--timeout", "4", "--wait", "30"]
-    offerer = spawn(processes, "offer", *common, "--host", "127.0.0.1", "--json")
+    stun = ["--stun", f"stun:127.0.0.1:{port}"]
+    offerer = spawn(processes, "offer", *common, *stun, "--host", "127.0.0.1", "--json")
     code = read_code(offerer)
     answerer = spawn(
         processes,
@@ -139,6 +149,15 @@ def test_not_connected_is_exit_1_with_history_and_advice(
     assert "TURN server gave no relay candidate" in a_report["advice"]
     assert o_report["connected"] is False and o_report["error"]
     assert o_report["selected"] is None and o_report["advice"]
+    assert o_report["diagnosis"] == {
+        "nat_type": "open",
+        "mapping": "endpoint-independent",
+        "filtering": "endpoint-independent",
+        "direct_p2p": "likely",
+        "compatible_peer_types": o_report["diagnosis"]["compatible_peer_types"],
+    }
+    assert "symmetric" in o_report["diagnosis"]["compatible_peer_types"]
+    assert a_report["diagnosis"] is None  # it named no STUN server: nothing to ask
 
 
 @pytest.mark.parametrize("role", ["offer", "answer"])
