@@ -39,16 +39,17 @@ LOADGEN = HERE / "bin" / "loadgen"
 HOST = "127.0.0.1"
 
 
-def build_loadgen() -> Path:
-    src = HERE / "loadgen.c"
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= src.stat().st_mtime:
-        return LOADGEN
-    LOADGEN.parent.mkdir(exist_ok=True)
+def build_c(name: str) -> Path:
+    """Compile bench/NAME.c into bench/bin/NAME (gitignored) unless it is up to date."""
+    src, binary = HERE / f"{name}.c", HERE / "bin" / name
+    if binary.exists() and binary.stat().st_mtime >= src.stat().st_mtime:
+        return binary
+    binary.parent.mkdir(exist_ok=True)
     cc = shutil.which("gcc") or shutil.which("cc")
     if cc is None:
         sys.exit("bench: gcc is needed to build the load generator (apt-get install gcc)")
-    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(LOADGEN), str(src)], check=True)
-    return LOADGEN
+    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(binary), str(src)], check=True)
+    return binary
 
 
 def free_port() -> int:
@@ -262,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--rounds", type=int, default=3, help="alternating closed-loop runs")
     args = parser.parse_args(argv)
-    build_loadgen()
+    build_c("loadgen")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="natkit-bench-") as tmpdir:
         tmp = Path(tmpdir)

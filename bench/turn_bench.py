@@ -39,7 +39,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from bench.stun_bench import group_cpu
+from bench.stun_bench import build_c, group_cpu
 from natkit.addr import Address, Transport
 from natkit.config import loads
 from natkit.stun import AttrType, Message, MessageClass, Method, parse_message
@@ -145,18 +145,6 @@ def server(engine: str, workdir: Path, workers: int = 1) -> Iterator[tuple[int, 
 
 
 # -- the load generator ----------------------------------------------------------------------
-
-
-def build_turnload() -> Path:
-    src = HERE / "turnload.c"
-    if TURNLOAD.exists() and TURNLOAD.stat().st_mtime >= src.stat().st_mtime:
-        return TURNLOAD
-    TURNLOAD.parent.mkdir(exist_ok=True)
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        sys.exit("bench: gcc is needed to build the load generator (apt-get install gcc)")
-    subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(TURNLOAD), str(src)], check=True)
-    return TURNLOAD
 
 
 def _request(method: int, attrs: Sequence[tuple[int, Any]], key: bytes | None = None) -> bytes:
@@ -285,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=1, help="natkit serve workers (coturn uses its default)"
     )
     args = parser.parse_args(argv)
-    build_turnload()
+    build_c("turnload")
     engines = [e for e in args.engines.split(",") if e != "coturn" or shutil.which("turnserver")]
     runs: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
     idle: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
