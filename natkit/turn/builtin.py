@@ -131,7 +131,11 @@ class BuiltinTurn:
     def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
         """A ChannelData datagram from a UDP client (first byte 0x40-0x4F): the relay's hot path,
         straight to the peer from the allocation's relay socket, no command list."""
-        route = self.relay.channel_data(data, client, local, Transport.UDP, self.clock())
+        try:
+            route = self.relay.channel_data(data, client, local, Transport.UDP, self.clock())
+        except Exception:  # a bug must cost one datagram, never the listener's batch
+            log.exception("TURN ChannelData path failed on a %d-byte datagram", len(data))
+            return
         if route is not None:
             entry = self._sockets.get(route[0])
             if entry is not None:
