@@ -30,8 +30,17 @@ system-packages:
 	  echo "note: not root; skipping Debian packages ($(APT_PACKAGES)); lab and coturn tests will skip"; \
 	fi
 
-run: install
-	$(BIN)/natkit serve -c $(CONFIG)
+# The default config runs the builtin TURN relay with a REST API secret from $$NATKIT_TURN_SECRET;
+# when unset, `make run` keeps a random one in .natkit/turn-secret (mode 0600, gitignored).
+SECRET_FILE := .natkit/turn-secret
+
+run: install $(SECRET_FILE)
+	@echo "TURN credentials: NATKIT_TURN_SECRET=\$$(cat $(SECRET_FILE)) $(BIN)/natkit turn credentials --user alice --json"
+	NATKIT_TURN_SECRET="$${NATKIT_TURN_SECRET:-$$(cat $(SECRET_FILE))}" $(BIN)/natkit serve -c $(CONFIG)
+
+$(SECRET_FILE):
+	@mkdir -p $(dir $@)
+	@umask 077 && $(BIN)/python -c 'import secrets; print(secrets.token_urlsafe(24))' > $@
 
 test: install
 	$(BIN)/pytest

@@ -22,7 +22,15 @@ from natkit.turn.auth import Authenticator
 from natkit.turn.coturn_conf import peer_policy
 from natkit.turn.relay import Relay, RelaySettings
 
-__all__ = ["Reply", "TurnEngine", "build_relay", "create_engine", "parse_ports", "relay_settings"]
+__all__ = [
+    "Reply",
+    "TurnEngine",
+    "build_relay",
+    "create_engine",
+    "host_relay_ips",
+    "parse_ports",
+    "relay_settings",
+]
 
 Reply = Callable[[bytes], object]  # return value ignored (sendto returns a count)
 
@@ -63,9 +71,26 @@ def parse_ports(config: Config) -> tuple[int, int]:
     )
 
 
+def host_relay_ips() -> dict[int, str]:
+    """With only wildcard listeners: per family, this host's address on the interface holding
+    the default route, else on any other non-loopback interface (what a peer could reach)."""
+    from natkit.diag.gather import interfaces
+
+    found: dict[int, str] = {}
+    ranked = sorted(interfaces(), key=lambda i: (i.loopback, i.tunnel, not i.default_route))
+    for iface in ranked:
+        if iface.loopback:
+            continue
+        for text in iface.addresses:
+            ip = ipaddress.ip_interface(text).ip
+            if not (ip.is_loopback or ip.is_link_local or ip.is_multicast):
+                found.setdefault(ip.version, str(ip))
+    return found
+
+
 def relay_settings(config: Config) -> RelaySettings:
     """Relay IPs per family: ``turn.relay.address`` for its family, else the first concrete
-    listener IP of each family (a wildcard listener names no address a peer could reach)."""
+    listener IP of each family, else (only wildcard listeners) this host's own address."""
     turn = config.turn
     relay_ips: dict[int, str] = {}
     if turn.relay.address:
@@ -75,9 +100,11 @@ def relay_settings(config: Config) -> RelaySettings:
         if not ip.is_unspecified:
             relay_ips.setdefault(ip.version, uri.host)
     if not relay_ips:
+        relay_ips = host_relay_ips()
+    if not relay_ips:
         raise ConfigError(
             "the builtin TURN engine needs a relay IP: set turn.relay.address "
-            "(every listener is a wildcard address)",
+            "(every listener is a wildcard address and this host has no global address)",
             file=config.source,
             path="turn.relay.address",
         )

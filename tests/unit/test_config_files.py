@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import pytest
 import yaml
 
-from natkit.config import Config, load, loads, to_dict
+from natkit.config import Config, ConfigError, load, loads, to_dict
 from natkit.config.model import config_fields, is_section
 
 ROOT = Path(__file__).parent.parent.parent
@@ -40,9 +41,27 @@ def lookup(data: Any, path: str) -> bool:
     return True
 
 
-def test_default_file_loads_without_environment_and_equals_the_defaults() -> None:
-    config = loads(DEFAULT_FILE.read_text(), str(DEFAULT_FILE), env={})
-    assert config == Config()  # the file documents the defaults; it changes nothing
+SECRET_ENV = {"NATKIT_TURN_SECRET": "s3cret"}
+
+
+def test_default_file_equals_the_defaults_but_turns_on_turn() -> None:
+    config = loads(DEFAULT_FILE.read_text(), str(DEFAULT_FILE), env=SECRET_ENV)
+    # The file documents the defaults; it only switches the builtin TURN relay on, with the
+    # REST secret from the environment (`make run` provides one).
+    turn = dataclasses.replace(
+        Config().turn,
+        enabled=True,
+        auth=dataclasses.replace(Config().turn.auth, secret="s3cret"),
+    )
+    assert config == dataclasses.replace(Config(), turn=turn)
+
+
+def test_default_file_without_the_secret_is_one_clear_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        loads(DEFAULT_FILE.read_text(), str(DEFAULT_FILE), env={})
+    assert str(err.value).endswith(
+        "turn.auth.secret: environment variable NATKIT_TURN_SECRET is not set"
+    )
 
 
 def test_default_file_has_every_key_with_a_comment() -> None:
@@ -61,9 +80,12 @@ def test_default_file_has_every_key_with_a_comment() -> None:
 
 
 def test_default_file_is_safe() -> None:
-    config = loads(DEFAULT_FILE.read_text(), env={})
+    config = loads(DEFAULT_FILE.read_text(), env=SECRET_ENV)
     assert [str(uri) for uri in config.stun.listen] == ["udp://0.0.0.0:3478", "tcp://0.0.0.0:3478"]
-    assert config.turn.enabled is False
+    # TURN on, but authenticated and never relaying into private, loopback or lab ranges.
+    assert config.turn.enabled is True and config.turn.auth.secret == "s3cret"
+    assert config.turn.peers.allow == () and "10.0.0.0/8" in config.turn.peers.deny
+    assert config.stun.rate_limit.enabled is True
     assert config.metrics.listen == "127.0.0.1:9641"
 
 
