@@ -53,6 +53,10 @@ def serve(config: Config, *, out: TextIO | None = None) -> int:
     plans = plan_listeners(config.stun, config.source)  # ConfigError before anything starts
     if any(p.uri.transport is Transport.TLS for p in plans):
         make_ssl_context(config.stun.tls, config.source)
+    if config.turn.enabled:
+        from natkit.turn.engine import relay_settings
+
+        relay_settings(config)  # the relay IP and port range, checked once, here
     asyncio.run(_run(config, out))
     return 0
 
@@ -118,8 +122,7 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
         return
     logs.setup(new.logging.level, new.logging.format)
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
-    if new.metrics != old.metrics:
-        changed.append("metrics")
+    changed += [k for k in ("turn", "signal", "metrics") if getattr(new, k) != getattr(old, k)]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = new
