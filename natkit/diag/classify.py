@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from natkit.addr import Address
 
@@ -51,15 +51,7 @@ NatType = Literal[
     "udp-blocked",
     "unknown",
 ]
-NAT_TYPES: tuple[NatType, ...] = (
-    "open",
-    "full-cone",
-    "restricted-cone",
-    "port-restricted-cone",
-    "symmetric",
-    "udp-blocked",
-    "unknown",
-)
+NAT_TYPES: tuple[NatType, ...] = get_args(NatType)
 EIM: Behaviour = "endpoint-independent"
 ADM: Behaviour = "address-dependent"
 APDM: Behaviour = "address-and-port-dependent"
