@@ -102,6 +102,24 @@ class Served:
         return children(self.proc.pid)
 
 
+def has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+def reap(proc: subprocess.Popen[Any]) -> int:
+    """`stop_process`, then close the pipes we opened to it; returns the exit status."""
+    status = stop_process(proc)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    return status
+
+
 def stop_process(proc: subprocess.Popen[Any], timeout: float = 10.0) -> int:
     """SIGTERM the session we started, then SIGKILL it; returns the exit status."""
     if proc.poll() is None:
@@ -183,7 +201,4 @@ def natkit_serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
 
     yield start
     for proc in started:
-        stop_process(proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)

@@ -10,7 +10,6 @@ regression.
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,21 +17,13 @@ import pytest
 
 from natkit.config import Config, loads
 from natkit.turn import coturn
+from tests.integration.conftest import has_ipv6_loopback
 from tests.integration.test_coturn import check, free_port, relay_range, running_coturn
 
 pytestmark: list[pytest.MarkDecorator] = [pytest.mark.integration]
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-if not _has_ipv6_loopback():
+if not has_ipv6_loopback():
     pytestmark.append(pytest.mark.skip(reason="no IPv6 loopback (::1) here"))
 
 DEFAULT_POLICY = """

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import free_port, stop_process
+from tests.integration.conftest import free_port, reap
 
 pytestmark = pytest.mark.integration
 
@@ -29,10 +29,7 @@ def processes() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
     for proc in started:
-        stop_process(proc)
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        reap(proc)
 
 
 def spawn(started: list[subprocess.Popen[str]], *args: str) -> subprocess.Popen[str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from aioice import stun, turn
 from natkit.config import Config, loads, to_dict
 from natkit.diag.turncheck import TurnCheckReport, check_turn
 from natkit.turn.credentials import mint
-from tests.integration.conftest import start_serve, stop_process
+from tests.integration.conftest import has_ipv6_loopback, reap, start_serve
 from tests.integration.test_coturn import free_port, relay_range, running_coturn
 
 pytestmark = [pytest.mark.integration]
@@ -39,16 +38,7 @@ SECRET = "sesame"
 NONCE_LIFETIME = 2
 
 
-def _has_ipv6_loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-IPV6 = _has_ipv6_loopback()
+IPV6 = has_ipv6_loopback()
 
 CONFIG = """
 version: 1
@@ -94,10 +84,7 @@ def running_serve(cfg: Config, workdir: Path) -> Iterator[None]:
         assert all("STUN + TURN" in line for line in lines), lines
         yield
     finally:
-        assert stop_process(proc) == 0
-        for stream in (proc.stdout, proc.stderr):
-            if stream is not None:
-                stream.close()
+        assert reap(proc) == 0
 
 
 @contextlib.contextmanager
