@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from natkit.addr import parse_hostport
 from natkit.errors import NatkitError, UsageError
+from natkit.signal import wire
 
 __all__ = ["PeerTimeout", "SignalClient", "SignalUnavailable"]
 
@@ -80,7 +81,7 @@ class SignalClient:
             if status == 200 and isinstance(body.get("sdp"), str):
                 sdp: str = body["sdp"]
                 return sdp
-            if status == 429:
+            if status in (429, 503):  # rate-limited, or the server is busy: both say retry
                 await asyncio.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
             elif status != 204:
                 raise self._refused(status, body)
@@ -135,7 +136,7 @@ class SignalClient:
         if not body:
             return status, {}
         try:
-            data = json.loads(body)
+            data = wire.loads(body)  # the server is remote input too: bounded, never a traceback
         except ValueError:
             raise SignalUnavailable(f"{self.url} is not a natkit signal service") from None
         return status, data if isinstance(data, dict) else {}

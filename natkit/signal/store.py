@@ -10,9 +10,11 @@ other side (`get`). The store is deliberately forgetful, because SDP carries the
 - when the offerer has read the answer the exchange is over and the whole pairing is dropped.
 
 Limits keep a public instance cheap to run: descriptions larger than `max_sdp_size` are refused
-(413), each source IP has a token bucket of requests (429) and at most `max_pairings` pairings
-exist at once (503). Time is always an argument (`now`, monotonic seconds) and randomness comes
-from an injected `random.Random`, so every rule is tested without sleeping.
+(413), each source IP has a token bucket of requests (429), at most `max_pairings` pairings exist
+at once (503) and one source owns at most `max_pairings_per_source` of them (429): without that
+one address fills the table at the request rate and everyone else gets 503 for a whole `ttl`.
+Time is always an argument (`now`, monotonic seconds) and randomness comes from an injected
+`random.Random`, so every rule is tested without sleeping.
 
 The store never logs anything: what it holds is exactly what must not end up in a log file.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "SignalStore",
     "Slot",
     "TooLarge",
+    "TooManyPairings",
     "normalize_code",
 ]
 
@@ -49,9 +52,16 @@ CODE_LENGTH = 10
 
 
 class SignalError(Exception):
-    """A request the rendezvous refuses; `status` is the HTTP status it is answered with."""
+    """A request the rendezvous refuses; `status` is the HTTP status it is answered with.
+
+    `retry_after` (seconds) is set when waiting helps: the HTTP answer carries it as Retry-After.
+    """
 
     status = 400
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class NotFound(SignalError):
@@ -78,6 +88,12 @@ class RateLimited(SignalError):
     status = 429
 
 
+class TooManyPairings(SignalError):
+    """The source already owns `max_pairings_per_source` live pairings."""
+
+    status = 429
+
+
 class Full(SignalError):
     """`max_pairings` pairings already exist."""
 
@@ -95,6 +111,8 @@ class Pairing:
 
     code: str
     expires: float
+    owner: str | None = None
+    """The source that created it (its live pairings are capped), None when not attributed."""
     slots: dict[str, str | None] = field(default_factory=lambda: {"offer": None, "answer": None})
     used: set[str] = field(default_factory=set)
     """Slots written at least once (a slot emptied after use stays written: no rewrite)."""
@@ -109,19 +127,23 @@ class SignalStore:
         ttl: float = 300.0,
         max_sdp_size: int = 16384,
         max_pairings: int = 1000,
+        max_pairings_per_source: int = 20,
         rate: float = 20.0,
         burst: float = 60.0,
         rng: random.Random | None = None,
     ) -> None:
-        if ttl <= 0 or max_sdp_size < 1 or max_pairings < 1:
-            raise ValueError("ttl must be > 0, max_sdp_size and max_pairings >= 1")
+        if ttl <= 0 or min(max_sdp_size, max_pairings, max_pairings_per_source) < 1:
+            raise ValueError("ttl must be > 0; max_sdp_size and the max_pairings caps >= 1")
         self.ttl = ttl
         self.max_sdp_size = max_sdp_size
         self.max_pairings = max_pairings
+        self.max_pairings_per_source = max_pairings_per_source
         self._limiter = RateLimiter(rate, burst, max_sources=10_000)
         # Codes must be unguessable in production; tests inject a seeded Random.
         self._rng = rng or secrets.SystemRandom()
+        # Insertion order is expiry order (one `ttl`, monotonic `now`): the first entry dies first.
         self._pairings: dict[str, Pairing] = {}
+        self._owned: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self._pairings)
@@ -131,22 +153,40 @@ class SignalStore:
         if not self._limiter.allow(source, now):
             raise RateLimited("too many requests from this address; retry later")
 
-    def create(self, now: float) -> Pairing:
-        """A new pairing with a fresh code, alive until `now + ttl`."""
+    def owned(self, source: str) -> int:
+        """How many live pairings `source` created (expired ones count until `expire`)."""
+        return self._owned.get(source, 0)
+
+    def create(self, now: float, source: str | None = None) -> Pairing:
+        """A new pairing with a fresh code, alive until `now + ttl`, owned by `source`."""
         self.expire(now)
+        if source is not None and self.owned(source) >= self.max_pairings_per_source:
+            raise TooManyPairings(
+                f"too many pairings from this address (at most {self.max_pairings_per_source} "
+                "at once); finish or let one expire",
+                retry_after=self._first_expiry(now, source),
+            )
         if len(self._pairings) >= self.max_pairings:
-            raise Full("too many pairings in progress; retry later")
+            raise Full(
+                "too many pairings in progress; retry later", retry_after=self._first_expiry(now)
+            )
         while True:  # a collision needs ~2^24 live pairings; the loop practically runs once
             code = "".join(self._rng.choice(CODE_ALPHABET) for _ in range(CODE_LENGTH))
             if code not in self._pairings:
                 break
-        pairing = Pairing(code, now + self.ttl)
+        pairing = Pairing(code, now + self.ttl, owner=source)
         self._pairings[code] = pairing
+        if source is not None:
+            self._owned[source] = self.owned(source) + 1
         return pairing
 
     def put(self, code: str, slot: Slot, sdp: str, now: float) -> None:
         """Write `slot` once. Writing the answer drops the offer (the answerer has read it)."""
-        if len(sdp.encode()) > self.max_sdp_size:
+        try:
+            size = len(sdp.encode())
+        except UnicodeEncodeError:  # a lone surrogate ("\\ud800" in JSON) is no UTF-8 text
+            raise SignalError("sdp is not valid UTF-8 text (lone surrogate)") from None
+        if size > self.max_sdp_size:
             raise TooLarge(f"description larger than {self.max_sdp_size} bytes")
         pairing = self._live(code, now)
         if slot in pairing.used:
@@ -169,7 +209,7 @@ class SignalStore:
             # The offer was read and answered already: a third party reading late gets nothing.
             raise NotFound("unknown or expired pairing code")
         if sdp is not None and slot == "answer":
-            del self._pairings[pairing.code]
+            self._drop(pairing)
         return sdp
 
     def exists(self, code: str, now: float) -> bool:
@@ -182,16 +222,37 @@ class SignalStore:
 
     def expire(self, now: float) -> int:
         """Forget every pairing past its TTL; returns how many were dropped."""
-        dead = [code for code, p in self._pairings.items() if p.expires <= now]
-        for code in dead:
-            del self._pairings[code]
-        return len(dead)
+        dropped = 0
+        while self._pairings:
+            first = next(iter(self._pairings.values()))
+            if first.expires > now:
+                break  # the rest were created later and die later
+            self._drop(first)
+            dropped += 1
+        return dropped
+
+    def _first_expiry(self, now: float, source: str | None = None) -> float:
+        """Seconds until the first pairing (of `source`, if given) expires and frees a place."""
+        for pairing in self._pairings.values():
+            if source is None or pairing.owner == source:
+                return max(0.0, pairing.expires - now)
+        return self.ttl
+
+    def _drop(self, pairing: Pairing) -> None:
+        # The only place that forgets a pairing, so the per-source counts cannot drift.
+        del self._pairings[pairing.code]
+        if pairing.owner is not None:
+            left = self._owned[pairing.owner] - 1
+            if left:
+                self._owned[pairing.owner] = left
+            else:
+                del self._owned[pairing.owner]
 
     def _live(self, code: str, now: float) -> Pairing:
         pairing = self._pairings.get(normalize_code(code))
         if pairing is None:
             raise NotFound("unknown or expired pairing code")
         if pairing.expires <= now:
-            del self._pairings[pairing.code]
+            self._drop(pairing)
             raise NotFound("unknown or expired pairing code")
         return pairing

@@ -12,8 +12,10 @@ from natkit.signal.store import (
     Full,
     NotFound,
     RateLimited,
+    SignalError,
     SignalStore,
     TooLarge,
+    TooManyPairings,
     normalize_code,
 )
 
@@ -112,3 +114,41 @@ def test_rate_limit_per_source_refills_with_time() -> None:
 
 def test_normalize_code_accepts_what_people_type() -> None:
     assert normalize_code(" AbCde-FGhjk ") == "abcdefghjk"
+
+
+def test_one_source_owns_at_most_its_share_of_pairings() -> None:
+    store = make(max_pairings=10, max_pairings_per_source=3, ttl=60.0)
+    codes = [store.create(float(i), "192.0.2.1").code for i in range(3)]
+    with pytest.raises(TooManyPairings) as info:
+        store.create(5.0, "192.0.2.1")
+    assert info.value.status == 429 and info.value.retry_after == 55.0  # the first one's expiry
+    store.create(5.0, "192.0.2.2")  # everyone else still pairs
+    # A finished exchange gives the place back.
+    store.put(codes[0], "offer", "o", 6.0)
+    store.put(codes[0], "answer", "a", 6.0)
+    assert store.get(codes[0], "answer", 6.0) == "a"
+    assert store.owned("192.0.2.1") == 2
+    store.create(7.0, "192.0.2.1")
+    # So does expiry, also when noticed by a lookup rather than `expire`.
+    with pytest.raises(NotFound):
+        store.get(codes[1], "offer", 61.5)
+    assert store.owned("192.0.2.1") == 2
+    assert store.expire(200.0) == 3 and store.owned("192.0.2.1") == 0 and len(store) == 0
+
+
+def test_full_says_when_a_place_frees_up() -> None:
+    store = make(max_pairings=2, ttl=60.0)
+    store.create(0.0)
+    store.create(10.0)
+    with pytest.raises(Full) as info:
+        store.create(20.0, "192.0.2.9")
+    assert info.value.retry_after == 40.0
+
+
+def test_a_lone_surrogate_is_refused_not_raised() -> None:
+    store = make()
+    code = store.create(0.0).code
+    with pytest.raises(SignalError) as info:
+        store.put(code, "offer", "v=0 \ud800", 0.0)
+    assert info.value.status == 400 and "UTF-8" in str(info.value)
+    store.put(code, "offer", "v=0", 0.0)  # the slot was not used up
