@@ -192,37 +192,43 @@ class SignalServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        source = source_key(writer.get_extra_info("peername"))
-        conn = _Conn()
+        delivered = False
         try:
-            self.stats["connections"] += 1
-            verdict = self._table.admit(conn, source)
-            if verdict.status:
-                kind = "refused_source_connections" if verdict.status == 429 else "refused_full"
-                self._count(kind, f"refused a connection from {source}: {verdict.reason}")
-                answer: _Answer = (verdict.status, {"error": verdict.reason}, 1.0)
-            else:
-                if isinstance(verdict.evict, _Conn):
-                    self._evict(verdict.evict)
-                try:
-                    answer = await self._serve_one(conn, source, reader)
-                finally:
-                    self._table.release(conn)
-            # Status only: the path holds the pairing code and the body the SDP, neither is logged.
-            log.debug("signal %s -> %d", source, answer[0])
-            await _respond(writer, *answer)
-            await self._linger(reader, writer)
-        except OSError:
-            pass  # the client went away (reset, or ENOTCONN on shutdown): nobody to answer
+            await self._handle(reader, writer)
+            delivered = True
+        except (OSError, TimeoutError):
+            pass  # the client went away (reset, ENOTCONN on shutdown) or never read the answer
         except asyncio.CancelledError:
             # Only `stop` cancels these tasks. Ending normally spares asyncio's stream callback,
             # which calls `task.exception()` and logs a CancelledError traceback for each one.
             pass
         finally:
+            await _close(writer, delivered)
             self._tasks.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        source = source_key(writer.get_extra_info("peername"))
+        conn = _Conn()
+        self.stats["connections"] += 1
+        verdict = self._table.admit(conn, source)
+        if verdict.status:
+            kind = "refused_source_connections" if verdict.status == 429 else "refused_full"
+            self._count(kind, f"refused a connection from {source}: {verdict.reason}")
+            answer: _Answer = (verdict.status, {"error": verdict.reason}, 1.0)
+        else:
+            if isinstance(verdict.evict, _Conn):
+                self._evict(verdict.evict)
+            try:
+                answer = await self._serve_one(conn, source, reader)
+            finally:
+                self._table.release(conn)
+        # Status only: the path holds the pairing code and the body the SDP, neither is logged.
+        log.debug("signal %s -> %d", source, answer[0])
+        # Bounded too: a client that never reads would otherwise hold this task and its socket
+        # forever in drain() (its slot is free already).
+        async with asyncio.timeout(self.request_timeout + _LINGER):
+            await _respond(writer, *answer)
+            await self._linger(reader, writer)
 
     async def _serve_one(self, conn: _Conn, source: str, reader: asyncio.StreamReader) -> _Answer:
         try:
@@ -426,6 +432,22 @@ async def _respond(
     head += f"Content-Length: {len(data)}\r\n\r\n"
     writer.write(head.encode() + data)
     await writer.drain()
+
+
+async def _close(writer: asyncio.StreamWriter, delivered: bool) -> None:
+    # close() waits for the write buffer to flush: with a client that stopped reading that is
+    # forever, so an undelivered answer is aborted and a delivered one gets `_LINGER` seconds.
+    if delivered:
+        writer.close()
+    else:
+        writer.transport.abort()
+    try:
+        async with asyncio.timeout(_LINGER):
+            await writer.wait_closed()
+    except TimeoutError:
+        writer.transport.abort()
+    except (Exception, asyncio.CancelledError):  # stop() while closing; the error is the peer's
+        pass
 
 
 def serve_signal(config: SignalConfig, *, poll_timeout: float = 25.0) -> SignalServer:

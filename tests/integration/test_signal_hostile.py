@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -296,3 +297,36 @@ def test_a_waiting_client_retries_when_the_server_is_busy() -> None:
         assert server.stats["refused_full"] >= 1
 
     assert run(test, max_connections=2) == []
+
+
+def test_a_client_that_never_reads_its_answer_is_let_go() -> None:
+    async def test(server: SignalServer) -> None:
+        code = (await request(server, b"POST /v1/pair HTTP/1.1\r\n\r\n")).body["code"]
+        offer = json.dumps({"type": "offer", "sdp": "x" * 6_000_000}).encode()
+        assert (await request(server, put(code, offer))).status == 204
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind((LEGIT[0], 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, server.address)
+        _, writer = await asyncio.open_connection(sock=sock)
+        writer.write(f"GET /v1/pair/{code}/offer HTTP/1.1\r\n\r\n".encode())
+        await asyncio.sleep(0.5)
+        assert len(server._tasks) == 1  # stuck writing 6 MB to a client that reads nothing
+        await asyncio.sleep(2.5)  # request_timeout + linger, then the server gives up
+        assert not server._tasks
+        writer.close()
+
+    assert run(test, request_timeout=1.0, store=SignalStore(max_sdp_size=8_000_000)) == []
+
+
+def test_a_long_poll_outlives_the_request_deadline() -> None:
+    async def test(server: SignalServer) -> None:
+        code = (await request(server, b"POST /v1/pair HTTP/1.1\r\n\r\n")).body["code"]
+        poll = f"GET /v1/pair/{code}/offer?wait=2.5 HTTP/1.1\r\n\r\n".encode()
+        start = time.monotonic()
+        answer = await request(server, poll, LEGIT[0])
+        # The deadline covers receiving the request, not the wait the client asked for.
+        assert answer.status == 204 and time.monotonic() - start >= 2.4
+
+    assert run(test, request_timeout=1.0) == []
