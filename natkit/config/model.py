@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal
 
+from natkit import special_addresses
 from natkit.addr import ListenURI
 
 __all__ = [
@@ -54,30 +55,9 @@ def config_fields(cls: type) -> tuple[Field[Any], ...]:
 
 
 # Relaying to these is refused unless `turn.peers.allow` opens a hole (an open relay into the
-# operator's own network is the classic TURN vulnerability). IPv4-mapped IPv6 forms are derived.
-DEFAULT_DENIED_PEERS: tuple[str, ...] = (
-    "0.0.0.0/8",  # "this network"; 0.0.0.0 reaches loopback on Linux (CVE-2020-26262)
-    "10.0.0.0/8",
-    "100.64.0.0/10",  # carrier-grade NAT
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.0.2.0/24",  # documentation ranges (RFC 5737): never real peers; the lab uses 203.0.113/24
-    "198.51.100.0/24",
-    "203.0.113.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",  # benchmarking
-    "224.0.0.0/4",  # multicast
-    "240.0.0.0/4",  # reserved, incl. broadcast
-    "::/128",
-    "::1/128",
-    "64:ff9b:1::/48",  # local-use NAT64
-    "2001:db8::/32",  # documentation (RFC 3849); the lab's IPv6 internet
-    "fc00::/7",  # unique local
-    "fe80::/10",  # link-local
-    "ff00::/8",  # multicast
-)
+# operator's own network is the classic TURN vulnerability). Derived from the IANA special-purpose
+# address registries (natkit.special_addresses); IPv4-mapped IPv6 forms are derived by the policy.
+DEFAULT_DENIED_PEERS: tuple[str, ...] = special_addresses.DEFAULT_DENIED_PEERS
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,7 +5,8 @@ Each attribute type maps to one Python value type:
 - addresses (MAPPED-ADDRESS, XOR-*, RESPONSE-ORIGIN, OTHER-ADDRESS, ALTERNATE-SERVER, RFC 3489's
   SOURCE/CHANGED/RESPONSE-ADDRESS, REFLECTED-FROM): `natkit.addr.Address`; XOR ones are XORed
   with the 16 header bytes after the type and length (cookie + id, RFC 8489 §14.2);
-- text (USERNAME, REALM, NONCE, SOFTWARE, ALTERNATE-DOMAIN): `str`, strict UTF-8;
+- text (USERNAME, REALM, NONCE, SOFTWARE, ALTERNATE-DOMAIN): `str`, strict UTF-8, at most
+  `MAX_TEXT_BYTES` bytes (a longer one is a decode error and cannot be encoded);
 - integers (PRIORITY, LIFETIME, FINGERPRINT, CONNECTION-ID, ICE-CONTROLLED/-CONTROLLING,
   CHANNEL-NUMBER, RESPONSE-PORT, REQUESTED-TRANSPORT (protocol number), *-ADDRESS-FAMILY): `int`;
 - flags (USE-CANDIDATE, DONT-FRAGMENT): `True`; EVEN-PORT: `bool` (its R bit);
@@ -30,6 +31,7 @@ from natkit.stun.errors import StunDecodeError, StunEncodeError
 
 __all__ = [
     "KNOWN_TYPES",
+    "MAX_TEXT_BYTES",
     "AddressErrorCode",
     "AttrValue",
     "ChangeRequest",
@@ -100,6 +102,24 @@ _U32 = struct.Struct("!I")
 _U64 = struct.Struct("!Q")
 
 
+# Longest text value accepted, in bytes. RFC 8489: USERNAME "fewer than 509 bytes" (§14.3; RFC
+# 5389 §15.3 said < 513, so decoders allow 512); REALM, NONCE, SOFTWARE and the ERROR-CODE reason
+# "fewer than 128 characters (... as long as 763 bytes when decoding them)" (§14.9, §14.10,
+# §14.14, §14.8); ADDRESS-ERROR-CODE's reason follows ERROR-CODE (RFC 8656 §18.13), and
+# ALTERNATE-DOMAIN is a DNS name (RFC 8489 §14.16: at most 255). The bound keeps remote text
+# small before anything parses it (a 5,000-digit REST API username made int() raise).
+MAX_TEXT_BYTES: dict[int, int] = {
+    A.USERNAME: 512,
+    A.REALM: 763,
+    A.NONCE: 763,
+    A.SOFTWARE: 763,
+    A.ALTERNATE_DOMAIN: 255,
+    A.ERROR_CODE: 763,
+    A.ADDRESS_ERROR_CODE: 763,
+}
+_MAX_REASON = MAX_TEXT_BYTES[A.ERROR_CODE]
+
+
 def _fail(what: str) -> StunDecodeError:
     return StunDecodeError(what)
 
@@ -149,20 +169,29 @@ def _enc_address(value: object, xor: bytes | None) -> bytes:
 # -- scalars ---------------------------------------------------------------------------------
 
 
-def _dec_text(v: bytes, _: bytes) -> str:
+def _dec_text(v: bytes, _: bytes, limit: int = _MAX_REASON) -> str:
+    if len(v) > limit:
+        raise _fail(f"text attribute of {len(v)} bytes is longer than {limit}")
     try:
         return v.decode("utf-8")
     except UnicodeDecodeError:
         raise _fail("text attribute is not valid UTF-8") from None
 
 
-def _enc_text(value: object, _: bytes) -> bytes:
+def _enc_text(value: object, _: bytes, limit: int = _MAX_REASON) -> bytes:
     if not isinstance(value, str):
         raise StunEncodeError(f"expected str, got {value!r}")
     try:
-        return value.encode("utf-8")
+        raw = value.encode("utf-8")
     except UnicodeEncodeError:
         raise StunEncodeError(f"{value!r} cannot be encoded as UTF-8") from None
+    if len(raw) > limit:
+        raise StunEncodeError(f"text of {len(raw)} bytes is longer than {limit}")
+    return raw
+
+
+def _text_codec(limit: int) -> tuple[_Decoder, _Encoder]:
+    return (lambda v, pad: _dec_text(v, pad, limit)), (lambda x, pad: _enc_text(x, pad, limit))
 
 
 def _bytes_codec(sizes: Callable[[int], bool]) -> tuple[_Decoder, _Encoder]:
@@ -383,7 +412,7 @@ _CODECS: dict[int, tuple[_Decoder, _Encoder]] = {
         A.REFLECTED_FROM, A.ALTERNATE_SERVER, A.RESPONSE_ORIGIN, A.OTHER_ADDRESS)},
     **{t: _plain(True) for t in (
         A.XOR_MAPPED_ADDRESS, A.XOR_PEER_ADDRESS, A.XOR_RELAYED_ADDRESS)},
-    **{t: (_dec_text, _enc_text) for t in (
+    **{t: _text_codec(MAX_TEXT_BYTES[t]) for t in (
         A.USERNAME, A.REALM, A.NONCE, A.SOFTWARE, A.ALTERNATE_DOMAIN)},
     **{t: _bytes_codec(lambda n: True) for t in (A.PASSWORD, A.DATA, A.PADDING)},
     A.USERHASH: _bytes_codec(lambda n: n == 32),

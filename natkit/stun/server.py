@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from natkit.addr import Address, Transport
 from natkit.config.model import RateLimitConfig, StunConfig
+from natkit.logs import RateLimitFilter
 from natkit.metrics import (
     CONNECTIONS,
     WorkerCounters,
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = ["FramingError", "StreamFramer", "StunServer"]
 
 log = logging.getLogger("natkit.stun.server")
+log.addFilter(RateLimitFilter())  # a per-datagram bug must not become a log flood
 
 _BATCH = 256  # datagrams per wake-up before yielding to the loop
 _MMSG_BATCH = 64  # datagrams per recvmmsg/sendmmsg on IPv4 sockets

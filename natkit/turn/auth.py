@@ -11,10 +11,14 @@ sign the response with, or the error to answer:
 4. an unknown user, an expired or forged REST API credential → 401;
 5. MESSAGE-INTEGRITY that does not verify with the user's key → 401.
 
-Nonces are stateless: ``<issued, hex>.<HMAC-SHA256(nonce key, issued | client IP), b64>``. The
-server stores nothing per client, a nonce is bound to the client's IP (RFC 8489 §9.2: it "may
-encode the client's IP address"), and a forged or replayed-from-elsewhere nonce fails the MAC.
-The nonce key is random per process unless given.
+Nonces are stateless: base64url of 12 bytes, ``issued (4) | HMAC-SHA256(nonce key, issued |
+client IP)[:8]``, where ``issued`` is `now` in milliseconds modulo 2**32 (ages are taken modulo
+2**32 too, so the wrap every 49.7 days is harmless for lifetimes below that). The server stores
+nothing per client, a nonce is bound to the client's IP (RFC 8489 §9.2: it "may encode the
+client's IP address"), and a forged or replayed-from-elsewhere nonce fails the MAC (64 bits: an
+online guess succeeds once in 2**64 tries). 16 characters keep the 401 challenge small: it is
+the largest answer an unauthenticated client gets, so its size is an amplification factor
+(`natkit.turn.relay` states the bound). The nonce key is random per process unless given.
 
 Credentials: static users (``turn.auth.users``) and TURN REST API ephemeral credentials
 (``turn.auth.secret``, ``expiry:user`` usernames, `natkit.turn.credentials`). The key is
@@ -25,9 +29,11 @@ MD5 is the algorithm, as with every deployed TURN client).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import secrets
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -58,6 +64,10 @@ class AuthError:
     """Include REALM and a fresh NONCE (401 and 438, RFC 8489 §9.2.4)."""
 
 
+_ISSUED = struct.Struct("!I")
+_NONCE_MAC = 8
+_NONCE_CHARS = 4 * (_ISSUED.size + _NONCE_MAC) // 3  # 12 bytes → 16 base64 characters
+
 _MISSING = AuthError(400, False)
 _UNAUTHENTICATED = AuthError(401, True)
 _STALE = AuthError(438, True)
@@ -87,26 +97,31 @@ class Authenticator:
 
     # -- nonces ----------------------------------------------------------------------------
 
-    def _mac(self, issued: str, client_ip: str) -> str:
-        digest = hmac.new(self._nonce_key, f"{issued}|{client_ip}".encode(), hashlib.sha256)
-        return base64.urlsafe_b64encode(digest.digest()[:18]).decode("ascii")
+    def _mac(self, issued: bytes, client_ip: str) -> bytes:
+        digest = hmac.new(self._nonce_key, issued + b"|" + client_ip.encode(), hashlib.sha256)
+        return digest.digest()[:_NONCE_MAC]
 
     def nonce(self, client_ip: str, now: float) -> str:
         """A fresh nonce for `client_ip`, valid `nonce_lifetime` seconds from `now`."""
-        issued = f"{int(now * 1000):x}"
-        return f"{issued}.{self._mac(issued, client_ip)}"
+        issued = _ISSUED.pack(int(now * 1000) & 0xFFFFFFFF)
+        return base64.urlsafe_b64encode(issued + self._mac(issued, client_ip)).decode("ascii")
 
     def nonce_valid(self, nonce: str, client_ip: str, now: float) -> bool:
-        issued, sep, mac = nonce.partition(".")
-        # Bytes, not str: compare_digest raises on non-ASCII text, and a nonce is remote input.
-        expected = self._mac(issued, client_ip).encode()
-        if not sep or not hmac.compare_digest(mac.encode(), expected):
+        # Remote input: decode only the exact shape we issue, compare MACs as bytes.
+        if len(nonce) != _NONCE_CHARS or not nonce.isascii():
             return False
         try:
-            age = now - int(issued, 16) / 1000
-        except ValueError:
+            raw = base64.urlsafe_b64decode(nonce.encode("ascii"))
+        except (binascii.Error, ValueError):
             return False
-        return -1.0 <= age < self.nonce_lifetime
+        if base64.urlsafe_b64encode(raw) != nonce.encode("ascii"):
+            return False  # b64decode skips stray characters: insist on the canonical form
+        issued, mac = raw[: _ISSUED.size], raw[_ISSUED.size :]
+        if not hmac.compare_digest(mac, self._mac(issued, client_ip)):
+            return False
+        issued_ms: int = _ISSUED.unpack(issued)[0]
+        age_ms = (int(now * 1000) - issued_ms) & 0xFFFFFFFF
+        return age_ms < self.nonce_lifetime * 1000
 
     # -- credentials -----------------------------------------------------------------------
 

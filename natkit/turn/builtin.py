@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 from natkit.addr import Address, ListenURI, Transport
 from natkit.config.model import Config
+from natkit.logs import RateLimitFilter
 from natkit.stun.binding import BindingHandler
 from natkit.stun.server import FramingError, StreamFramer
 from natkit.turn.allocation import FiveTuple
@@ -36,6 +37,7 @@ from natkit.turn.relay import Command, OpenRelay, Relay, SendToClient, SendToPee
 __all__ = ["BuiltinTurn"]
 
 log = logging.getLogger("natkit.turn.builtin")
+log.addFilter(RateLimitFilter())  # a per-datagram bug must not become a log flood
 
 _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows

@@ -25,6 +25,11 @@ __all__ = ["Credential", "ice_server", "mint", "parse_ttl", "password_for", "ver
 # The draft's separator between expiry and user (coturn: --rest-api-separator, default ":").
 SEPARATOR = ":"
 
+# Digits of an expiry: Unix time fits 19 (int64, as coturn's turn_time_t). Checked before int(),
+# which raises on more than 4,300 digits (CPython's int_max_str_digits) and would let a crafted
+# USERNAME turn every datagram into a traceback.
+_MAX_EXPIRY_DIGITS = 19
+
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _TTL_RE = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 
@@ -70,7 +75,11 @@ def verify(secret: str, username: str, password: str, now: float) -> bool:
     A username without a numeric expiry is refused: it is not an ephemeral credential.
     """
     expiry_text, sep, _user = username.partition(SEPARATOR)
-    if not sep or not (expiry_text.isascii() and expiry_text.isdigit()):
+    if not sep or not (
+        0 < len(expiry_text) <= _MAX_EXPIRY_DIGITS
+        and expiry_text.isascii()
+        and expiry_text.isdigit()
+    ):
         return False
     if int(expiry_text) < now:
         return False

@@ -15,9 +15,13 @@ that is where the packet may end up:
   does after CVE-2026-27624.
 - IPv4-compatible ``::a.b.c.d`` (deprecated, RFC 4291 §2.5.5.1): canonicalised the same way
   (``::`` and ``::1`` excepted: they are IPv6's unspecified and loopback).
-- 6to4 ``2002:AABB:CCDD::/48`` (RFC 3056), NAT64 ``64:ff9b::/96`` (RFC 6052) and Teredo
-  ``2001::/32`` (RFC 4380; server and de-obfuscated client): denied when the embedded IPv4 is
-  denied (and not allowed), since a translator or relay on the path would deliver to it.
+- 6to4 ``2002:AABB:CCDD::/48`` (RFC 3056), NAT64 ``64:ff9b::/96`` (RFC 6052), SIIT
+  "IPv4-translated" ``::ffff:0:a.b.c.d`` (RFC 2765 §2.1) and Teredo ``2001::/32`` (RFC 4380;
+  server and de-obfuscated client): denied when the embedded IPv4 is denied (and not allowed),
+  since a translator or relay on the path would deliver to it.
+
+The default deny list is derived from the IANA special-purpose registries
+(`natkit.special_addresses`), which leaves these embedding prefixes to the rules above.
 
 `coturn_lines` renders the policy as coturn's ``denied-peer-ip``/``allowed-peer-ip``, which take
 ``ip`` or ``ip-ip`` and never CIDR (4.6.1 ignores a CIDR with "Wrong address format" and runs
@@ -49,6 +53,7 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 MAPPED_V4_RANGE = ipaddress.IPv6Network("::ffff:0:0/96")
 _COMPAT_V4 = ipaddress.IPv6Network("::/96")
 _NAT64_WKP = ipaddress.IPv6Network("64:ff9b::/96")
+_SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # RFC 2765 §2.1 "IPv4-translated"
 
 
 def _parse_networks(texts: Iterable[str], key: str) -> tuple[IPNetwork, ...]:
@@ -73,11 +78,11 @@ def canonical(ip: IPAddress) -> IPAddress:
 
 
 def embedded_ipv4(ip: ipaddress.IPv6Address) -> tuple[ipaddress.IPv4Address, ...]:
-    """IPv4 addresses a 6to4, NAT64 (well-known prefix) or Teredo address leads to."""
+    """IPv4 addresses a 6to4, NAT64 (well-known prefix), SIIT or Teredo address leads to."""
     found: list[ipaddress.IPv4Address] = []
     if ip.sixtofour is not None:
         found.append(ip.sixtofour)
-    if ip in _NAT64_WKP:
+    if ip in _NAT64_WKP or ip in _SIIT:
         found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
     if ip.teredo is not None:
         found.extend(ip.teredo)

@@ -19,8 +19,25 @@ times cheaper to build, which matters on the per-packet path.
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
 (`natkit.turn.peers`, 403), quotas (486 per user, 508 in total or when no port is free),
-lifetimes and the channel rules (`natkit.turn.allocation`). Responses carry SOFTWARE,
-MESSAGE-INTEGRITY once the request authenticated, and FINGERPRINT when the request had one.
+lifetimes and the channel rules (`natkit.turn.allocation`). Responses to authenticated requests
+carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
+
+Amplification bound. A request without MESSAGE-INTEGRITY may come from a spoofed source, so its
+answer is kept within `AMPLIFICATION_LIMIT` (3.5x) of the request, UDP payload bytes:
+- a request that could not succeed whatever its credentials is not challenged (RFC 8656 §7.2
+  puts authentication first; answering the error it would get after authentication instead
+  changes nothing for a real client): an Allocate without REQUESTED-TRANSPORT, a
+  CreatePermission without XOR-PEER-ADDRESS, a ChannelBind without CHANNEL-NUMBER or
+  XOR-PEER-ADDRESS (400), a Refresh, CreatePermission or ChannelBind from a 5-tuple that has no
+  allocation (437);
+- unsigned answers carry no SOFTWARE, and drop the ERROR-CODE reason phrase (optional, RFC 8489
+  §14.8: for diagnostics only) when it would break the bound.
+Sizes with realm "natkit.local" (16-byte nonce, `natkit.turn.auth`), measured by
+tests/unit/test_turn_amplification.py: the smallest request that is challenged is an Allocate
+with REQUESTED-TRANSPORT, 28 -> 80 bytes (2.9x); an unsigned Refresh on a live allocation
+20 -> 64 (3.2x, reason dropped); the 400 and 437 answers 20 -> 40 and 48 (2.0x, 2.4x). The
+challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes on Allocate
+(44 with the reason dropped) and up to 16 bytes on that Refresh.
 """
 
 from __future__ import annotations
@@ -48,6 +65,7 @@ from natkit.turn.auth import Authenticator, AuthError, Credentials
 from natkit.turn.peers import PeerPolicy
 
 __all__ = [
+    "AMPLIFICATION_LIMIT",
     "CloseRelay",
     "Command",
     "OpenRelay",
@@ -62,6 +80,7 @@ _FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.
 _OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
 _BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
 _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
+AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
 
 
 class SendToClient(NamedTuple):
@@ -278,6 +297,10 @@ class Relay:
         if handler is None:
             # Binding belongs to the STUN server's handler; other methods are unknown here.
             return [] if msg.method == Method.BINDING else [self._error(msg, five_tuple, 400)]
+        if AttrType.MESSAGE_INTEGRITY not in msg:
+            code = self._hopeless(msg, five_tuple, now)
+            if code:
+                return [self._error(msg, five_tuple, code)]
         creds = self.auth.check(msg, five_tuple.client.host, now)
         if isinstance(creds, AuthError):
             return [self._auth_error(msg, five_tuple, creds, now)]
@@ -286,6 +309,19 @@ class Relay:
             extra: list[tuple[int, AttrValue]] = [(AttrType.UNKNOWN_ATTRIBUTES, tuple(unknown))]
             return [self._error(msg, five_tuple, 420, creds.key, extra)]
         return handler(msg, five_tuple, creds, now)
+
+    def _hopeless(self, msg: Message, five_tuple: FiveTuple, now: float) -> int:
+        """The error an unsigned request gets whatever its credentials, or 0 (challenge it)."""
+        method = msg.method
+        if method == Method.ALLOCATE:
+            return 0 if _int(msg.get(AttrType.REQUESTED_TRANSPORT)) is not None else 400
+        if (method == Method.CREATE_PERMISSION and AttrType.XOR_PEER_ADDRESS not in msg) or (
+            method == Method.CHANNEL_BIND
+            and not (AttrType.XOR_PEER_ADDRESS in msg and AttrType.CHANNEL_NUMBER in msg)
+        ):
+            return 400
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        return 437 if alloc is None or alloc.expires <= now else 0
 
     def _allocate(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -459,7 +495,7 @@ class Relay:
         attrs: list[tuple[int, AttrValue]],
         message_class: MessageClass = MessageClass.SUCCESS,
     ) -> SendToClient:
-        if self.settings.software:
+        if self.settings.software and key is not None:  # unsigned: the amplification bound
             attrs.append((AttrType.SOFTWARE, self.settings.software))
         out = Message(msg.method, message_class, msg.transaction_id, attrs)
         fingerprint = AttrType.FINGERPRINT in msg  # RFC 8489 §7.3: mirror the request
@@ -476,7 +512,11 @@ class Relay:
         attrs: list[tuple[int, AttrValue]] = [
             (AttrType.ERROR_CODE, ErrorCode(code, ERROR_REASONS[code]))
         ]
-        return self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
+        out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
+        if key is None and len(out.data) > AMPLIFICATION_LIMIT * len(msg.raw):
+            attrs = [(AttrType.ERROR_CODE, ErrorCode(code, ""))]  # the module docstring's bound
+            out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
+        return out
 
     def _auth_error(
         self, msg: Message, five_tuple: FiveTuple, err: AuthError, now: float

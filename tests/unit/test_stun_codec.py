@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pkgutil
+import struct
 
 import pytest
 
@@ -34,6 +35,7 @@ from natkit.stun import (
     parse_message,
 )
 from natkit.stun.attributes import KNOWN_TYPES
+from natkit.stun.constants import MAGIC_COOKIE_BYTES
 
 V4, V6 = Address("192.0.2.1", 32853), Address("2001:db8::1", 1)
 SAMPLES: dict[int, AttrValue] = {
@@ -177,3 +179,37 @@ def test_public_surface_is_explicit() -> None:
     # Submodules appear as attributes once anything imported them; every other name is exported.
     modules = {m.name for m in pkgutil.iter_modules(natkit.stun.__path__)}
     assert public - set(natkit.stun.__all__) <= modules
+
+
+@pytest.mark.parametrize(
+    ("attr_type", "limit"),
+    [(AttrType.USERNAME, 512), (AttrType.REALM, 763), (AttrType.NONCE, 763),
+     (AttrType.SOFTWARE, 763), (AttrType.ALTERNATE_DOMAIN, 255)],
+)  # fmt: skip
+def test_text_attributes_are_bounded_at_decode(attr_type: int, limit: int) -> None:
+    # RFC 8489 §14.3, §14.9, §14.10, §14.14: a 5,000-digit USERNAME used to reach int().
+    def wire(size: int) -> bytes:
+        value = struct.pack("!HH", attr_type, size) + b"9" * size + bytes(-size % 4)
+        return struct.pack("!HH", 0x0003, len(value)) + MAGIC_COOKIE_BYTES + bytes(12) + value
+
+    assert parse_message(wire(limit)).get(attr_type) == "9" * limit
+    with pytest.raises(StunDecodeError, match="longer than"):
+        parse_message(wire(limit + 1))
+    with pytest.raises(StunEncodeError):
+        Message(
+            Method.ALLOCATE, MessageClass.REQUEST, bytes(12), [(attr_type, "9" * (limit + 1))]
+        ).encode()
+
+
+def test_error_reason_is_bounded_at_decode() -> None:
+    for attr_type, head in ((AttrType.ERROR_CODE, b"\x00\x00\x04\x01"),
+                            (AttrType.ADDRESS_ERROR_CODE, b"\x01\x00\x04\x01")):  # fmt: skip
+        for size, ok in ((763, True), (764, False)):
+            value = head + b"x" * size
+            tlv = struct.pack("!HH", attr_type, len(value)) + value + bytes(-len(value) % 4)
+            data = struct.pack("!HH", 0x0113, len(tlv)) + MAGIC_COOKIE_BYTES + bytes(12) + tlv
+            if ok:
+                assert parse_message(data).get(attr_type)[-1] == "x" * size  # type: ignore[index]
+            else:
+                with pytest.raises(StunDecodeError):
+                    parse_message(data)

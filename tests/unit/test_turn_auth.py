@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import struct
+
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.integrity import long_term_key
 from natkit.stun.message import Message, parse_message
@@ -29,11 +32,26 @@ def test_nonce_round_trip_and_expiry() -> None:
     assert a.nonce_valid(nonce, "198.51.100.1", NOW + 9.9)
     assert not a.nonce_valid(nonce, "198.51.100.1", NOW + 10)
     assert not a.nonce_valid(nonce, "198.51.100.2", NOW)  # bound to the client IP
-    assert not a.nonce_valid(nonce.replace(".", "x"), "198.51.100.1", NOW)
-    issued, _, mac = nonce.partition(".")
-    assert not a.nonce_valid(f"{int(issued, 16) + 5000:x}.{mac}", "198.51.100.1", NOW)  # forged
+    raw = base64.urlsafe_b64decode(nonce)
+    later = struct.pack("!I", struct.unpack_from("!I", raw)[0] + 5000) + raw[4:]
+    assert not a.nonce_valid(base64.urlsafe_b64encode(later).decode(), "198.51.100.1", NOW + 11)
+    flipped = raw[:-1] + bytes([raw[-1] ^ 1])
+    assert not a.nonce_valid(base64.urlsafe_b64encode(flipped).decode(), "198.51.100.1", NOW)
+    for bad in ("", nonce + "A", nonce[:-1] + "=", nonce[:-1] + "é", " " + nonce[1:], "x" * 763):
+        assert not a.nonce_valid(bad, "198.51.100.1", NOW), bad
     other = Authenticator(REALM, users={}, nonce_key=b"m" * 32)
     assert not other.nonce_valid(nonce, "198.51.100.1", NOW)  # another server's nonce
+
+
+def test_nonce_is_short_and_wraps_harmlessly() -> None:
+    # 16 characters: the 401 challenge is the largest unauthenticated TURN answer (relay.py).
+    a = auth(nonce_lifetime=10)
+    assert len(a.nonce("198.51.100.1", NOW)) == 16
+    wrap = (2**32 - 3000) / 1000  # issued 3 s before the millisecond counter wraps
+    nonce = a.nonce("2001:db8::1", wrap)
+    assert a.nonce_valid(nonce, "2001:db8::1", wrap + 9.9)
+    assert not a.nonce_valid(nonce, "2001:db8::1", wrap + 10)
+    assert not a.nonce_valid(nonce, "2001:db8::1", wrap - 1)  # from the future
 
 
 def test_check_order() -> None:
@@ -73,3 +91,11 @@ def test_rest_api_credentials_use_unix_time() -> None:
     assert a.credentials(cred.username, 161.0) is None
     assert a.credentials("nocolon", NOW) is None
     assert Authenticator(REALM, users={}).credentials(cred.username, NOW) is None
+
+
+def test_rest_username_with_thousands_of_digits_is_refused_without_raising() -> None:
+    # int() raises ValueError on > 4,300 digits: every such datagram was a traceback (issue 11).
+    a = auth()
+    for digits in (20, 4301, 100_000):
+        assert a.credentials("9" * digits + ":mallory", NOW) is None
+    assert a.credentials(":mallory", NOW) is None

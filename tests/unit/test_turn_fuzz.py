@@ -9,7 +9,7 @@ from natkit.addr import Address
 from natkit.stun.constants import AttrType, Method
 from natkit.stun.framing import build_channel_data, is_channel_data
 from natkit.stun.message import Message, parse_message
-from natkit.turn.relay import SendToClient
+from natkit.turn.relay import AMPLIFICATION_LIMIT, SendToClient
 from tests.unit.test_turn_relay_client import PEER, Client, make_relay
 
 ROUNDS = 30_000
@@ -60,7 +60,13 @@ def test_relay_survives_garbage_and_answers_only_well_formed() -> None:
             [(AttrType.XOR_PEER_ADDRESS, peer), (AttrType.DATA, b"hi")],
         ).encode(),
         build_channel_data(0x4000, b"media"),
-    ]
+        *(client.build(method, attrs, sign=False) for method, attrs in (
+            (Method.ALLOCATE, [(AttrType.REQUESTED_TRANSPORT, 17)]), (Method.REFRESH, []),
+            (Method.CREATE_PERMISSION, [(AttrType.XOR_PEER_ADDRESS, peer)]),
+            (Method.CHANNEL_BIND, [(AttrType.CHANNEL_NUMBER, 0x4001),
+                                   (AttrType.XOR_PEER_ADDRESS, peer)]),
+        )),
+    ]  # fmt: skip
     answered = 0
     for i in range(ROUNDS):
         if i % 10 == 0:
@@ -72,7 +78,9 @@ def test_relay_survives_garbage_and_answers_only_well_formed() -> None:
                 answered += 1
                 assert command.to == (client.address, client.local, client.transport)
                 if not is_channel_data(command.data):
-                    parse_message(command.data)  # raises if we ever built garbage
+                    answer = parse_message(command.data)  # raises if we ever built garbage
+                    if AttrType.MESSAGE_INTEGRITY not in answer:  # relay.py's bound
+                        assert len(command.data) <= AMPLIFICATION_LIMIT * len(data), data.hex()
         client.relay.handle_peer(relayed, _mutate(rng, b"peer data!"), peer, client.now)
         client.now += 0.001
     assert answered > 0  # mutated but still valid requests do get answers

@@ -114,8 +114,9 @@ class Client:
     ) -> Message:
         """Send a signed request, fetching a nonce first (401) or again (438) as clients do."""
         for _ in range(3):
-            if self.nonce is None:
-                self.send_raw(self.build(method, attrs, sign=False))
+            if self.nonce is None:  # the challenge to a well-formed Allocate, as clients do
+                probe = [(AttrType.REQUESTED_TRANSPORT, 17)]
+                self.send_raw(self.build(Method.ALLOCATE, probe, sign=False))
                 challenge = self.response()
                 assert error_code(challenge) == 401
                 self.nonce = str(challenge.get(AttrType.NONCE))
