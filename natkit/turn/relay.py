@@ -18,9 +18,10 @@ instead) and `CloseRelay`. They are NamedTuples: immutable like frozen dataclass
 times cheaper to build, which matters on the per-packet path.
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
-(`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or when no port is free),
-lifetimes and the channel rules (`natkit.turn.allocation`). Responses carry SOFTWARE,
-MESSAGE-INTEGRITY once the request authenticated, and FINGERPRINT when the request had one.
+(`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or
+when no port is free), lifetimes and the channel rules (`natkit.turn.allocation`). Responses
+carry SOFTWARE, MESSAGE-INTEGRITY once the request authenticated, and FINGERPRINT when the
+request had one.
 
 Relay to relay. Two clients of this server pair their relayed candidates (ICE relay↔relay), so a
 peer may be *another allocation's relayed address* on this very server. The policy denies the
