@@ -125,6 +125,9 @@ class _Check:
             detail = await coro
         except Exception as err:  # every failure becomes a report line, never a traceback
             fail = failure(err, self.report.server_address or "")
+            udp_silence = self.uri.transport == "udp" and fail.detail.startswith("no answer")
+            if name == "allocate" and udp_silence:  # a refusal would have come back as ICMP
+                fail.detail += " (UDP filtered on the way? try ?transport=tcp)"
             ms = (time.perf_counter() - start) * 1000
             self.report.steps.append(Step(name, False, ms, fail.detail, fail.code, fail.reason))
             self.report.error = f"{name}: {fail.detail}"
