@@ -7,8 +7,9 @@ with two hooks aioice lacks:
 - every Data indication and ChannelData is handed to `Leg.on_data` (aioice drops a Data
   indication from a peer it has no channel for; the check's second allocation has none);
 - ICMP port unreachable on the connected UDP socket (asyncio's ``error_received`` with
-  ConnectionRefusedError) ends the pending request at once with "nothing listens" instead of
-  letting it run into the budget as "no answer".
+  ConnectionRefusedError) for a request *and* its first retransmission (~0.5 s later) ends it
+  with "nothing listens" instead of letting it run into the budget as "no answer". One ICMP
+  alone proves little: a server still binding its UDP socket, or a stale error, looks the same.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ if "REQUESTED-ADDRESS-FAMILY" not in stun.ATTRIBUTES_BY_NAME:
     _entry = (0x0017, "REQUESTED-ADDRESS-FAMILY", stun.pack_unsigned, stun.unpack_unsigned)
     stun.ATTRIBUTES_BY_TYPE.setdefault(0x0017, _entry)
     stun.ATTRIBUTES_BY_NAME["REQUESTED-ADDRESS-FAMILY"] = _entry
+
+_REFUSALS = 2  # ICMP port unreachable this often before "nothing listens" (module docstring)
 
 Address = tuple[str, int]
 OnData = Callable[[bytes, Address], None]
@@ -84,14 +87,18 @@ class _Hooks:
 
     on_data: OnData | None = None
     refused: asyncio.Future[None] | None = None
+    refusals = 0
     channel_to_peer: dict[int, Address]
 
     def error_received(self, exc: Exception) -> None:
         if isinstance(exc, ConnectionRefusedError) and self.refused and not self.refused.done():
-            self.refused.set_result(None)
+            self.refusals += 1
+            if self.refusals >= _REFUSALS:
+                self.refused.set_result(None)
 
     def datagram_received(self, data: bytes | str, addr: Address) -> None:
         assert isinstance(data, bytes)
+        self.refusals = 0  # the server is there after all
         if self.on_data is not None and len(data) >= 4:
             if turn.is_channel_data(data):
                 channel, length = struct.unpack("!HH", data[:4])
