@@ -27,10 +27,11 @@ Relay to relay. Two clients of this server pair their relayed candidates (ICE re
 peer may be *another allocation's relayed address* on this very server. The policy denies the
 server's own addresses (and the relay IP may sit in a denied range), so this core grants a
 permission to its own relay IPs (`relay_ips`, `external_ips`) — but a permission is per IP
-(RFC 8656 §9), so the port is checked wherever one is known: ChannelBind, Send and packets coming
-back from the peer must use a port inside the relay range. Everything else on this host (ssh,
-the TURN listener itself) stays unreachable. An explicit ``turn.peers.allow`` hole for the IP
-wins, as everywhere in the policy (then any port).
+(RFC 8656 §9), so the port is checked where the client names one: ChannelBind and Send must
+target a port inside the relay range. Everything else on this host (ssh, the TURN listener
+itself) stays unreachable. Inbound packets are not port-checked (that would cost every relayed
+packet a lookup): a local service cannot be made to answer, since nothing reaches it. An
+explicit ``turn.peers.allow`` hole for the IP wins, as everywhere in the policy (any port).
 """
 
 from __future__ import annotations
@@ -218,8 +219,6 @@ class Relay:
         # RFC 8656 §11.3, §12.6: without a permission for the peer's IP, drop silently.
         if alloc is None or not alloc.permitted(peer[0], now):
             return None
-        if peer[0] in self._relay_hosts and not self._in_range(peer[1]):
-            return None  # our own IP, but not one of our relay sockets (module docstring)
         channel = alloc.peer_channels.get(cast(Address, peer))
         if channel is not None and channel.expires > now:
             if alloc.five_tuple.transport is Transport.UDP:

@@ -374,9 +374,7 @@ def test_relay_ip_outside_the_relay_port_range_stays_unreachable(port: int) -> N
     assert ok.message_class is MessageClass.SUCCESS
     assert bind(a, 0x4000, own) == 403
     assert send_indication(a, own, b"x") == []
-    # ...and nothing on that port reaches the client through the relay either.
-    assert a.relay.handle_peer(a.relayed(), b"x", own, a.now) == []
-    assert a.relay.handle_peer(a.relayed(), b"x", b.relayed(), a.now) != []
+    assert send_indication(a, b.relayed(), b"x") == [SendToPeer(a.relayed(), b"x", b.relayed())]
 
 
 def test_relay_to_relay_leaves_the_rest_of_the_policy_alone() -> None:
