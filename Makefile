@@ -36,7 +36,8 @@ SECRET_FILE := .natkit/turn-secret
 
 run: install $(SECRET_FILE)
 	@echo "TURN credentials: NATKIT_TURN_SECRET=\$$(cat $(SECRET_FILE)) $(BIN)/natkit turn credentials --user alice --json"
-	NATKIT_TURN_SECRET="$${NATKIT_TURN_SECRET:-$$(cat $(SECRET_FILE))}" $(BIN)/natkit serve -c $(CONFIG)
+	@# exec: the shell gives way to natkit, so the SIGTERM make forwards to its child reaches it
+	NATKIT_TURN_SECRET="$${NATKIT_TURN_SECRET:-$$(cat $(SECRET_FILE))}" exec $(BIN)/natkit serve -c $(CONFIG)
 
 $(SECRET_FILE):
 	@mkdir -p $(dir $@)

@@ -110,11 +110,20 @@ def render(config_path: str | None, output: str | None, coturn_version: str | No
         click.echo(text, nl=False)
 
 
+_METHODS = {
+    "two-allocations": "the peer is a second allocation on the same server",
+    "peer-socket": "the peer is a UDP socket of this host",
+    "explicit-peer": "the peer IP given with --peer",
+}
+
+
 def _render_report(report: TurnCheckReport) -> None:
     click.echo(f"TURN check {report.url} (server {report.server_address or '?'})")
     for step in report.steps:
         mark = "ok  " if step.ok else "FAIL"
         click.echo(f"  {mark}  {step.name:<10} {step.ms:8.1f} ms  {step.detail}")
+    if report.method is not None:
+        click.echo(f"method: {report.method} ({_METHODS[report.method]})")
     if report.ok:
         rtt = f", relay round trip {report.rtt_ms:.1f} ms" if report.rtt_ms is not None else ""
         click.echo(f"result: ok{rtt}")
@@ -144,6 +153,10 @@ def check(
     as_json: bool,
 ) -> None:
     """Allocate on a TURN server, relay a packet back to ourselves, report each step.
+
+    The peer is a second allocation on the same server (method "two-allocations": works behind
+    any NAT); a server that refuses that gets a UDP socket of this host as the peer
+    ("peer-socket"). Every request uses only the transport the URL names.
 
     Exit status: 0 ok, 1 the check failed (the report says where), 2 bad input.
 

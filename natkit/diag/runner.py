@@ -6,8 +6,10 @@ Time plan (budget B = --timeout, default 3 s):
     then, all in parallel:
       UDP probes per family (probes.py): test I must be answered by min(1.5 s, B/2), else
         UDP is blocked; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period later
-      TCP/TLS reachability (streams.py), TURN checks (turncheck.py), ICE gathering (gather.py):
-        each bounded by min(2 s, what is left of B)
+      TCP/TLS reachability (streams.py) and ICE gathering (gather.py): each bounded by
+        min(2 s, what is left of B)
+      TURN checks (turncheck.py): what is left of B, uncapped — a check is several round
+        trips to the server, and a high-RTT link (satellite, mobile) must not fail for a cap
     local interfaces: read, not probed
 
 So a reachable setup is done in a few RTTs plus ~0.25 s, and a UDP-blocked one in ~2 s. Every
@@ -244,7 +246,7 @@ class _Run:
             username=spec.username,
             password=spec.password,
             secret=spec.secret,
-            timeout=self.left(),
+            timeout=self.left(cap=self.o.timeout),
             insecure=True,
         )
         if report.failed_step is not None and report.failed_step.error_code == 401:
@@ -341,12 +343,14 @@ class _Run:
         )
 
     def relay_status(self, r: TurnCheckReport, udp: bool) -> RelayStatus:
-        """A relay counts as working after a full round trip; with UDP blocked, the round trip
-        cannot be tested from here (our peer socket cannot receive UDP either), so a successful
-        allocation over TCP/TLS is the best evidence there is, and is reported as such."""
+        """A relay counts as working after a full round trip. The check's two-allocations method
+        tests that over TCP/TLS even where UDP is blocked; only when it had to fall back to a
+        peer socket (the server refuses relay-to-relay) can the round trip not be tested from a
+        UDP-blocked network, and a TCP/TLS allocation is then the best evidence there is."""
         transport = _turn_transport(r.url)
         allocated = any(s.name == "allocate" and s.ok for s in r.steps)
-        if not r.ok and allocated and not udp and transport != "udp":
+        fell_back = r.method != "two-allocations"
+        if not r.ok and allocated and fell_back and not udp and transport != "udp":
             self.d.problems.append(
                 f"{r.url}: allocation over {transport.upper()} works; the relay round trip "
                 "cannot be tested from a network that blocks UDP"

@@ -4,54 +4,54 @@ The same check serves ``natkit turn check`` and ``natkit diagnose``: `check_turn
 `TurnCheckReport` (one `Step` per stage, its time and the server's ERROR-CODE if any) and never
 raises for what the server or the network does; the CLI renders it.
 
-The client is aioice's TURN client protocol (so natkit checks servers with code it did not write)
-driven one request at a time, so each RFC 8656 stage is timed and blamed on its own:
+Each RFC 8656 stage is timed and blamed on its own:
 
     resolve → connect (tcp/tls) → allocate (§7) → permission (§9) → channel (§12) → relay
 
-The *peer* is a UDP socket of this process: the relay sends the packet to it, it echoes it back,
-and the client receives it as ChannelData. Its address must be one the server will relay to:
+Every packet of the check goes over exactly the transport the URL names (udp, tcp or tls, to that
+host:port), and the *peer* is chosen so the check works behind every kind of NAT (`method`):
 
-- a server on loopback (tests, labs): the peer binds loopback, which the server's policy must
-  allow (natkit and coturn deny loopback by default: a lab config opens it in turn.peers.allow);
-- any other server: the peer learns its server-reflexive address with a Binding request to the
-  TURN server itself (RFC 8489 §3), which is where the relay's packets will come in;
-- ``peer=`` names the peer IP explicitly, e.g. to prove a policy refuses ``::ffff:127.0.0.1``.
+- ``two-allocations`` (first choice): a second allocation B is the peer. The client A permits
+  and binds a channel to B's relayed address, B permits A's; A's ChannelData reaches B as a Data
+  indication and B echoes it with a Send indication. Both sockets only talk outbound to the
+  server, so no NAT on the client's side can filter anything. It needs the server to relay to
+  its own relayed addresses (natkit's builtin relay does, only within its relay port range).
+- ``peer-socket`` (fallback when the server refuses B's address, e.g. coturn, which denies its
+  own addresses): a UDP socket of this process. It learns its server-reflexive address with a
+  Binding to the TURN server (UDP URLs only) — or binds loopback for a loopback server — and,
+  once permitted, sends toward A's relayed address first: the relay hands that packet to A,
+  which learns the peer's real mapped port (a symmetric NAT picks a new one per destination),
+  and the NAT learns the flow, so the relay's packets get in (port-restricted, symmetric, CGNAT).
+- ``explicit-peer``: ``peer=`` names the peer IP, e.g. to prove a policy refuses
+  ``::ffff:127.0.0.1`` (with ``until="permission"`` nothing is sent to it).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import socket
 import ssl
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from aioice import stun, turn
-
 from natkit.addr import format_hostport
+from natkit.diag.turnclient import Clock, Leg, PeerSocket, StepFailed, failure
 from natkit.turn.credentials import mint
 from natkit.turn.uri import TurnURI
 
-__all__ = ["Step", "TurnCheckReport", "check_turn"]
+__all__ = ["Method", "Step", "TurnCheckReport", "check_turn"]
 
 CHANNEL = 0x4000  # first channel number (RFC 8656 §12)
-_FAMILY_VALUE = {4: 0x01000000, 6: 0x02000000}  # REQUESTED-ADDRESS-FAMILY, RFC 8656 §18.10
-_RELAY_TRIES = 3
-
-# aioice's codec lacks REQUESTED-ADDRESS-FAMILY (0x0017); register it so IPv6 relays can be
-# requested. Idempotent, and a no-op once aioice knows the attribute itself.
-if "REQUESTED-ADDRESS-FAMILY" not in stun.ATTRIBUTES_BY_NAME:
-    _entry = (0x0017, "REQUESTED-ADDRESS-FAMILY", stun.pack_unsigned, stun.unpack_unsigned)
-    stun.ATTRIBUTES_BY_TYPE.setdefault(0x0017, _entry)
-    stun.ATTRIBUTES_BY_NAME["REQUESTED-ADDRESS-FAMILY"] = _entry
+_RELAY_TRIES = 4
+_TOKEN = b"natkit-turn-check "
+_PINHOLE = b"natkit-turn-check pinhole "
 
 StepName = Literal["resolve", "connect", "allocate", "permission", "channel", "relay"]
+Method = Literal["two-allocations", "peer-socket", "explicit-peer"]
+Address = tuple[str, int]
 
 
 @dataclass
@@ -82,6 +82,10 @@ class TurnCheckReport:
     rtt_ms: float | None = None
     error: str | None = None
     """One line naming the failed step and why; None when ok."""
+    method: Method | None = None
+    """How the peer was made (module docstring); None before the permission stage."""
+    method_note: str | None = None
+    """Why the first choice (two-allocations) was not used, when it was not."""
 
     @property
     def failed_step(self) -> Step | None:
@@ -91,110 +95,39 @@ class TurnCheckReport:
         return asdict(self)
 
 
-class _StepFailed(Exception):
-    def __init__(self, detail: str, code: int | None = None, reason: str | None = None) -> None:
-        super().__init__(detail)
-        self.detail, self.code, self.reason = detail, code, reason
-
-
-class _Clock:
-    """The overall budget; each stage waits at most what is left of it."""
-
-    def __init__(self, timeout: float) -> None:
-        self.deadline = time.monotonic() + timeout
-        self.timeout = timeout
-
-    def left(self) -> float:
-        return max(0.0, self.deadline - time.monotonic())
-
-    async def wait(self, aw: Any) -> Any:
-        try:
-            return await asyncio.wait_for(aw, self.left())
-        except TimeoutError:
-            raise _StepFailed(f"no answer within the {self.timeout:g} s budget") from None
-
-
-class _Peer(asyncio.DatagramProtocol):
-    """The far end: echoes what the relay sends, and runs Binding transactions for discovery."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-        self.transactions: dict[bytes, stun.Transaction] = {}
-        self.seen_from: tuple[str, int] | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def send_stun(self, message: stun.Message, addr: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(bytes(message), addr)
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            message = stun.parse_message(data)
-        except ValueError:
-            message = None
-        if message is not None and message.transaction_id in self.transactions:
-            self.transactions[message.transaction_id].response_received(message, addr)
-            return
-        self.seen_from = addr
-        assert self.transport is not None
-        self.transport.sendto(data, addr)  # the echo
-
-
-class _Receiver(asyncio.DatagramProtocol):
-    """Gets what the client's TURN protocol demultiplexes from ChannelData."""
-
-    def __init__(self) -> None:
-        self.got: asyncio.Queue[bytes] = asyncio.Queue()
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.got.put_nowait(data)
-
-
-def _failure(err: BaseException) -> _StepFailed:
-    if isinstance(err, _StepFailed):
-        return err
-    if isinstance(err, stun.TransactionFailed):
-        code, reason = err.response.attributes.get("ERROR-CODE", (None, ""))
-        return _StepFailed(f"server answered {code} {reason}".strip(), code, reason)
-    if isinstance(err, stun.TransactionTimeout):
-        return _StepFailed("no answer (STUN retransmissions exhausted)")
-    if isinstance(err, ssl.SSLError):
-        return _StepFailed(f"TLS: {err.reason or err}")
-    return _StepFailed(f"{type(err).__name__}: {err}")
+def _policy_hint(ip: str) -> str:
+    return (
+        f"the server's peer policy refuses {ip}: open it in turn.peers.allow (coturn: "
+        "allowed-peer-ip), or check from an address the policy allows"
+    )
 
 
 class _Check:
-    def __init__(
-        self,
-        uri: TurnURI,
-        username: str | None,
-        password: str | None,
-        timeout: float,
-        peer: str | None,
-        family: int | None,
-        insecure: bool,
-        until: StepName,
-    ) -> None:
+    def __init__(self, uri: TurnURI, username: str | None, password: str | None,
+                 timeout: float, peer: str | None, family: int | None, insecure: bool,
+                 until: StepName) -> None:  # fmt: skip
         self.uri, self.username, self.password = uri, username, password
-        self.clock = _Clock(timeout)
+        self.clock = Clock(timeout)
         self.peer_ip, self.family, self.insecure = peer, family, insecure
         self.until = until
         self.report = TurnCheckReport(url=str(uri))
-        self.server: tuple[str, int] = ("", 0)
-        self.proto: turn.TurnClientUdpProtocol | turn.TurnClientTcpProtocol | None = None
-        self.transports: list[asyncio.BaseTransport] = []
-        self.peer = _Peer()
-        self.peer_addr: tuple[str, int] = ("", 0)
-        self.relayed: tuple[str, int] = ("", 0)
+        self.server: Address = ("", 0)
+        self.a: Leg | None = None
+        self.b: Leg | None = None
+        self.sock: PeerSocket | None = None
+        self.peer_addr: Address = ("", 0)
+        self.got: asyncio.Queue[tuple[bytes, Address]] = asyncio.Queue()
+        self.echoed_by_b = 0
 
     async def step(self, name: StepName, coro: Any) -> bool:
         start = time.perf_counter()
         try:
             detail = await coro
         except Exception as err:  # every failure becomes a report line, never a traceback
-            fail = _failure(err)
+            fail = failure(err, self.report.server_address or "")
+            udp_silence = self.uri.transport == "udp" and fail.detail.startswith("no answer")
+            if name == "allocate" and udp_silence:  # a refusal would have come back as ICMP
+                fail.detail += " (UDP filtered on the way? try ?transport=tcp)"
             ms = (time.perf_counter() - start) * 1000
             self.report.steps.append(Step(name, False, ms, fail.detail, fail.code, fail.reason))
             self.report.error = f"{name}: {fail.detail}"
@@ -207,7 +140,8 @@ class _Check:
         try:
             ok = await self.step("resolve", self.resolve())
             if ok and self.uri.transport == "udp":
-                await self.connect()  # a local socket: nothing to report or fail on the wire
+                # A local socket: nothing to report on the wire; a local error blames allocate.
+                ok = await self.udp_socket()
             elif ok:
                 ok = await self.step("connect", self.connect())
             stages = (
@@ -231,175 +165,212 @@ class _Check:
         try:
             infos = await self.clock.wait(loop.getaddrinfo(self.uri.host, self.uri.port, type=kind))
         except socket.gaierror as err:
-            raise _StepFailed(f"cannot resolve {self.uri.host!r}: {err.strerror}") from None
+            raise StepFailed(f"cannot resolve {self.uri.host!r}: {err.strerror}") from None
         self.server = infos[0][4][:2]
         self.report.server_address = format_hostport(*self.server)
         return self.report.server_address
 
-    async def connect(self) -> str:
-        loop = asyncio.get_running_loop()
-        args = (
-            self.server,
-            self.username,
-            self.password,
-            turn.DEFAULT_ALLOCATION_LIFETIME,
-            turn.DEFAULT_CHANNEL_REFRESH_TIME,
-        )
-        if self.uri.transport == "udp":
-            transport, self.proto = await loop.create_datagram_endpoint(
-                lambda: turn.TurnClientUdpProtocol(*args), remote_addr=self.server
-            )
-            self.transports.append(transport)
-            return ""
+    async def leg(self) -> Leg:
+        """A new allocation's connection, over the URL's transport only (issue 10, item 2)."""
+        leg = Leg(self.server, self.uri.transport, self.username, self.password, self.clock)
         context: ssl.SSLContext | None = None
         if self.uri.secure:
             context = ssl.create_default_context()
             if self.insecure:
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-        transport, self.proto = await self.clock.wait(
-            loop.create_connection(
-                lambda: turn.TurnClientTcpProtocol(*args),
-                host=self.server[0],
-                port=self.server[1],
-                ssl=context,
-                server_hostname=self.uri.host if context else None,
-            )
-        )
-        self.transports.append(transport)
-        return "TLS" if context else "TCP"
+        try:
+            await leg.connect(context, self.uri.host if context else None)
+        except BaseException:
+            await leg.close()
+            raise
+        return leg
 
-    async def request(self, method: stun.Method, **attributes: Any) -> stun.Message:
-        assert self.proto is not None
-        message = stun.Message(message_method=method, message_class=stun.Class.REQUEST)
-        message.attributes.update(attributes)
-        # request_with_retry answers 401 with the credentials and 438 with the fresh nonce.
-        response, _ = await self.clock.wait(self.proto.request_with_retry(message))
-        return response  # type: ignore[no-any-return]
+    async def udp_socket(self) -> bool:
+        try:
+            self.a = await self.leg()
+        except OSError as err:
+            self.report.steps.append(Step("allocate", False, 0.0, f"cannot send: {err}"))
+            self.report.error = f"allocate: cannot send: {err}"
+            return False
+        return True
+
+    async def connect(self) -> str:
+        self.a = await self.leg()
+        return "TLS" if self.uri.secure else "TCP"
 
     async def allocate(self) -> str:
-        attrs: dict[str, Any] = {"LIFETIME": 600, "REQUESTED-TRANSPORT": turn.UDP_TRANSPORT}
-        if self.family is not None:
-            attrs["REQUESTED-ADDRESS-FAMILY"] = _FAMILY_VALUE[self.family]
-        response = await self.request(stun.Method.ALLOCATE, **attrs)
-        try:
-            relayed = response.attributes["XOR-RELAYED-ADDRESS"]
-        except KeyError:
-            raise _StepFailed("success response without XOR-RELAYED-ADDRESS") from None
-        mapped = response.attributes.get("XOR-MAPPED-ADDRESS")
-        self.relayed = relayed
-        self.report.relayed_address = format_hostport(*relayed)
+        assert self.a is not None
+        detail = await self.a.allocate(self.family)
+        self.report.relayed_address = format_hostport(*self.a.relayed)
+        mapped = self.a.mapped
         self.report.mapped_address = format_hostport(*mapped) if mapped else None
-        lifetime = response.attributes.get("LIFETIME")
-        return f"relayed {self.report.relayed_address}, lifetime {lifetime} s"
+        self.a.proto.on_data = lambda data, addr: self.got.put_nowait((data, addr))  # type: ignore[union-attr]
+        return detail
+
+    # -- permission: pick the peer ---------------------------------------------------------
 
     async def permission(self) -> str:
-        await self.open_peer()
-        self.report.peer_address = format_hostport(*self.peer_addr)
-        # RFC 8656 §9: a permission is per IP; the port is ignored.
-        await self.request(
-            stun.Method.CREATE_PERMISSION, **{"XOR-PEER-ADDRESS": (self.peer_addr[0], 0)}
-        )
-        return f"peer {self.peer_addr[0]}"
-
-    async def open_peer(self) -> None:
-        loop = asyncio.get_running_loop()
-        relayed = ipaddress.ip_address(self.relayed[0])
-        server_ip = ipaddress.ip_address(self.server[0])
         if self.peer_ip is not None:
-            bind_ip = self.peer_ip
-        elif relayed.is_loopback or server_ip.is_loopback:
+            self.report.method = "explicit-peer"
+            return await self.socket_peer(self.peer_ip)
+        note = await self.two_allocations()
+        if note is None:
+            return (
+                f"peer {self.peer_addr[0]}: a second allocation "
+                f"{format_hostport(*self.peer_addr)} (two-allocations)"
+            )
+        self.report.method_note = note
+        self.report.method = "peer-socket"
+        return await self.socket_peer(None, note) + f" (peer-socket: {note})"
+
+    async def two_allocations(self) -> str | None:
+        """Make allocation B the peer; None when it worked, else why not (then fall back).
+
+        Anything but a refusal by the server (a timeout, a lost connection) fails the step:
+        the fallback could not do better on the same path."""
+        assert self.a is not None
+        try:
+            self.b = b = await self.leg()
+            b.share_credentials(self.a)  # the realm and nonce A got: no second 401 round trip
+            await b.allocate(self.family)
+        except Exception as err:
+            fail = failure(err, self.report.server_address or "")
+            if fail.code is None:
+                raise fail from None
+            return f"the second allocation was refused ({fail.detail})"
+        try:
+            await self.a.permit(b.relayed[0])
+            await b.permit(self.a.relayed[0])
+        except Exception as err:
+            fail = failure(err)
+            if fail.code != 403:
+                raise fail from None
+            return f"the server refuses its own relayed address {b.relayed[0]} as a peer (403)"
+        assert b.proto is not None
+        b.proto.on_data = self.echo_by_b
+        self.peer_addr = b.relayed
+        self.report.method = "two-allocations"
+        self.report.peer_address = format_hostport(*b.relayed)
+        return None
+
+    def echo_by_b(self, data: bytes, addr: Address) -> None:
+        """B's end: what A relays to it goes straight back through B's relay (§11.2 Send)."""
+        if data.startswith(_TOKEN) and self.b is not None:
+            self.echoed_by_b += 1
+            self.b.send_indication(addr, data)
+
+    async def socket_peer(self, explicit: str | None, note: str = "") -> str:
+        assert self.a is not None
+        relayed = ipaddress.ip_address(self.a.relayed[0])
+        server_ip = ipaddress.ip_address(self.server[0])
+        local = relayed.is_loopback or server_ip.is_loopback
+        if explicit is None and not local and self.uri.transport != "udp":
+            # Without UDP to the server there is nothing to learn our UDP address from.
+            code = 403 if "(403)" in note else None
+            raise StepFailed(
+                f"no way to make a peer: {note}, and over {self.uri.transport.upper()} the "
+                "check cannot learn a UDP address of its own (the peer-socket method); the "
+                f"server's peer policy decides: allow its relay IP {relayed} in "
+                "turn.peers.allow (coturn: allowed-peer-ip), or check a UDP URL",
+                code, "Forbidden" if code else None,
+            )  # fmt: skip
+        if explicit is not None:
+            bind_ip = explicit
+        elif local:
             bind_ip = "127.0.0.1" if relayed.version == 4 else "::1"
         else:
             bind_ip = "0.0.0.0" if relayed.version == 4 else "::"
-        ip = ipaddress.ip_address(bind_ip)
-        sock = socket.socket(
-            socket.AF_INET6 if ip.version == 6 else socket.AF_INET, socket.SOCK_DGRAM
-        )
-        try:
-            if ip.version == 6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-            try:
-                sock.bind((bind_ip, 0))
-            except OSError:  # an explicit peer that is not ours: listen anywhere, expect no echo
-                sock.bind(("::" if ip.version == 6 else "0.0.0.0", 0))
-        except BaseException:
-            sock.close()
-            raise
-        transport, _ = await loop.create_datagram_endpoint(lambda: self.peer, sock=sock)
-        self.transports.append(transport)
-        port = sock.getsockname()[1]
-        if self.peer_ip is not None or ip.is_loopback:
+        self.sock = PeerSocket()
+        port = await self.sock.open(bind_ip)
+        if explicit is not None or local:
             self.peer_addr = (bind_ip, port)
         else:
-            self.peer_addr = await self.discover_peer(server_ip, relayed)
+            if server_ip.version != relayed.version:
+                raise StepFailed(
+                    f"no IPv{relayed.version} path to the server to reach the relay from; "
+                    "name a peer explicitly"
+                )
+            self.peer_addr = await self.sock.discover(self.server, self.clock)
+        self.report.peer_address = format_hostport(*self.peer_addr)
+        try:
+            await self.a.permit(self.peer_addr[0])
+        except Exception as err:
+            fail = failure(err)
+            if fail.code == 403:
+                fail.detail += f" — {_policy_hint(self.peer_addr[0])}"
+            raise fail from None
+        return f"peer {self.peer_addr[0]}"
 
-    async def discover_peer(self, server_ip: Any, relayed: Any) -> tuple[str, int]:
-        if server_ip.version != relayed.version:
-            raise _StepFailed(
-                f"no IPv{relayed.version} path to the server to reach the relay from; "
-                "name a peer explicitly"
-            )
-        request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-        transaction = stun.Transaction(request, self.server, self.peer)
-        self.peer.transactions[request.transaction_id] = transaction
-        response, _ = await self.clock.wait(transaction.run())
-        mapped: tuple[str, int] = response.attributes["XOR-MAPPED-ADDRESS"]
-        return mapped
+    # -- channel and the round trip --------------------------------------------------------
 
-    async def channel(self) -> str:
-        assert self.proto is not None
-        await self.request(
-            stun.Method.CHANNEL_BIND,
-            **{"CHANNEL-NUMBER": CHANNEL, "XOR-PEER-ADDRESS": self.peer_addr},
-        )
-        # Let aioice's demultiplexer hand ChannelData for this channel to our receiver.
-        self.proto.channel_to_peer[CHANNEL] = self.peer_addr
-        self.proto.peer_to_channel[self.peer_addr] = CHANNEL
-        return f"channel 0x{CHANNEL:04x} to {format_hostport(*self.peer_addr)}"
-
-    async def relay(self) -> str:
-        assert self.proto is not None
-        receiver = _Receiver()
-        self.proto.receiver = receiver
-        token = b"natkit-turn-check " + os.urandom(8).hex().encode()
-        frame = struct.pack("!HH", CHANNEL, len(token)) + token
-        start = time.perf_counter()
-        # UDP may drop a packet: resend a few times within the budget before giving up.
-        for attempt in range(_RELAY_TRIES):
-            self.proto._send(frame)
-            wait = min(self.clock.left(), self.clock.timeout / _RELAY_TRIES)
+    async def pinhole(self) -> str:
+        """The peer socket sends toward A's relayed address first: the NAT in front of it learns
+        the flow, and A learns the peer's real mapped port from the Data indication."""
+        assert self.a is not None and self.sock is not None
+        token = _PINHOLE + os.urandom(4).hex().encode()
+        wait = min(self.clock.left() / 4, 0.5)
+        for _ in range(3):
+            self.sock.send(token, self.a.relayed)
             try:
                 while True:
-                    data = await asyncio.wait_for(receiver.got.get(), wait)
+                    data, addr = await asyncio.wait_for(self.got.get(), wait)
                     if data == token:
-                        rtt = (time.perf_counter() - start) * 1000
-                        self.report.rtt_ms = round(rtt, 3)
-                        seen = self.peer.seen_from
-                        via = format_hostport(*seen) if seen else "?"
-                        return f"echo from the peer via {via}" + (
-                            f" after {attempt + 1} sends" if attempt else ""
-                        )
+                        if addr != self.peer_addr:
+                            learned = f"; peer port {addr[1]} as the relay sees it"
+                            self.peer_addr = addr
+                            self.report.peer_address = format_hostport(*addr)
+                            return learned
+                        return ""
+            except TimeoutError:
+                continue
+        return ""  # the relay may not hand a pinhole on; the round trip is the test
+
+    async def channel(self) -> str:
+        assert self.a is not None
+        note = ""
+        if self.sock is not None and self.report.method == "peer-socket":
+            note = await self.pinhole()
+        await self.a.bind(CHANNEL, self.peer_addr)
+        return f"channel 0x{CHANNEL:04x} to {format_hostport(*self.peer_addr)}{note}"
+
+    async def relay(self) -> str:
+        assert self.a is not None
+        token = _TOKEN + os.urandom(8).hex().encode()
+        start = time.perf_counter()
+        # UDP may drop a packet: resend, spreading what is left of the budget over the tries.
+        for attempt in range(_RELAY_TRIES):
+            self.a.send_channel(CHANNEL, token)
+            wait = self.clock.left() / (_RELAY_TRIES - attempt)
+            try:
+                while True:
+                    data, _ = await asyncio.wait_for(self.got.get(), wait)
+                    if data == token:
+                        self.report.rtt_ms = round((time.perf_counter() - start) * 1000, 3)
+                        return self.relayed_detail(attempt)
             except TimeoutError:
                 if self.clock.left() <= 0:
                     break
-        where = (
-            "the peer got nothing" if self.peer.seen_from is None else "the echo never came back"
-        )
-        raise _StepFailed(f"no round trip through the relay ({where})")
+        if self.report.method == "two-allocations":
+            got = self.echoed_by_b > 0
+        else:
+            got = self.sock is not None and self.sock.seen_from is not None
+        where = "the peer got nothing" if not got else "the echo never came back"
+        raise StepFailed(f"no round trip through the relay ({where})")
+
+    def relayed_detail(self, attempt: int) -> str:
+        if self.report.method == "two-allocations":
+            via = f"the second allocation {self.report.peer_address}"
+        else:
+            seen = self.sock.seen_from if self.sock else None
+            via = format_hostport(*seen) if seen else "?"
+        return f"echo from the peer via {via}" + (f" after {attempt + 1} sends" if attempt else "")
 
     async def close(self) -> None:
-        proto = self.proto
-        if proto is not None and self.relayed[0] and not proto.transport.is_closing():
-            # Free the allocation now rather than at its lifetime (RFC 8656 §7: LIFETIME 0).
-            message = stun.Message(
-                message_method=stun.Method.REFRESH, message_class=stun.Class.REQUEST
-            )
-            message.attributes["LIFETIME"] = 0
-            with contextlib.suppress(Exception):  # best effort: the server expires it anyway
-                await asyncio.wait_for(proto.request(message), 1.0)
-        for transport in self.transports:
-            transport.close()
+        legs = [leg for leg in (self.a, self.b) if leg is not None]
+        await asyncio.gather(*(leg.close() for leg in legs), return_exceptions=True)
+        if self.sock is not None:
+            self.sock.close()
 
 
 async def check_turn(

@@ -125,6 +125,11 @@ class PeerPolicy:
     def _allowed_explicitly(self, ip: IPAddress) -> bool:
         return any(ip in net for net in self._allow)
 
+    def allows_explicitly(self, ip: str | IPAddress) -> bool:
+        """Does a ``turn.peers.allow`` range open `ip` (canonicalised) on purpose?"""
+        addr = canonical(ipaddress.ip_address(ip) if isinstance(ip, str) else ip)
+        return self._allowed_explicitly(addr)
+
     def _denied(self, ip: IPAddress) -> bool:
         return ip in self._own or any(ip in net for net in self._deny)
 

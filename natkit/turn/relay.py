@@ -18,9 +18,19 @@ instead) and `CloseRelay`. They are NamedTuples: immutable like frozen dataclass
 times cheaper to build, which matters on the per-packet path.
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
-(`natkit.turn.peers`, 403), quotas (486 per user, 508 in total or when no port is free),
-lifetimes and the channel rules (`natkit.turn.allocation`). Responses to authenticated requests
-carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
+(`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or
+when no port is free), lifetimes and the channel rules (`natkit.turn.allocation`). Responses to
+authenticated requests carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
+
+Relay to relay. Two clients of this server pair their relayed candidates (ICE relay↔relay), so a
+peer may be *another allocation's relayed address* on this very server. The policy denies the
+server's own addresses (and the relay IP may sit in a denied range), so this core grants a
+permission to its own relay IPs (`relay_ips`, `external_ips`) — but a permission is per IP
+(RFC 8656 §9), so the port is checked where the client names one: ChannelBind and Send must
+target a port inside the relay range. Everything else on this host (ssh, the TURN listener
+itself) stays unreachable. Inbound packets are not port-checked (that would cost every relayed
+packet a lookup): a local service cannot be made to answer, since nothing reaches it. An
+explicit ``turn.peers.allow`` hole for the IP wins, as everywhere in the policy (any port).
 
 Amplification bound. A request without MESSAGE-INTEGRITY may come from a spoofed source, so its
 answer is kept within `AMPLIFICATION_LIMIT` (3.5x) of the request, UDP payload bytes:
@@ -42,6 +52,7 @@ challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes o
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import struct
 from collections.abc import Callable, Mapping
@@ -62,7 +73,7 @@ from natkit.turn.allocation import (
     grant_lifetime,
 )
 from natkit.turn.auth import Authenticator, AuthError, Credentials
-from natkit.turn.peers import PeerPolicy
+from natkit.turn.peers import PeerPolicy, canonical
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -143,6 +154,7 @@ class Relay:
         low, high = settings.ports
         pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
         self.allocations = AllocationTable(pools)
+        self._relay_hosts = _relay_hosts(settings, policy)
         self._opening: dict[Address, tuple[Message, int]] = {}
         self._blocked: list[tuple[float, str, int]] = []
         self._methods: dict[int, _Handler] = {
@@ -422,13 +434,26 @@ class Relay:
         alloc.expires = now + lifetime
         return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
 
-    def _peer_error(self, alloc: Allocation, peer: AttrValue | None) -> int:
-        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused by the policy (§9)."""
+    def _peer_error(self, alloc: Allocation, peer: AttrValue | None, port: bool = False) -> int:
+        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused by the policy (§9).
+
+        `port`: the request names a transport address (ChannelBind), not only an IP."""
         if not isinstance(peer, Address):
             return 400
         if peer.family != alloc.family:
             return 443
+        if peer.host in self._relay_hosts:  # relay to relay: see the module docstring
+            return 403 if port and not self._in_range(peer.port) else 0
+        if (
+            self._relay_hosts
+            and str(canonical(ipaddress.ip_address(peer.host))) in self._relay_hosts
+        ):
+            return 403  # our relay IP spelled IPv4-mapped: never a peer (no port check there)
         return 0 if self.policy.is_allowed(peer.host) else 403
+
+    def _in_range(self, port: int) -> bool:
+        low, high = self.settings.ports
+        return low <= port <= high
 
     def _create_permission(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -454,7 +479,7 @@ class Relay:
             return [alloc]
         number = _int(msg.get(AttrType.CHANNEL_NUMBER))
         peer = msg.get(AttrType.XOR_PEER_ADDRESS)
-        code = self._peer_error(alloc, peer)
+        code = self._peer_error(alloc, peer, port=True)
         if number is None or not 0x4000 <= number <= 0x4FFF:
             code = 400
         if code:
@@ -475,6 +500,8 @@ class Relay:
             return []
         if peer.family != alloc.family or not alloc.permitted(peer.host, now):
             return []
+        if peer.host in self._relay_hosts and not self._in_range(peer.port):
+            return []  # a permission to our own relay IP covers only the relay ports
         return [SendToPeer(alloc.relay, payload, peer)]
 
     # -- responses -------------------------------------------------------------------------
@@ -528,6 +555,17 @@ class Relay:
                 (AttrType.NONCE, self.auth.nonce(five_tuple.client.host, now)),
             ]
         return self._error(msg, five_tuple, err.code, None, extra)
+
+
+def _relay_hosts(settings: RelaySettings, policy: PeerPolicy) -> frozenset[str]:
+    """This server's relay IPs (bound and advertised) as the codec and recvfrom spell them,
+    less those an explicit ``turn.peers.allow`` hole already opens to every port."""
+    hosts = set()
+    for text in [*settings.relay_ips.values(), *settings.external_ips.values()]:
+        ip = canonical(ipaddress.ip_address(text))
+        if not ip.is_unspecified and not policy.allows_explicitly(ip):
+            hosts.add(str(ip))
+    return frozenset(hosts)
 
 
 def _int(value: AttrValue | None) -> int | None:

@@ -348,13 +348,65 @@ DENIED = ["127.0.0.1", "10.1.2.3", "0.0.0.0", "::1", "::ffff:127.0.0.1"]
 def test_denied_peers_are_403(default_policy: Server, peer: str) -> None:
     if ":" in peer and not IPV6:
         pytest.skip("no IPv6 loopback here")
+    if default_policy.engine == "builtin" and peer in (HOST, "::1"):
+        # 127.0.0.1 and ::1 are the builtin relay's own relay IPs here: permitted, but only
+        # toward its relay port range (test_own_relay_ip_is_reachable_only_in_the_relay_range).
+        pytest.skip("the relay IP itself: see test_own_relay_ip_is_reachable_only_in_...")
     assert probe(default_policy, peer) == 403
+
+
+def bind_error(server: Server, peer: tuple[str, int]) -> int | None:
+    """The ERROR-CODE a ChannelBind toward `peer` gets (None: bound)."""
+
+    async def run() -> int | None:
+        transport, _ = await turn.create_turn_endpoint(
+            asyncio.DatagramProtocol, server.addr, "alice", "wonderland"
+        )
+        inner: Any = transport._TurnTransport__inner_protocol  # type: ignore[attr-defined]
+        try:
+            await inner.channel_bind(0x4000, peer)
+        except stun.TransactionFailed as err:
+            return int(err.response.attributes["ERROR-CODE"][0])
+        finally:
+            transport.close()
+            await asyncio.sleep(0.1)
+        return None
+
+    return asyncio.run(run())
 
 
 def test_servers_own_address_is_403_even_without_a_deny_list(engine: str, tmp_path: Path) -> None:
     cfg = make_config(engine, peers="{deny: []}")
+    server = Server(engine, cfg)
     with running(engine, cfg, tmp_path):
-        assert probe(Server(engine, cfg), HOST) == 403
+        if engine == "coturn":
+            assert probe(server, HOST) == 403
+        else:  # its own relay IP: permitted, yet the TURN port itself stays unreachable
+            assert probe(server, HOST) is None
+            assert bind_error(server, (HOST, server.port)) == 403
+
+
+def test_own_relay_ip_is_reachable_only_in_the_relay_range(default_policy: Server) -> None:
+    if default_policy.engine == "coturn":
+        pytest.skip("coturn denies its own addresses outright (natkit renders them denied)")
+    low, high = relay_range()
+    assert bind_error(default_policy, (HOST, default_policy.port)) == 403  # the TURN listener
+    assert bind_error(default_policy, (HOST, low - 1)) == 403
+    assert bind_error(default_policy, (HOST, high)) is None
+
+
+def test_turn_check_with_the_default_policy(default_policy: Server) -> None:
+    """The check's peer is a second allocation: the builtin relay allows relay-to-relay under
+    the default deny list; coturn refuses its own (loopback) address, and the check says why."""
+    report = check(default_policy.url, username="alice", password="wonderland")
+    if default_policy.engine == "builtin":
+        assert report.ok, report
+        assert report.method == "two-allocations"
+        return
+    failed = report.failed_step
+    assert failed is not None and failed.name == "permission" and failed.error_code == 403
+    assert report.method == "peer-socket" and "403" in (report.method_note or "")
+    assert "turn.peers.allow" in (report.error or ""), report.error
 
 
 def test_allow_opens_only_its_hole(lab: Server) -> None:
@@ -364,6 +416,9 @@ def test_allow_opens_only_its_hole(lab: Server) -> None:
     assert probe(lab, "10.1.2.4") == 403
 
 
-def test_turn_check_round_trip(lab: Server) -> None:
-    report = check(lab.url, username="alice", password="wonderland")
+@pytest.mark.parametrize("query", ["", "?transport=tcp"])
+def test_turn_check_round_trip(lab: Server, query: str) -> None:
+    report = check(lab.url + query, username="alice", password="wonderland")
     assert report.ok, report
+    assert report.method == "two-allocations", report
+    assert report.peer_address is not None and report.peer_address != report.relayed_address

@@ -26,6 +26,7 @@ from tests.unit.test_turn_relay_client import (
 )
 
 A = AttrType
+SERVER_LIKE = "192.0.2.3"  # a neighbour of the relay IP in the same denied range
 
 
 def allocated(**kwargs: object) -> Client:
@@ -326,7 +327,7 @@ def test_data_indication_from_a_permitted_peer_only() -> None:
 @pytest.mark.parametrize(
     "peer",
     ["127.0.0.1", "10.1.2.3", "0.0.0.0", "192.168.1.1", "169.254.1.1", "224.0.0.1",
-     "::ffff:127.0.0.1", "::1", "fe80::1", "::", RELAY4],
+     "::ffff:127.0.0.1", "::1", "fe80::1", "::", "::ffff:" + RELAY4],
 )  # fmt: skip
 def test_policy_refuses_with_403(peer: str) -> None:
     client = Client(make_relay())
@@ -336,6 +337,56 @@ def test_policy_refuses_with_403(peer: str) -> None:
     assert error_code(denied) == 403
     bind = [(A.CHANNEL_NUMBER, 0x4000), (A.XOR_PEER_ADDRESS, Address(peer, 1))]
     assert error_code(client.request(Method.CHANNEL_BIND, bind)) == 403
+
+
+def two_allocations(**kwargs: object) -> tuple[Client, Client]:
+    relay = make_relay(**kwargs)  # type: ignore[arg-type]
+    a, b = Client(relay), Client(relay, address=Address("198.51.100.8", 40001))
+    for client in (a, b):
+        assert client.allocate().message_class is MessageClass.SUCCESS
+    return a, b
+
+
+def test_relay_to_relay_on_the_same_server() -> None:
+    # Two clients pairing their relayed candidates (ICE relay<->relay): the relay IP is one of
+    # the server's own addresses (and in 192.0.2.0/24, denied), yet the peer is legitimate.
+    a, b = two_allocations()
+    ra, rb = a.relayed(), b.relayed()
+    for client, other in ((a, rb), (b, ra)):
+        ok = client.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, other)])
+        assert ok.message_class is MessageClass.SUCCESS, ok
+    assert bind(a, 0x4000, rb) is None
+    assert a.send_raw(build_channel_data(0x4000, b"ping")) == [SendToPeer(ra, b"ping", rb)]
+    [cmd] = a.relay.handle_peer(rb, b"ping", ra, a.now)  # arrives on B's relay from A's
+    assert isinstance(cmd, SendToClient) and cmd.to == (b.address, b.local, Transport.UDP)
+    assert parse_message(cmd.data).get(A.XOR_PEER_ADDRESS) == ra
+    assert send_indication(b, ra, b"pong") == [SendToPeer(rb, b"pong", ra)]
+    [back] = a.relay.handle_peer(ra, b"pong", rb, a.now)
+    assert isinstance(back, SendToClient) and parse_channel_data(back.data) == (0x4000, b"pong")
+
+
+@pytest.mark.parametrize("port", [22, 3478, 49999, 50100])
+def test_relay_ip_outside_the_relay_port_range_stays_unreachable(port: int) -> None:
+    # RFC 8656 §9: the permission is per IP, so the port is checked wherever one is named.
+    a, b = two_allocations()
+    own = Address(RELAY4, port)
+    ok = a.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, own)])
+    assert ok.message_class is MessageClass.SUCCESS
+    assert bind(a, 0x4000, own) == 403
+    assert send_indication(a, own, b"x") == []
+    assert send_indication(a, b.relayed(), b"x") == [SendToPeer(a.relayed(), b"x", b.relayed())]
+
+
+def test_relay_to_relay_leaves_the_rest_of_the_policy_alone() -> None:
+    a, _ = two_allocations()
+    for peer in ("192.0.2.2", "127.0.0.1", SERVER_LIKE):
+        denied = a.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, Address(peer, 50000))])
+        assert error_code(denied) == 403, peer
+
+
+def test_allow_hole_for_the_relay_ip_opens_every_port() -> None:
+    a, _ = two_allocations(allow=(RELAY4 + "/32",))  # allow wins, as everywhere in the policy
+    assert bind(a, 0x4000, Address(RELAY4, 3478)) is None
 
 
 def test_allow_opens_a_hole() -> None:
