@@ -149,8 +149,8 @@ def cgnat(local: Address | None, public: Address | None, path: PathProbe | None)
         if hop.icmp is not None and hop.icmp.kind == "time-exceeded" and _shared(hop.icmp.origin):
             return Cgnat(
                 True,
-                f"the router at hop {hop.ttl} ({hop.icmp.origin}) is in 100.64.0.0/10, the "
-                "carrier-grade NAT range (RFC 6598)",
+                f"the router at hop {hop.ttl} answers from {hop.icmp.origin}, in the "
+                "carrier-grade NAT range 100.64.0.0/10 (RFC 6598)",
             )
     if public is not None and _shared(public.host):
         return Cgnat(

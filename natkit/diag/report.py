@@ -239,7 +239,7 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
             f"  same mapping for all  {_yn(main.mapping_consistent, style)}",
         ]
     if d.cgnat is not None and d.cgnat.behind is not None:
-        detail = f" ({d.cgnat.evidence})" if d.cgnat.evidence else " (every hop answered)"
+        detail = f" — {d.cgnat.evidence}" if d.cgnat.evidence else " (every hop answered)"
         lines.append(f"  carrier-grade NAT     {_yn(d.cgnat.behind, style)}{detail}")
     if d.lifetime is not None:
         lines.append(f"  binding lifetime      {d.lifetime.summary()}")

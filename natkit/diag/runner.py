@@ -214,6 +214,9 @@ class _Run:
             self.progress(f"udp{family}", "warn", f"IPv{family}: {probe.error}")
         elif c.udp:
             text = f"IPv{family}: public {c.public_address}, {c.nat_type}"
+            carrier = cgnat(probe.local, c.public_address, self.d.paths[family])
+            if family == 4 and carrier.behind:
+                text += f"; behind carrier-grade NAT ({carrier.evidence})"
             self.progress(f"udp{family}", "ok", text)
         else:
             icmp = [e.icmp for e in self.d.paths[family].echoes if e.icmp is not None]
@@ -368,12 +371,9 @@ class _Run:
 
     def carrier_nat(self) -> Cgnat:
         v4, c4 = self.d.families.get(4), self.d.classes.get(4)
-        found = cgnat(
+        return cgnat(
             v4.local if v4 else None, c4.public_address if c4 else None, self.d.paths.get(4)
         )
-        if found.behind:
-            self.d.problems.append(f"behind carrier-grade NAT: {found.evidence}")
-        return found
 
     def udp_finding(self, udp: bool) -> UdpFinding:
         """Why no server answered over UDP, from ICMP and TCP evidence (evidence.py)."""

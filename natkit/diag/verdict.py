@@ -231,8 +231,8 @@ def _with_udp(
         )
         if carrier:
             actions.append(
-                "The symmetric NAT is (also) your carrier's: your own router's settings cannot "
-                "change it. Ask your ISP for a public IPv4 address, or use IPv6."
+                "Behind carrier-grade NAT your own router's settings cannot make the mapping "
+                "endpoint-independent: ask your ISP for a public IPv4 address, or use IPv6."
             )
         else:
             actions.append(
@@ -267,7 +267,7 @@ def _cgnat_text(cgnat: Cgnat | None) -> str:
     if cgnat is None or not cgnat.behind:
         return ""
     return (
-        f" You are behind carrier-grade NAT ({cgnat.evidence}): the behaviour above is that of "
+        f" You are behind carrier-grade NAT: {cgnat.evidence}. The behaviour above is that of "
         "the whole chain of NATs, and port forwarding on your own router cannot open it."
     )
 

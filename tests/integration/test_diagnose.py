@@ -324,3 +324,21 @@ def test_json_fields_are_the_documented_ones(natkit_serve: Serve) -> None:
         fields = {k for k in report if k not in ("udp", "verdict")}
         fields |= {f"udp.{k}" for k in report["udp"]} | {f"verdict.{k}" for k in report["verdict"]}
         assert fields <= documented, fields - documented
+
+
+def test_progress_lines_name_the_icmp_evidence() -> None:
+    """The live progress (a terminal's stderr) says what came back, in plain words."""
+    import asyncio
+
+    from natkit.diag.runner import DiagnoseOptions, StunSpec
+    from natkit.diag.runner import diagnose as run
+
+    lines: list[tuple[str, str, str]] = []
+    port = free_port()
+    options = DiagnoseOptions(stun=(StunSpec.parse(f"127.0.0.1:{port}"),), gather=False)
+    asyncio.run(run(options, lambda *event: lines.append(event)))
+    assert (
+        "udp4",
+        "fail",
+        "IPv4: no STUN server answered (ICMP port-unreachable from 127.0.0.1)",
+    ) in lines

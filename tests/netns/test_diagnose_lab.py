@@ -160,7 +160,7 @@ def test_diagnose_reports_the_lab_nat(served_lab: tuple[Lab, str]) -> None:
     assert report["exit_status"] == code
     assert report["cgnat"] is carrier, (report["cgnat_evidence"], report["families"])
     if carrier:
-        assert "hop 2 (100.64.1.1)" in report["cgnat_evidence"]
+        assert "hop 2 answers from 100.64.1.1" in report["cgnat_evidence"]
         assert "behind carrier-grade NAT" in report["verdict"]["explanation"]
     if preset == "udp-blocked":  # the evidence says blocked: TCP/TLS answers where UDP cannot
         assert report["udp"]["finding"] == "blocked", report["udp"]
@@ -245,3 +245,16 @@ def test_exit_status_with_a_working_relay(served_lab: tuple[Lab, str]) -> None:
     expected = 0 if preset == "full-cone" else (1 if working else 3)
     assert code == expected == report["exit_status"], report["verdict"]
     assert report["verdict"]["outcome"] == {0: "direct", 1: "relay", 3: "no-path"}[expected]
+
+
+def test_silence_everywhere_is_no_answer_not_udp_blocked(nat_lab: MakeLab) -> None:
+    """203.0.113.99 is on the lab's internet bridge but no node has it: no UDP answer, no ICMP
+    within the budget, no TCP answer. That may be a dead server as well as a blocked network:
+    nat_type unknown, finding no-answer, and the worst case (exit 3) for the verdict."""
+    lab = nat_lab("port-restricted-cone")
+    report, code = diagnose(lab, "--no-ice", stun="203.0.113.99:3478")
+    assert report["udp"]["finding"] == "no-answer", report["udp"]
+    assert report["nat_type"] == "unknown"
+    explanation = report["verdict"]["explanation"]
+    assert "server is down" in explanation and "blocks UDP" in explanation
+    assert code == 3 and report["verdict"]["outcome"] == "no-path"

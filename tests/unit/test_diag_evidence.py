@@ -89,7 +89,7 @@ def test_cgnat_from_a_shared_address_hop() -> None:
         Echo(S, 3, "answered"),
     )
     c = cgnat(LOCAL, PUBLIC, hops)
-    assert c.behind is True and "hop 2 (100.64.1.1)" in str(c.evidence)
+    assert c.behind is True and "hop 2 answers from 100.64.1.1" in str(c.evidence)
 
 
 def test_cgnat_from_the_own_address_and_from_the_mapped_address() -> None:

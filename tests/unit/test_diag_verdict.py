@@ -104,9 +104,9 @@ def test_blocked_names_its_evidence() -> None:
 
 
 def test_cgnat_is_said_and_changes_the_advice() -> None:
-    carrier = Cgnat(True, "the router at hop 2 (100.64.1.1) is in 100.64.0.0/10")
+    carrier = Cgnat(True, "the router at hop 2 answers from 100.64.1.1, in 100.64.0.0/10")
     v = decide(SYM, udp=True, cgnat=carrier)
-    assert "carrier-grade NAT (the router at hop 2 (100.64.1.1)" in v.explanation
+    assert "carrier-grade NAT: the router at hop 2 answers from 100.64.1.1" in v.explanation
     assert any("ISP" in a for a in v.actions)
     assert not any("If you control the router" in a for a in v.actions)
     assert "carrier-grade" not in decide(SYM, udp=True, cgnat=Cgnat(False)).explanation
