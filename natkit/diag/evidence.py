@@ -76,7 +76,8 @@ def udp_finding(echoes: Sequence[Echo], streams: Sequence[StreamProbe]) -> UdpFi
         if e.icmp and e.icmp.kind == "port-unreachable" and e.icmp.origin == e.target.host:
             return UdpFinding(
                 "no-server",
-                f"nothing listens on UDP at {e.target} (the host answered ICMP port unreachable)",
+                f"no STUN server is running at {e.target} (the host answered ICMP port "
+                "unreachable: nothing listens on that UDP port)",
             )
     for e in icmp:
         if e.icmp and e.icmp.kind in ("prohibited", "port-unreachable"):
@@ -96,13 +97,15 @@ def udp_finding(echoes: Sequence[Echo], streams: Sequence[StreamProbe]) -> UdpFi
         if s.transport == "tcp" and s.refused and any(s.address == e.target for e in tried):
             return UdpFinding(
                 "no-server",
-                f"no STUN server at {s.address}: no answer over UDP, TCP connection refused",
+                f"no STUN server is running at {s.address} (no answer over UDP, TCP "
+                "connection refused)",
             )
     for e in icmp:
         if e.icmp and e.icmp.kind in ("host-unreachable", "net-unreachable"):
             return UdpFinding(
                 "no-server",
-                f"{e.target} cannot be reached: {e.icmp.origin} answered ICMP {e.icmp.kind}",
+                f"no STUN server can be reached at {e.target} ({e.icmp.origin} answered "
+                f"ICMP {e.icmp.kind})",
             )
     for s in streams:
         for e in tried:

@@ -26,6 +26,7 @@ import contextlib
 import os
 import socket
 import struct
+import sys
 import time
 from dataclasses import dataclass
 from typing import Literal
@@ -220,6 +221,9 @@ class _Probe:
 async def probe_path(family: int, servers: list[Address], deadline: float) -> PathProbe:
     """Echo every server and (IPv4) trace the hops to the first, until every probe has an
     outcome, or `SETTLE` after the first answer, or `deadline` (time.monotonic)."""
+    if sys.platform != "linux":  # IP_RECVERR/MSG_ERRQUEUE are Linux's: no ICMP evidence here
+        unread = "ICMP errors cannot be read on this system"
+        return PathProbe(family, tuple(Echo(s, None, "error", error=unread) for s in servers))
     loop = asyncio.get_running_loop()
     plan: list[tuple[Address, int | None]] = [(s, None) for s in servers]
     if family == 4 and servers:

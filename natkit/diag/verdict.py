@@ -176,13 +176,13 @@ _OUTCOME_TEXT: dict[Outcome, str] = {
     "direct": "Most calls can connect directly.",
     "relay": "Most calls need a relay, and a configured relay works.",
     "no-path": "Most calls need a relay, and no working relay is configured: they will fail.",
-    "not-measured": "Nothing was measured, so there is no verdict yet.",
+    "not-measured": "There is no verdict until diagnose can probe a STUN server.",
 }
 
 
 def _not_measured(finding: UdpFinding | None) -> tuple[str, list[str]]:
     evidence = finding.evidence if finding else "no STUN server could be probed"
-    text = f"No STUN server is running at the address given: {evidence}."
+    text = f"Nothing could be measured: {evidence}."
     return text, [
         "Point diagnose at a running STUN server: natkit diagnose --stun HOST:PORT (or start "
         "one on a host with a public address: natkit serve).",

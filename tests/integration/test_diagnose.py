@@ -104,13 +104,14 @@ def test_nothing_listening_is_no_server_not_udp_blocked() -> None:
     report, code, _ = diagnose("--stun", f"127.0.0.1:{port}")
     assert report["udp"]["reachable"] is False
     assert report["udp"]["finding"] == "no-server", report["udp"]
-    assert f"nothing listens on UDP at 127.0.0.1:{port}" in report["udp"]["evidence"]
+    assert f"no STUN server is running at 127.0.0.1:{port}" in report["udp"]["evidence"]
+    assert "ICMP port unreachable" in report["udp"]["evidence"]
     assert report["stun"][0]["icmp"]["kind"] == "port-unreachable"
     assert report["nat_type"] == "unknown" and report["classic_type"] == "Unknown"
     verdict = report["verdict"]
     assert verdict["outcome"] == "not-measured" and code == 2 == report["exit_status"]
     assert "blocked" not in verdict["explanation"] and "impossible" not in verdict["explanation"]
-    assert "No STUN server is running" in verdict["explanation"]
+    assert f"no STUN server is running at 127.0.0.1:{port}" in verdict["explanation"]
     assert any("--stun HOST:PORT" in a for a in verdict["actions"])
     refused = [s for s in report["streams"] if s["address"] == f"127.0.0.1:{port}"]
     assert refused and refused[0]["refused"] is True

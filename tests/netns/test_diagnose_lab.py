@@ -202,7 +202,7 @@ def test_no_server_at_the_address_is_not_udp_blocked(nat_lab: MakeLab, preset: s
     lab = nat_lab(preset)
     report, code = diagnose(lab, "--no-ice", stun=NO_SERVER)
     assert report["udp"]["finding"] == "no-server", report["udp"]
-    assert f"nothing listens on UDP at {NO_SERVER}" in report["udp"]["evidence"]
+    assert f"no STUN server is running at {NO_SERVER}" in report["udp"]["evidence"]
     assert report["stun"][0]["icmp"]["kind"] == "port-unreachable"
     assert report["nat_type"] == "unknown" and report["verdict"]["outcome"] == "not-measured"
     assert "blocked" not in report["verdict"]["explanation"]

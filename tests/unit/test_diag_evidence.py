@@ -26,7 +26,8 @@ def test_an_answer_is_answered() -> None:
 def test_port_unreachable_from_the_server_is_no_server() -> None:
     f = udp_finding([echo("port-unreachable")], [])
     assert (f.finding, f.nat_type) == ("no-server", "unknown")
-    assert "nothing listens on UDP at 203.0.113.10:3478" in f.evidence
+    assert "no STUN server is running at 203.0.113.10:3478" in f.evidence
+    assert "ICMP port unreachable" in f.evidence
 
 
 def test_port_unreachable_beats_a_tcp_answer() -> None:
@@ -52,6 +53,7 @@ def test_tcp_refused_at_the_stun_address_is_no_server() -> None:
     refused = StreamProbe("tcp", S, refused=True)
     f = udp_finding([echo()], [refused])
     assert f.finding == "no-server" and "TCP connection refused" in f.evidence
+    assert "no STUN server is running at 203.0.113.10:3478" in f.evidence
 
 
 def test_host_unreachable_is_no_server() -> None:
