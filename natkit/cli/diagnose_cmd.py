@@ -10,11 +10,11 @@ import click
 from natkit.cli.common import config_option, echo_json, fail
 
 EXIT_HELP = """\b
-Exit status:
-  0  a direct P2P connection is possible (with at least some peer NAT types)
-  1  a relay is needed, and a configured TURN server works
-  3  no working path (no direct connection, no working relay)
-  2  bad input (arguments, config, no STUN server could be resolved)"""
+Exit status (the verdict's outcome, docs/diagnose-json.md):
+  0  most calls connect directly (every cone NAT type can reach this one)
+  1  most calls need a relay, and a configured TURN server works
+  3  most calls need a relay, and none works (or none is configured)
+  2  bad input, or no STUN server runs at the address given: nothing measured"""
 
 
 @click.command("diagnose", epilog=EXIT_HELP)

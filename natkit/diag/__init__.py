@@ -5,7 +5,8 @@
     result = asyncio.run(diagnose(DiagnoseOptions(stun=(StunSpec.parse("127.0.0.1:3478"),))))
     print(result.verdict.direct_p2p, to_json(result)["nat_type"])
 
-Modules: `probes` (RFC 5780 UDP tests, RTT-adaptive), `classify` and `verdict` (pure),
+Modules: `probes` (RFC 5780 UDP tests, RTT-adaptive), `path` (what ICMP says: unreachables,
+TTL-limited hops), `classify`, `evidence` (no server vs UDP blocked, CGNAT) and `verdict` (pure),
 `streams` (TCP/TLS reachability), `gather` (aioice candidates, interfaces), `lifetime`,
 `turncheck` (the TURN check shared with ``natkit turn check``), `runner` (all of it in parallel
 within a budget), `report` (JSON v1, docs/diagnose-json.md, and text). Names below load lazily,

@@ -28,6 +28,7 @@ from typing import Literal, get_args
 from natkit.addr import Address
 
 __all__ = [
+    "CLASSIC_NAMES",
     "NAT_TYPES",
     "Behaviour",
     "Binding",
@@ -61,7 +62,7 @@ _CONE_BY_FILTERING: dict[Behaviour, NatType] = {
     ADM: "restricted-cone",
     APDM: "port-restricted-cone",
 }
-_CLASSIC: dict[NatType, str] = {
+CLASSIC_NAMES: dict[NatType, str] = {
     "open": "Open Internet",
     "full-cone": "Full Cone",
     "restricted-cone": "Restricted Cone",
@@ -220,7 +221,7 @@ def nat_type(
 def _classic_name(kind: NatType, behind_nat: bool | None, filtering: Behaviour | None) -> str:
     if behind_nat is False and filtering is not None and filtering != EIM:
         return "Symmetric UDP Firewall" if filtering == APDM else "Restricted UDP Firewall"
-    return _CLASSIC[kind]
+    return CLASSIC_NAMES[kind]
 
 
 def classify(p: FamilyProbe) -> Classification:

@@ -13,6 +13,7 @@ from typing import Any
 
 from natkit.addr import Address
 from natkit.diag.classify import Binding, Classification, FamilyProbe
+from natkit.diag.path import Echo, PathProbe
 from natkit.diag.runner import Diagnosis
 
 __all__ = ["SCHEMA_VERSION", "ProgressPrinter", "to_json", "to_text"]
@@ -40,7 +41,30 @@ def _binding(b: Binding | None) -> dict[str, Any] | None:
     }
 
 
-def _family(p: FamilyProbe, c: Classification | None) -> dict[str, Any]:
+def _echo(e: Echo) -> dict[str, Any]:
+    return {
+        "target": str(e.target),
+        "ttl": e.ttl,
+        "outcome": e.outcome,
+        "icmp": _icmp(e),
+        "rtt_ms": e.rtt_ms,
+        "error": e.error,
+    }
+
+
+def _icmp(e: Echo | None) -> dict[str, Any] | None:
+    if e is None or e.icmp is None:
+        return None
+    return {"kind": e.icmp.kind, "from": e.icmp.origin, "type": e.icmp.type, "code": e.icmp.code}
+
+
+def _path(p: PathProbe | None) -> dict[str, Any] | None:
+    if p is None:
+        return None
+    return {"echoes": [_echo(e) for e in p.echoes], "hops": [_echo(e) for e in p.hops]}
+
+
+def _family(p: FamilyProbe, c: Classification | None, path: PathProbe | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "reachable": p.reachable,
         "local_address": _addr(p.local),
@@ -54,6 +78,7 @@ def _family(p: FamilyProbe, c: Classification | None) -> dict[str, Any]:
         "nat_type": c.nat_type if c else "unknown",
         "classic_type": c.classic_type if c else "Unknown",
         "error": p.error,
+        "path": _path(path),
         "rfc5780": None,
     }
     if p.rfc5780_index is not None:
@@ -86,6 +111,8 @@ def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
         for a in addrs:
             probe = d.families.get(a.family)
             b = next((b for b in probe.servers if b.target == a), None) if probe else None
+            path = d.paths.get(a.family)
+            echo = next((e for e in path.echoes if e.target == a), None) if path else None
             out.append(
                 {
                     "server": str(spec),
@@ -98,6 +125,7 @@ def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
                     "error": (b.error or ("no answer" if b.status == "timeout" else None))
                     if b
                     else (probe.error if probe else None),
+                    "icmp": _icmp(echo),
                 }
             )
     return out
@@ -115,6 +143,8 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "reachable": bool(main and main.udp),
             "ipv4": d.classes[4].udp if 4 in d.classes else None,
             "ipv6": d.classes[6].udp if 6 in d.classes else None,
+            "finding": d.finding.finding if d.finding else None,
+            "evidence": d.finding.evidence if d.finding else None,
         },
         "public_address": _addr(main.public_address) if main else None,
         "public_addresses": public,
@@ -126,7 +156,11 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
         "mapping_consistent": main.mapping_consistent if main else None,
         "nat_type": main.nat_type if main else "unknown",
         "classic_type": main.classic_type if main else "Unknown",
-        "families": {f"ipv{f}": _family(p, d.classes.get(f)) for f, p in d.families.items()},
+        "cgnat": d.cgnat.behind if d.cgnat else None,
+        "cgnat_evidence": d.cgnat.evidence if d.cgnat else None,
+        "families": {
+            f"ipv{f}": _family(p, d.classes.get(f), d.paths.get(f)) for f, p in d.families.items()
+        },
         "stun": _stun_servers(d),
         "streams": [s.to_dict() for s in d.streams],
         "turn": [r.to_dict() for r in d.turn],
@@ -165,6 +199,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "compatible_peer_types": list(v.compatible_peer_types) if v else [],
             "explanation": v.explanation if v else "no diagnosis",
             "actions": list(v.actions) if v else [],
+            "outcome": v.outcome if v else "not-measured",
         },
         "exit_status": d.exit_status,
     }
@@ -185,7 +220,9 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
     main, v = d.main, d.verdict
     lines = [style("natkit diagnose", bold=True) + f"  ({d.duration_s:.2f} s)", ""]
     reach = bool(main and main.udp)
-    lines.append(f"  UDP to STUN servers   {_yn(reach, style)}")
+    finding = d.finding
+    why = f" — {_FINDING[finding.finding]}: {finding.evidence}" if finding and not reach else ""
+    lines.append(f"  UDP to STUN servers   {_yn(reach, style)}{why}")
     for f, c in sorted(d.classes.items()):
         lines.append(
             f"  IPv{f} public address   {c.public_address or '-'}"
@@ -201,6 +238,9 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
             f"  port preservation     {_yn(main.port_preservation, style)}",
             f"  same mapping for all  {_yn(main.mapping_consistent, style)}",
         ]
+    if d.cgnat is not None and d.cgnat.behind is not None:
+        detail = f" — {d.cgnat.evidence}" if d.cgnat.evidence else " (every hop answered)"
+        lines.append(f"  carrier-grade NAT     {_yn(d.cgnat.behind, style)}{detail}")
     if d.lifetime is not None:
         lines.append(f"  binding lifetime      {d.lifetime.summary()}")
     for s in d.streams:
@@ -235,18 +275,41 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
     if d.problems:
         lines += ["", style("Problems", bold=True)] + [f"  - {p}" for p in d.problems]
     if v is not None:
-        colour = {"likely": "green", "peer-dependent": "yellow", "unlikely": "red"}[v.direct_p2p]
-        lines += [
-            "",
-            style("Verdict", bold=True)
-            + f": direct P2P {style(v.direct_p2p, fg=colour, bold=True)}"
-            + (", relay required" if v.relay_required else ""),
-            f"  works directly with peers behind: {', '.join(v.compatible_peer_types) or 'none'}",
-            f"  {v.explanation}",
-        ]
+        lines += ["", *_verdict_lines(d, style)]
         if v.actions:
             lines += ["", style("What to do", bold=True)] + [f"  - {a}" for a in v.actions]
     return "\n".join(lines)
+
+
+_FINDING = {
+    "answered": "answered",
+    "blocked": "UDP is blocked",
+    "no-server": "no STUN server there",
+    "no-answer": "no answer at all",
+}
+_OUTCOME = {
+    "direct": ("most calls connect directly", "green"),
+    "relay": ("most calls need the relay, which works", "yellow"),
+    "no-path": ("most calls need a relay, and none works", "red"),
+    "not-measured": ("nothing was measured", "red"),
+}
+
+
+def _verdict_lines(d: Diagnosis, style: Style) -> list[str]:
+    v = d.verdict
+    assert v is not None
+    said, colour = _OUTCOME[v.outcome]
+    outcome = f"{style(said, fg=colour, bold=True)} (exit {v.exit_status})"
+    if v.outcome == "not-measured":
+        return [style("Verdict", bold=True) + f": {outcome}", f"  {v.explanation}"]
+    return [
+        style("Verdict", bold=True)
+        + f": direct P2P {v.direct_p2p}"
+        + (", relay required" if v.relay_required else "")
+        + f" — {outcome}",
+        f"  works directly with peers behind: {', '.join(v.compatible_peer_types) or 'none'}",
+        f"  {v.explanation}",
+    ]
 
 
 class ProgressPrinter:

@@ -5,14 +5,18 @@ Time plan (budget B = --timeout, default 3 s):
     0          resolve every STUN/TURN name (bounded by 1 s)
     then, all in parallel:
       UDP probes per family (probes.py): test I must be answered by min(1.5 s, B/2), else
-        UDP is blocked; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period later
+        no server answered; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period later
+      ICMP evidence per family (path.py), bounded like test I: why no server answered (port
+        unreachable, prohibited, silence) and the routers on the way (TTL-limited: CGNAT)
       TCP/TLS reachability (streams.py) and ICE gathering (gather.py): each bounded by
         min(2 s, what is left of B)
       TURN checks (turncheck.py): what is left of B, uncapped — a check is several round
         trips to the server, and a high-RTT link (satellite, mobile) must not fail for a cap
     local interfaces: read, not probed
 
-So a reachable setup is done in a few RTTs plus ~0.25 s, and a UDP-blocked one in ~2 s. Every
+So a reachable setup is done in a few RTTs plus ~0.25 s, and a UDP-blocked one in ~2 s. Whether
+"no answer" means "UDP is blocked", "no server there" or "nothing answers at all" is decided at
+the end from all the evidence (evidence.py), never from the UDP silence alone. Every
 failure becomes a line in `problems` (or in its probe's result); nothing here raises for what
 the network or the user's input does, except `ValueError` from `StunSpec.parse` for bad syntax.
 """
@@ -24,13 +28,16 @@ import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from natkit.addr import Address, format_hostport, parse_hostport
+from natkit.diag.classify import CLASSIC_NAMES as _CLASSIC_NAMES
 from natkit.diag.classify import Classification, FamilyProbe, classify
+from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
 from natkit.diag.gather import GatherResult, Interface, gather, interfaces
 from natkit.diag.lifetime import LifetimeResult, measure_lifetime
+from natkit.diag.path import PathProbe, probe_path
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
 from natkit.diag.turncheck import TurnCheckReport, check_turn
@@ -112,6 +119,11 @@ class Diagnosis:
     gathered: GatherResult | None = None
     interfaces: list[Interface] = field(default_factory=list)
     lifetime: LifetimeResult | None = None
+    paths: dict[int, PathProbe] = field(default_factory=dict)
+    """What ICMP said (unreachables, TTL-limited hops) per family."""
+    finding: UdpFinding | None = None
+    """Why no STUN server answered over UDP (None: not decided yet)."""
+    cgnat: Cgnat | None = None
     problems: list[str] = field(default_factory=list)
     bad_input: bool = False
     verdict: Verdict | None = None
@@ -193,7 +205,10 @@ class _Run:
             return
         self.progress(f"udp{family}", "start", f"IPv{family}: RFC 5780 tests via {servers[0]}")
         reach = min(self.start + min(REACH_WAIT, self.o.timeout / 2), self.deadline)
-        probe = await probe_family(family, servers, reach_deadline=reach, deadline=self.deadline)
+        probe, self.d.paths[family] = await asyncio.gather(
+            probe_family(family, servers, reach_deadline=reach, deadline=self.deadline),
+            probe_path(family, servers, reach),
+        )
         self.d.families[family] = probe
         c = classify(probe)
         self.d.classes[family] = c
@@ -201,9 +216,14 @@ class _Run:
             self.progress(f"udp{family}", "warn", f"IPv{family}: {probe.error}")
         elif c.udp:
             text = f"IPv{family}: public {c.public_address}, {c.nat_type}"
+            carrier = cgnat(probe.local, c.public_address, self.d.paths[family])
+            if family == 4 and carrier.behind:
+                text += f"; behind carrier-grade NAT ({carrier.evidence})"
             self.progress(f"udp{family}", "ok", text)
         else:
-            self.progress(f"udp{family}", "fail", f"IPv{family}: no STUN server answered over UDP")
+            icmp = [e.icmp for e in self.d.paths[family].echoes if e.icmp is not None]
+            why = f"ICMP {icmp[0].kind} from {icmp[0].origin}" if icmp else "no ICMP error either"
+            self.progress(f"udp{family}", "fail", f"IPv{family}: no STUN server answered ({why})")
 
     def stream_targets(self) -> list[tuple[Literal["tcp", "tls"], Address]]:
         targets: list[tuple[Literal["tcp", "tls"], Address]] = []
@@ -332,15 +352,40 @@ class _Run:
             for s in self.d.streams
         ]
         udp = main.udp if main else False
+        self.d.finding = self.udp_finding(udp)
+        kind = main.nat_type if main and udp else (self.d.finding.nat_type or "unknown")
+        if not udp:  # classify() alone would say udp-blocked: the evidence decides (evidence.py)
+            for f, c in self.d.classes.items():
+                self.d.classes[f] = replace(c, nat_type=kind, classic_type=_CLASSIC_NAMES[kind])
+            main = self.d.main
+        self.d.cgnat = self.carrier_nat()
         self.d.verdict = decide(
-            main.nat_type if main else ("unknown" if self.d.bad_input else "udp-blocked"),
+            kind,
             udp=udp,
             eim_known=bool(main and main.mapping == "endpoint-independent"),
             relays=relays,
             streams=streams,
             hairpinning=main.hairpinning if main else None,
             consistent=main.mapping_consistent if main else None,
+            finding=self.d.finding,
+            cgnat=self.d.cgnat,
         )
+
+    def carrier_nat(self) -> Cgnat:
+        v4, c4 = self.d.families.get(4), self.d.classes.get(4)
+        return cgnat(
+            v4.local if v4 else None, c4.public_address if c4 else None, self.d.paths.get(4)
+        )
+
+    def udp_finding(self, udp: bool) -> UdpFinding:
+        """Why no server answered over UDP, from ICMP and TCP evidence (evidence.py)."""
+        if udp:
+            return UdpFinding("answered", "a STUN server answered over UDP")
+        if self.d.bad_input or not self.d.resolved:
+            why = "; ".join(self.d.problems) or "no STUN server is configured"
+            return UdpFinding("no-server", why)
+        echoes = [e for p in self.d.paths.values() for e in p.echoes]
+        return udp_finding(echoes, self.d.streams)
 
     def relay_status(self, r: TurnCheckReport, udp: bool) -> RelayStatus:
         """A relay counts as working after a full round trip. The check's two-allocations method

@@ -6,8 +6,18 @@ symmetric; symmetric only with full and restricted cone. "open" (no NAT, no filt
 a full cone. UDP blocked on either side: only a relay over TCP/TLS works.
 
 direct_p2p is "likely" when every peer type is compatible, "peer-dependent" when some are,
-"unlikely" when none is. Exit status (the CLI contract): 0 direct P2P possible, 1 relay needed
-and a configured relay works, 3 no working path.
+"unlikely" when none is. The outcome says what most calls will do, and the exit status (the CLI
+contract) is the outcome, so the text, the JSON and the exit status cannot disagree:
+
+    direct        0  UDP works and every cone type (the common home routers, up to port-restricted)
+                     is compatible: most calls connect directly; only peers behind symmetric NAT
+                     need a relay
+    relay         1  most calls need a relay (symmetric NAT, an unmeasured NAT assumed at its
+                     worst, or UDP blocked), and a configured relay works
+    no-path       3  most calls need a relay, and none works (or none is configured)
+    not-measured  2  no STUN server is running at the address given (or none resolved): nothing
+                     to measure against, so no verdict (direct_p2p then is the worst case,
+                     "unlikely", with no compatible type)
 """
 
 from __future__ import annotations
@@ -17,18 +27,24 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from natkit.diag.classify import NatType
+from natkit.diag.evidence import Cgnat, UdpFinding
 
 __all__ = [
     "COMPATIBLE",
+    "EXIT_STATUS",
     "PEER_TYPES",
+    "Outcome",
     "RelayStatus",
     "StreamStatus",
     "Verdict",
     "compatible_peer_types",
     "decide",
+    "outcome",
 ]
 
 Direct = Literal["likely", "peer-dependent", "unlikely"]
+Outcome = Literal["direct", "relay", "no-path", "not-measured"]
+EXIT_STATUS: dict[Outcome, int] = {"direct": 0, "relay": 1, "no-path": 3, "not-measured": 2}
 
 PEER_TYPES: tuple[NatType, ...] = (
     "open",
@@ -39,6 +55,9 @@ PEER_TYPES: tuple[NatType, ...] = (
 )
 _NOT_SYMMETRIC = PEER_TYPES[:4]
 _CONES = PEER_TYPES[:3]
+MOST_PEERS: NatType = "port-restricted-cone"
+"""Compatible with this type means compatible with most peers: most home routers are
+port-restricted cones; only symmetric NATs (mobile, carrier-grade NAT) are worse."""
 
 COMPATIBLE: dict[NatType, tuple[NatType, ...]] = {
     "open": PEER_TYPES,
@@ -86,6 +105,8 @@ class Verdict:
     actions: tuple[str, ...] = field(default=())
     """What to do, in plain words, most important first."""
     exit_status: int = 0
+    outcome: Outcome = "direct"
+    """What most calls will do; `exit_status` is EXIT_STATUS[outcome]."""
 
 
 def compatible_peer_types(kind: NatType, *, eim_known: bool = False) -> tuple[NatType, ...]:
@@ -140,6 +161,117 @@ def _blocked_actions(relays: Sequence[RelayStatus], streams: Sequence[StreamStat
     return actions
 
 
+def outcome(
+    compatible: Sequence[NatType], *, udp: bool, relay_ok: bool | None, measured: bool = True
+) -> Outcome:
+    """What most calls will do (module docstring): the exit status follows from it."""
+    if not measured:
+        return "not-measured"
+    if udp and MOST_PEERS in compatible:
+        return "direct"
+    return "relay" if relay_ok else "no-path"
+
+
+_OUTCOME_TEXT: dict[Outcome, str] = {
+    "direct": "Most calls can connect directly.",
+    "relay": "Most calls need a relay, and a configured relay works.",
+    "no-path": "Most calls need a relay, and no working relay is configured: they will fail.",
+    "not-measured": "There is no verdict until diagnose can probe a STUN server.",
+}
+
+
+def _not_measured(finding: UdpFinding | None) -> tuple[str, list[str]]:
+    evidence = finding.evidence if finding else "no STUN server could be probed"
+    text = f"Nothing could be measured: {evidence}."
+    return text, [
+        "Point diagnose at a running STUN server: natkit diagnose --stun HOST:PORT (or start "
+        "one on a host with a public address: natkit serve).",
+    ]
+
+
+def _no_udp(
+    finding: UdpFinding | None, relays: Sequence[RelayStatus], streams: Sequence[StreamStatus]
+) -> tuple[str, list[str]]:
+    if finding is not None and finding.finding == "no-answer":
+        text = (
+            f"No STUN server answered: {finding.evidence}. Either the server is down or "
+            "unreachable, or your network blocks UDP: the NAT type is unknown. Until a server "
+            "answers, assume the worst: only a TURN relay over TCP or TLS is known to work."
+        )
+        actions = [
+            "Check that the STUN server runs (try it from another network), or point diagnose "
+            "at another one: natkit diagnose --stun HOST:PORT."
+        ]
+        return text, actions + _blocked_actions(relays, streams)
+    why = f" ({finding.evidence})" if finding is not None and finding.evidence else ""
+    text = (
+        f"UDP is blocked{why}: no STUN server answered over UDP, so a direct connection is "
+        "impossible. Only a TURN relay over TCP or TLS can carry the call."
+    )
+    return text, _blocked_actions(relays, streams)
+
+
+def _with_udp(
+    kind: NatType, compatible: Sequence[NatType], relay_ok: bool | None, carrier: bool
+) -> tuple[str, list[str]]:
+    actions: list[str] = []
+    names = ", ".join(compatible)
+    if _direct(compatible) == "likely":
+        text = f"Your NAT ({kind}) lets peers behind any NAT type connect directly."
+        if relay_ok is not True:
+            actions.append(
+                "Keep a TURN relay as a fallback for peers whose own network blocks UDP."
+            )
+        return text, actions
+    if kind == "symmetric":
+        text = (
+            "Your NAT is symmetric: it uses a new public port for every destination, so a "
+            f"direct connection works only with peers behind: {names}. Most home routers "
+            "are port-restricted, so most calls will need a TURN relay."
+        )
+        if carrier:
+            actions.append(
+                "Behind carrier-grade NAT your own router's settings cannot make the mapping "
+                "endpoint-independent: ask your ISP for a public IPv4 address, or use IPv6."
+            )
+        else:
+            actions.append(
+                "If you control the router: enable endpoint-independent mapping (often "
+                '"full-cone"/"consistent NAT" or turning off "port randomization"), or UPnP/PCP.'
+            )
+    elif kind == "unknown":
+        text = (
+            "The NAT type could not be fully measured (see the notes); assuming the worst "
+            f"the evidence allows, direct connections work with peers behind: {names}."
+        )
+        actions.append(
+            "Probe a STUN server with RFC 5780 support (OTHER-ADDRESS), e.g. "
+            "natkit serve with stun.alternate set."
+        )
+    else:
+        text = (
+            f"Your NAT is a {kind}: direct connections work with peers behind: {names}; "
+            "peers behind a symmetric NAT (common on mobile and carrier-grade NAT) need "
+            "a relay."
+        )
+    if relay_ok is not True:
+        actions.insert(
+            0,
+            "Configure a working TURN relay for the peers that cannot connect "
+            "directly (--turn turn:HOST:3478 with credentials).",
+        )
+    return text, actions
+
+
+def _cgnat_text(cgnat: Cgnat | None) -> str:
+    if cgnat is None or not cgnat.behind:
+        return ""
+    return (
+        f" You are behind carrier-grade NAT: {cgnat.evidence}. The behaviour above is that of "
+        "the whole chain of NATs, and port forwarding on your own router cannot open it."
+    )
+
+
 def decide(
     kind: NatType,
     *,
@@ -149,57 +281,22 @@ def decide(
     streams: Sequence[StreamStatus] = (),
     hairpinning: bool | None = None,
     consistent: bool | None = None,
+    finding: UdpFinding | None = None,
+    cgnat: Cgnat | None = None,
 ) -> Verdict:
-    """The verdict for this machine from its NAT type and the relay/stream checks."""
-    compatible = compatible_peer_types(kind, eim_known=eim_known) if udp else ()
+    """The verdict for this machine from its NAT type, the UDP finding (why no server answered,
+    when none did), carrier-grade NAT and the relay/stream checks."""
+    measured = finding is None or finding.finding != "no-server"
+    compatible = compatible_peer_types(kind, eim_known=eim_known) if udp and measured else ()
     direct = _direct(compatible)
     relay_ok, relay_text = _relay_line(relays)
-    actions: list[str] = []
-    if not udp:
-        text = (
-            "UDP is blocked: no STUN server answered over UDP, so a direct connection is "
-            "impossible. Only a TURN relay over TCP or TLS can carry the call."
-        )
-        actions += _blocked_actions(relays, streams)
-    elif direct == "likely":
-        text = f"Your NAT ({kind}) lets peers behind any NAT type connect directly."
-        if relay_ok is not True:
-            actions.append(
-                "Keep a TURN relay as a fallback for peers whose own network blocks UDP."
-            )
+    if not measured:
+        relay_text = relay_text if relays else ""
+        text, actions = _not_measured(finding)
+    elif not udp:
+        text, actions = _no_udp(finding, relays, streams)
     else:
-        names = ", ".join(compatible)
-        if kind == "symmetric":
-            text = (
-                "Your NAT is symmetric: it uses a new public port for every destination, so a "
-                f"direct connection works only with peers behind: {names}. Most home routers "
-                "are port-restricted, so most calls will need a TURN relay."
-            )
-            actions.append(
-                "If you control the router: enable endpoint-independent mapping (often "
-                '"full-cone"/"consistent NAT" or turning off "port randomization"), or UPnP/PCP.'
-            )
-        elif kind == "unknown":
-            text = (
-                "The NAT type could not be fully measured (see the notes); assuming the worst "
-                f"the evidence allows, direct connections work with peers behind: {names}."
-            )
-            actions.append(
-                "Probe a STUN server with RFC 5780 support (OTHER-ADDRESS), e.g. "
-                "natkit serve with stun.alternate set."
-            )
-        else:
-            text = (
-                f"Your NAT is a {kind}: direct connections work with peers behind: {names}; "
-                "peers behind a symmetric NAT (common on mobile and carrier-grade NAT) need "
-                "a relay."
-            )
-        if relay_ok is not True:
-            actions.insert(
-                0,
-                "Configure a working TURN relay for the peers that cannot connect "
-                "directly (--turn turn:HOST:3478 with credentials).",
-            )
+        text, actions = _with_udp(kind, compatible, relay_ok, bool(cgnat and cgnat.behind))
     for r in relays:
         if not r.ok:
             actions.append(f"Fix {r.url}: {r.error or 'the check failed'}.")
@@ -213,14 +310,16 @@ def decide(
             "Different servers saw different public addresses: traffic may leave through more "
             "than one uplink or NAT address; peers may see an address that does not work."
         )
-    relay_required = direct == "unlikely"
-    status = 0 if direct != "unlikely" else (1 if relay_ok else 3)
+    result = outcome(compatible, udp=udp, relay_ok=relay_ok, measured=measured)
     return Verdict(
         direct_p2p=direct,
-        relay_required=relay_required,
+        relay_required=direct == "unlikely",
         relay_working=relay_ok,
         compatible_peer_types=compatible,
-        explanation=f"{text} {relay_text}",
+        explanation=" ".join(
+            t for t in (text + _cgnat_text(cgnat), relay_text, _OUTCOME_TEXT[result]) if t
+        ),
         actions=tuple(actions),
-        exit_status=status,
+        exit_status=EXIT_STATUS[result],
+        outcome=result,
     )

@@ -6,6 +6,7 @@ is open / endpoint-independent / endpoint-independent. Nothing leaves 127.0.0.0/
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -80,7 +81,8 @@ def test_ipv4_and_ipv6_servers_are_probed_per_family(natkit_serve: Serve) -> Non
     report, code, _ = diagnose(
         "--stun", f"127.0.0.1:{served.port}", "--stun", f"[::1]:{served.port}", "--no-ice"
     )
-    assert report["udp"] == {"reachable": True, "ipv4": True, "ipv6": True}
+    udp = {k: report["udp"][k] for k in ("reachable", "ipv4", "ipv6", "finding")}
+    assert udp == {"reachable": True, "ipv4": True, "ipv6": True, "finding": "answered"}
     v6 = report["families"]["ipv6"]
     assert v6["public_address"].startswith("[::1]:") and v6["filtering"] is None
     assert report["nat_type"] == "open"  # the IPv4 answer is the headline
@@ -95,12 +97,53 @@ def test_server_without_other_address_filtering_unknown(natkit_serve: Serve) -> 
     assert report["verdict"]["direct_p2p"] == "peer-dependent" and code == 0
 
 
-def test_udp_unanswered_is_blocked_within_the_budget() -> None:
-    port = free_port()  # nothing listens: on loopback that is what a UDP block looks like
+def test_nothing_listening_is_no_server_not_udp_blocked() -> None:
+    """Nothing listens: UDP gets ICMP port unreachable, TCP is refused. That is "no STUN server
+    at this address" (exit 2, nothing to measure against), never "UDP is blocked"."""
+    port = free_port()
     report, code, _ = diagnose("--stun", f"127.0.0.1:{port}")
-    assert report["udp"]["reachable"] is False and report["nat_type"] == "udp-blocked"
-    assert report["verdict"]["relay_required"] is True and code == 3
+    assert report["udp"]["reachable"] is False
+    assert report["udp"]["finding"] == "no-server", report["udp"]
+    assert f"no STUN server is running at 127.0.0.1:{port}" in report["udp"]["evidence"]
+    assert "ICMP port unreachable" in report["udp"]["evidence"]
+    assert report["stun"][0]["icmp"]["kind"] == "port-unreachable"
+    assert report["nat_type"] == "unknown" and report["classic_type"] == "Unknown"
+    verdict = report["verdict"]
+    assert verdict["outcome"] == "not-measured" and code == 2 == report["exit_status"]
+    assert "blocked" not in verdict["explanation"] and "impossible" not in verdict["explanation"]
+    assert f"no STUN server is running at 127.0.0.1:{port}" in verdict["explanation"]
+    assert any("--stun HOST:PORT" in a for a in verdict["actions"])
+    refused = [s for s in report["streams"] if s["address"] == f"127.0.0.1:{port}"]
+    assert refused and refused[0]["refused"] is True
     assert report["duration_s"] <= 3.0
+
+
+def test_nothing_listening_text_says_no_server() -> None:
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "-m", "natkit", "diagnose", "--no-ice", "--stun", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "no STUN server there" in done.stdout and "UDP is blocked" not in done.stdout
+    assert "Verdict: nothing was measured (exit 2)" in done.stdout
+    assert "NAT type              unknown" in done.stdout
+
+
+def test_udp_silent_but_tcp_answers_is_udp_blocked(natkit_serve: Serve) -> None:
+    """A STUN server over TCP only, and a UDP socket on the same port that never answers (so no
+    ICMP either): TCP reaches a STUN server that UDP cannot, which is what UDP-blocked means."""
+    port = free_port()
+    natkit_serve(port=port, stun={"listen": [f"tcp://127.0.0.1:{port}"]}, metrics=False)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", port))
+        report, code, _ = diagnose("--stun", f"127.0.0.1:{port}", "--no-ice")
+    assert report["udp"]["finding"] == "blocked", report["udp"]
+    assert f"TCP to 127.0.0.1:{port} reaches a STUN server" in report["udp"]["evidence"]
+    assert report["nat_type"] == "udp-blocked" and report["verdict"]["relay_required"] is True
+    assert report["verdict"]["outcome"] == "no-path" and code == 3
     assert any("443" in a for a in report["verdict"]["actions"])
 
 
@@ -114,7 +157,7 @@ def test_human_report_has_verdict_and_what_to_do(natkit_serve: Serve) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "NAT type              open" in done.stdout
-    assert "Verdict: direct P2P likely" in done.stdout
+    assert "Verdict: direct P2P likely — most calls connect directly (exit 0)" in done.stdout
     assert "\x1b[" not in done.stdout  # no colour when not a terminal
 
 
@@ -260,3 +303,43 @@ def test_coturn_wrong_credentials_is_a_clear_line(coturn: int) -> None:
     assert report["verdict"]["relay_working"] is False
     assert any("401" in a for a in report["verdict"]["actions"])
     assert code == 0  # direct P2P is still possible on loopback
+
+
+def _documented() -> set[str]:
+    """Field names in the first column of docs/diagnose-json.md's table ("`udp.ipv4`, …")."""
+    doc = (Path(__file__).parents[2] / "docs" / "diagnose-json.md").read_text()
+    names: set[str] = set()
+    for line in doc.splitlines():
+        if line.startswith("| ") and "`" in line.split("|")[1]:
+            names |= set(re.findall(r"`([a-z0-9_.]+)`", line.split("|")[1]))
+    return names
+
+
+def test_json_fields_are_the_documented_ones(natkit_serve: Serve) -> None:
+    """Every field of the document (top level, udp.*, verdict.*) is in docs/diagnose-json.md,
+    for a run that answered and one that found no server."""
+    documented = _documented()
+    served = alt_server(natkit_serve)
+    runs = [f"127.0.0.1:{served.port}", f"127.0.0.1:{free_port()}"]
+    for report, _, _ in (diagnose("--stun", stun, "--no-ice") for stun in runs):
+        fields = {k for k in report if k not in ("udp", "verdict")}
+        fields |= {f"udp.{k}" for k in report["udp"]} | {f"verdict.{k}" for k in report["verdict"]}
+        assert fields <= documented, fields - documented
+
+
+def test_progress_lines_name_the_icmp_evidence() -> None:
+    """The live progress (a terminal's stderr) says what came back, in plain words."""
+    import asyncio
+
+    from natkit.diag.runner import DiagnoseOptions, StunSpec
+    from natkit.diag.runner import diagnose as run
+
+    lines: list[tuple[str, str, str]] = []
+    port = free_port()
+    options = DiagnoseOptions(stun=(StunSpec.parse(f"127.0.0.1:{port}"),), gather=False)
+    asyncio.run(run(options, lambda *event: lines.append(event)))
+    assert (
+        "udp4",
+        "fail",
+        "IPv4: no STUN server answered (ICMP port-unreachable from 127.0.0.1)",
+    ) in lines

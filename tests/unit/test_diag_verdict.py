@@ -6,6 +6,7 @@ import itertools
 
 import pytest
 
+from natkit.diag.evidence import Cgnat, UdpFinding
 from natkit.diag.verdict import (
     COMPATIBLE,
     PEER_TYPES,
@@ -42,26 +43,73 @@ OK_TLS = RelayStatus("turns:198.51.100.1:443", "tls", True)
 BAD = RelayStatus("turn:198.51.100.1:3478", "udp", False, "allocate: server answered 401")
 
 
-@pytest.mark.parametrize(
-    ("kind", "udp", "relays", "direct", "required", "status"),
-    [
-        ("open", True, [], "likely", False, 0),
-        (FULL, True, [], "likely", False, 0),
-        (RESTRICTED, True, [BAD], "likely", False, 0),
-        (PORT, True, [], "peer-dependent", False, 0),
-        (SYM, True, [OK_UDP], "peer-dependent", False, 0),
-        ("unknown", True, [], "peer-dependent", False, 0),
-        ("udp-blocked", False, [OK_TLS], "unlikely", True, 1),
-        ("udp-blocked", False, [BAD], "unlikely", True, 3),
-        ("udp-blocked", False, [], "unlikely", True, 3),
-    ],
-)
-def test_verdict_table(
-    kind: str, udp: bool, relays: list[RelayStatus], direct: str, required: bool, status: int
-) -> None:
+# own type → (direct_p2p, relay_required, outcome without a relay, outcome with a working one)
+TABLE = {
+    "open": ("likely", False, "direct", "direct"),
+    FULL: ("likely", False, "direct", "direct"),
+    RESTRICTED: ("likely", False, "direct", "direct"),
+    PORT: ("peer-dependent", False, "direct", "direct"),
+    SYM: ("peer-dependent", False, "no-path", "relay"),
+    "unknown": ("peer-dependent", False, "no-path", "relay"),
+    "udp-blocked": ("unlikely", True, "no-path", "relay"),
+}
+EXIT = {"direct": 0, "relay": 1, "no-path": 3, "not-measured": 2}
+SAYS = {
+    "direct": "Most calls can connect directly.",
+    "relay": "Most calls need a relay, and a configured relay works.",
+    "no-path": "no working relay is configured: they will fail.",
+}
+CASES = [(k, r) for k in TABLE for r in ("none", "working", "broken")]
+
+
+@pytest.mark.parametrize(("kind", "relay"), CASES, ids=[f"{k}-{r}" for k, r in CASES])
+def test_exit_status_is_the_outcome_for_every_nat_type(kind: str, relay: str) -> None:
+    """The exit status, the JSON verdict (outcome) and the text say the same thing: e.g. a
+    symmetric NAT without a working relay exits 3, never 0 ("direct possible")."""
+    direct, required, alone, relayed = TABLE[kind]
+    udp = kind != "udp-blocked"
+    good = OK_UDP if udp else OK_TLS
+    relays = {"none": [], "working": [good], "broken": [BAD]}[relay]
     v = decide(kind, udp=udp, relays=relays)  # type: ignore[arg-type]
-    assert (v.direct_p2p, v.relay_required, v.exit_status) == (direct, required, status)
-    assert v.explanation and (v.actions or direct == "likely")
+    expected = relayed if relay == "working" else alone
+    assert (v.direct_p2p, v.relay_required, v.outcome) == (direct, required, expected)
+    assert v.exit_status == EXIT[expected]
+    assert SAYS[expected] in v.explanation
+    assert v.actions or expected == "direct"  # something to do unless most calls just work
+
+
+def test_no_server_is_not_measured_exit_2_and_not_udp_blocked() -> None:
+    finding = UdpFinding("no-server", "no STUN server is running at 127.0.0.1:3999 (ICMP)")
+    for relays in ([], [OK_TLS]):
+        v = decide("unknown", udp=False, relays=relays, finding=finding)
+        assert (v.outcome, v.exit_status, v.compatible_peer_types) == ("not-measured", 2, ())
+        assert v.explanation.startswith("Nothing could be measured: no STUN server is running")
+        assert "blocked" not in v.explanation and "impossible" not in v.explanation
+        assert "--stun HOST:PORT" in v.actions[0] and "natkit serve" in v.actions[0]
+
+
+def test_no_answer_says_blocked_or_down_and_assumes_the_worst() -> None:
+    finding = UdpFinding("no-answer", "nothing at all answers from 203.0.113.10:3478")
+    v = decide("unknown", udp=False, finding=finding)
+    assert (v.outcome, v.exit_status) == ("no-path", 3)
+    assert "server is down" in v.explanation and "blocks UDP" in v.explanation
+    assert "NAT type is unknown" in v.explanation
+    assert decide("unknown", udp=False, finding=finding, relays=[OK_TLS]).exit_status == 1
+
+
+def test_blocked_names_its_evidence() -> None:
+    finding = UdpFinding("blocked", "TCP to 203.0.113.10:3478 reaches a STUN server")
+    v = decide("udp-blocked", udp=False, finding=finding)
+    assert v.explanation.startswith("UDP is blocked (TCP to 203.0.113.10:3478 reaches")
+
+
+def test_cgnat_is_said_and_changes_the_advice() -> None:
+    carrier = Cgnat(True, "the router at hop 2 answers from 100.64.1.1, in 100.64.0.0/10")
+    v = decide(SYM, udp=True, cgnat=carrier)
+    assert "carrier-grade NAT: the router at hop 2 answers from 100.64.1.1" in v.explanation
+    assert any("ISP" in a for a in v.actions)
+    assert not any("If you control the router" in a for a in v.actions)
+    assert "carrier-grade" not in decide(SYM, udp=True, cgnat=Cgnat(False)).explanation
 
 
 def test_symmetric_compatible_types_and_advice() -> None:
