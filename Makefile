@@ -35,6 +35,7 @@ system-packages:
 SECRET_FILE := .natkit/turn-secret
 
 run: install $(SECRET_FILE)
+	@echo "health check (in another terminal): $(BIN)/natkit turn check turn:127.0.0.1:3478 --secret \"\$$(cat $(SECRET_FILE))\""
 	@echo "TURN credentials: NATKIT_TURN_SECRET=\$$(cat $(SECRET_FILE)) $(BIN)/natkit turn credentials --user alice --json"
 	@# exec: the shell gives way to natkit, so the SIGTERM make forwards to its child reaches it
 	NATKIT_TURN_SECRET="$${NATKIT_TURN_SECRET:-$$(cat $(SECRET_FILE))}" exec $(BIN)/natkit serve -c $(CONFIG)

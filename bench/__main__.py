@@ -2,7 +2,8 @@
 
 Each prints its figures as ratios against an anchor measured in the same run (coturn, pystun3,
 turnutils_natdiscovery) on the same cores; all traffic stays on loopback or inside lab
-namespaces, and each stops everything it started. ``lab`` and ``diagnose`` need root.
+namespaces, and each stops everything it started. ``lab`` and ``diagnose`` need root;
+``cli`` times its lab part only as root.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from bench import diagnose_bench, lab_bench, stun_bench, turn_bench
+from bench import cli_bench, diagnose_bench, lab_bench, stun_bench, turn_bench
 
 
 def _lab(argv: list[str]) -> int:
@@ -27,6 +28,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "turn": turn_bench.main,
     "lab": _lab,
     "diagnose": diagnose_bench.main,
+    "cli": cli_bench.main,
 }
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import IO, Any, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
 from natkit.errors import NatkitError
 
-__all__ = ["NatkitGroup", "config_option", "echo_json", "fail"]
+__all__ = ["NatkitGroup", "config_option", "echo_json", "fail", "usage_line"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -27,17 +27,63 @@ class _NatkitClickError(click.ClickException):
         click.echo(f"natkit: error: {self.format_message()}", file=file or sys.stderr)
 
 
+class _OneLineUsageError(click.ClickException):
+    """A click usage error (bad option, missing argument, ...) as one line, exit status 2.
+
+    click prints three lines (Usage, Try, Error); natkit promises `natkit: error: ...` and a hint.
+    """
+
+    exit_code = 2
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"natkit: error: {self.format_message()}", file=file or sys.stderr)
+
+
+def usage_line(err: click.UsageError) -> str:
+    """What went wrong, for which command, and where to look: one line."""
+    path = err.ctx.command_path if err.ctx is not None else "natkit"
+    if isinstance(err, click.NoSuchOption):
+        line = f"no such option {err.option_name!r} for {path!r}"
+        if err.possibilities:
+            close = " or ".join(sorted(err.possibilities))
+            return f"{line} (did you mean {close}? see {path} --help)"
+    else:
+        message = err.format_message().strip().rstrip(".")
+        line = f"{path}: {message[:1].lower()}{message[1:]}"
+    return f"{line} (see {path} --help)"
+
+
+def _one_line(err: click.UsageError) -> click.ClickException:
+    if isinstance(err, click.exceptions.NoArgsIsHelpError):
+        return err  # `natkit turn` alone: the help text is the right answer
+    return _OneLineUsageError(usage_line(err))
+
+
 class NatkitGroup(click.Group):
-    """A click group that turns any NatkitError raised below it into a one-line error."""
+    """A click group whose errors below it print as one line: NatkitError and usage errors."""
+
+    def make_context(
+        self,
+        info_name: str | None,
+        args: list[str],
+        parent: click.Context | None = None,
+        **extra: Any,
+    ) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as err:  # e.g. `natkit --bogus`
+            raise _one_line(err) from err
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NatkitError as err:
             raise _NatkitClickError(err) from err
+        except click.UsageError as err:  # raised while parsing a subcommand's arguments
+            raise _one_line(err) from err
 
 
-def fail(message: str, status: int = 2) -> None:
+def fail(message: str, status: int = 2) -> NoReturn:
     """Stop the command with a one-line error (for problems found by the CLI itself)."""
     err = NatkitError(message)
     err.exit_status = status

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from natkit.cli.common import NatkitGroup, config_option, echo_json
-from natkit.config import Config, load, to_dict, to_yaml
+
+if TYPE_CHECKING:
+    from natkit.config import Config
 
 DEFAULTS = "built-in defaults"
 
@@ -34,6 +38,8 @@ def check(config_path: str | None) -> None:
       $ natkit config check -c configs/natkit.yaml
       configs/natkit.yaml: ok (stun: udp://0.0.0.0:3478 tcp://0.0.0.0:3478; turn: off; ...)
     """
+    from natkit.config import load
+
     config = load(config_path)
     click.echo(f"{config_path or DEFAULTS}: ok ({summary(config)})")
 
@@ -51,6 +57,8 @@ def show(config_path: str | None, as_json: bool) -> None:
       natkit config show                                  the built-in defaults
       natkit config show -c configs/natkit.yaml --json    as JSON, for scripts
     """
+    from natkit.config import load, to_dict, to_yaml
+
     config = load(config_path)
     if as_json:
         echo_json(to_dict(config))

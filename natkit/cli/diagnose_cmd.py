@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import click
@@ -84,6 +83,8 @@ def command(
       natkit diagnose --stun stun.example.org --turn turns:turn.example.org:443 \\
           --user alice --password secret --json
     """
+    import asyncio
+
     from natkit.config import load
     from natkit.diag.report import ProgressPrinter, to_json, to_text
     from natkit.diag.runner import DiagnoseOptions, StunSpec, TurnSpec, diagnose

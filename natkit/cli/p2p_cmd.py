@@ -6,7 +6,6 @@ an unreachable signal service or an unknown pairing code).
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -132,6 +131,8 @@ def offer_cmd(**kw: Any) -> None:
     Example:
       natkit p2p offer --signal http://203.0.113.10:8765 --stun stun:203.0.113.10
     """
+    import asyncio
+
     from natkit.p2p import offer
 
     options = _options(kw)
@@ -156,6 +157,8 @@ def answer_cmd(code: str, **kw: Any) -> None:
     Example:
       natkit p2p answer 7kq3m9xwpa --signal http://203.0.113.10:8765 --stun stun:203.0.113.10
     """
+    import asyncio
+
     from natkit.p2p import answer
     from natkit.signal.store import normalize_code
 

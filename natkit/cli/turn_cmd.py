@@ -2,41 +2,67 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
-import socket
 import sys
 import time
+from typing import TYPE_CHECKING
 
 import click
 
-from natkit.addr import Transport, format_hostport
 from natkit.cli.common import NatkitGroup, config_option, echo_json, fail
-from natkit.config import Config, load
-from natkit.diag.turncheck import TurnCheckReport, check_turn
-from natkit.turn import coturn
-from natkit.turn.credentials import ice_server, mint, parse_ttl
-from natkit.turn.uri import TurnURI
+
+# Imported inside the commands that need them: `turn check` pulls in asyncio and aioice, which
+# `turn credentials` and every other natkit command must not pay for at start.
+if TYPE_CHECKING:
+    from natkit.config import Config
+    from natkit.diag.turncheck import TurnCheckReport
 
 
 @click.group("turn", cls=NatkitGroup)
 def command() -> None:
-    """TURN relay tools: REST API credentials, coturn config, live checks."""
+    """TURN relay tools: REST API credentials, coturn config, live checks.
+
+    \b
+    Examples:
+      natkit turn credentials --user alice --json      an iceServers entry for a web app
+      natkit turn render -c natkit.yaml -o turnserver.conf
+      natkit turn check turn:127.0.0.1:3478 --secret "$NATKIT_TURN_SECRET"
+    """
 
 
-def _urls_from_config(cfg: Config) -> list[str]:
-    """iceServers URLs for this server's listeners (the public address when behind 1:1 NAT)."""
+def _urls_from_config(cfg: Config, host: str | None) -> list[str]:
+    """iceServers URLs for this server's listeners, with an address a client can reach.
+
+    The host is `host` (--host), else turn.relay.external_address (behind 1:1 NAT), else the
+    listener's IP, else (a wildcard listener) this host's address on its default-route interface.
+    """
+    from natkit.addr import Transport, format_hostport
+
     urls: list[str] = []
     for uri in cfg.stun.listen:
-        host = cfg.turn.relay.external_address or uri.host
-        if ipaddress.ip_address(host).is_unspecified:
-            host = socket.getfqdn()  # a wildcard listener: the best public name we know
+        name = host or cfg.turn.relay.external_address or _reachable_ip(uri.host)
         scheme = "turns" if uri.transport is Transport.TLS else "turn"
         transport = "udp" if uri.transport is Transport.UDP else "tcp"
-        url = f"{scheme}:{format_hostport(host, uri.port)}?transport={transport}"
+        url = f"{scheme}:{format_hostport(name, uri.port)}?transport={transport}"
         if url not in urls:
             urls.append(url)
     return urls
+
+
+def _reachable_ip(listen_ip: str) -> str:
+    """The listener's IP, or for a wildcard (0.0.0.0, [::]) the host's own address."""
+    from natkit.turn.engine import host_relay_ips
+
+    ip = ipaddress.ip_address(listen_ip)
+    if not ip.is_unspecified:
+        return listen_ip
+    found = host_relay_ips().get(ip.version)
+    if found is None:
+        fail(
+            f"turn credentials: the listener on {listen_ip} is a wildcard and this host has no "
+            f"IPv{ip.version} address outside loopback: pass --host NAME or --uri URL"
+        )
+    return str(found)
 
 
 @command.command("credentials")
@@ -45,7 +71,12 @@ def _urls_from_config(cfg: Config) -> list[str]:
 @click.option(
     "--secret", envvar="NATKIT_TURN_SECRET", help="Shared secret (else turn.auth.secret)."
 )
-@click.option("--uri", "uris", multiple=True, help="TURN URL for --json (repeatable).")
+@click.option("--uri", "uris", multiple=True, help="TURN URL to print (repeatable).")
+@click.option(
+    "--host",
+    metavar="NAME|IP",
+    help="Server name or address for the URLs made from the config's listeners.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a WebRTC iceServers entry.")
 @config_option
 def credentials(
@@ -53,16 +84,29 @@ def credentials(
     ttl: str,
     secret: str | None,
     uris: tuple[str, ...],
+    host: str | None,
     as_json: bool,
     config_path: str | None,
 ) -> None:
     """Mint TURN REST API ephemeral credentials (username "expiry:user", HMAC-SHA1 password).
 
+    The URLs printed are --uri if given, else one per listener of the config (stun.listen;
+    the built-in default is UDP and TCP on port 3478), with the host taken from --host, else
+    turn.relay.external_address, else the listener's IP, else (a wildcard listener such as
+    0.0.0.0) this host's address on the interface of its default route.
+
     \b
     Examples:
       natkit turn credentials --user alice --ttl 10m -c natkit.yaml
+      natkit turn credentials --user alice --json --host turn.example.org
       natkit turn credentials --user alice --json --uri turn:turn.example.org:3478
     """
+    from natkit.config import load
+    from natkit.turn.credentials import ice_server, mint, parse_ttl
+    from natkit.turn.uri import TurnURI
+
+    if host is not None and uris:
+        fail("give either --host or --uri, not both")
     cfg = load(config_path)
     secret = secret or cfg.turn.auth.secret
     if not secret:
@@ -70,7 +114,7 @@ def credentials(
         return
     try:
         seconds = parse_ttl(ttl)
-        urls = [TurnURI.parse(u).with_transport() for u in uris] or _urls_from_config(cfg)
+        urls = [TurnURI.parse(u).with_transport() for u in uris] or _urls_from_config(cfg, host)
         cred = mint(secret, user, seconds, time.time())
     except ValueError as err:
         fail(str(err))
@@ -95,6 +139,9 @@ def render(config_path: str | None, output: str | None, coturn_version: str | No
     Example:
       natkit turn render -c natkit.yaml -o /etc/turnserver.conf
     """
+    from natkit.config import load
+    from natkit.turn import coturn
+
     cfg = load(config_path)
     if coturn_version:
         version = coturn.parse_version(coturn_version)
@@ -166,6 +213,10 @@ def check(
       natkit turn check 'turns:turn.example.org?transport=tcp' --secret "$SECRET"
       natkit turn check turn:127.0.0.1 --secret S --peer ::ffff:127.0.0.1 --family 6
     """
+    import asyncio
+
+    from natkit.diag.turncheck import check_turn
+
     if password is not None and user is None:
         fail("--password needs --user")
     if secret is not None and password is not None:

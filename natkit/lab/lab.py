@@ -19,14 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from natkit.errors import LabError
 from natkit.lab import netlink, registry
-from natkit.lab.plan import build_plan
-from natkit.lab.presets import load_topology
 from natkit.lab.registry import LabState
-from natkit.lab.topology import Topology
+
+if TYPE_CHECKING:  # imported in up(): attach/down/gc (the CLI's `lab down`) never need yaml
+    from natkit.lab.topology import Topology
 
 __all__ = ["Lab", "down_all", "gc"]
 
@@ -52,6 +52,9 @@ class Lab:
         `persistent` labs outlive this process (the CLI's `lab up`); others are removed by
         `natkit lab gc` once this process is gone.
         """
+        from natkit.lab.plan import build_plan
+        from natkit.lab.presets import load_topology
+
         topo = load_topology(topology)
         netlink.check_privileges()
         started = time.perf_counter()

@@ -23,10 +23,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from natkit.errors import DependencyError, LabError, PrivilegeError
-from natkit.lab.plan import Plan
+
+if TYPE_CHECKING:  # `natkit lab down` must not pay for the topology/plan/nft modules and yaml
+    from natkit.lab.plan import Plan
 
 __all__ = [
     "NETNS_DIR",

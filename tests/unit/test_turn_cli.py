@@ -140,3 +140,51 @@ def test_check_unresolvable_host_exits_2(monkeypatch: pytest.MonkeyPatch) -> Non
     assert result.output == (
         "natkit: error: cannot resolve 'turn.invalid': Name or service not known\n"
     )
+
+
+def test_credentials_without_a_config_name_this_hosts_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The built-in default listens on 0.0.0.0: "turn:localhost:3478" would be useless in an
+    # iceServers entry, so the URL carries the host's address on its default-route interface.
+    import ipaddress
+
+    from natkit.turn.engine import host_relay_ips
+
+    monkeypatch.delenv("NATKIT_CONFIG", raising=False)
+    result = CliRunner().invoke(
+        cli, ["turn", "credentials", "--user", "alice", "--secret", "s", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    urls = json.loads(result.output)["urls"]
+    ip = host_relay_ips()[4]
+    assert urls == [f"turn:{ip}:3478?transport=udp", f"turn:{ip}:3478?transport=tcp"]
+    assert not ipaddress.ip_address(ip).is_loopback
+
+
+def test_credentials_host_replaces_the_address_of_every_listener(config: str) -> None:
+    result = CliRunner().invoke(
+        cli, ["turn", "credentials", "--user", "a", "-c", config, "--host", "turn.example.org"]
+    )
+    assert result.exit_code == 0, result.output
+    urls = [line.split()[1] for line in result.output.splitlines() if line.startswith("url:")]
+    assert urls == [
+        "turn:turn.example.org:3478?transport=udp",
+        "turn:turn.example.org:3478?transport=tcp",
+        "turns:turn.example.org:5349?transport=tcp",
+    ]
+
+
+def test_credentials_host_and_uri_together_is_bad_input() -> None:
+    result = CliRunner().invoke(
+        cli,
+        ["turn", "credentials", "--user", "a", "--secret", "s", "--host", "h", "--uri", "turn:h"],
+    )
+    assert result.exit_code == 2
+    assert result.stderr == "natkit: error: give either --host or --uri, not both\n"
+
+
+def test_credentials_help_says_where_the_address_comes_from() -> None:
+    result = CliRunner().invoke(cli, ["turn", "credentials", "--help"])
+    text = " ".join(result.output.split())
+    assert "turn.relay.external_address" in text and "interface of its default route" in text
