@@ -9,7 +9,7 @@ step with configs/natkit.yaml by a test. `metadata["secret"]` marks values never
 from __future__ import annotations
 
 from dataclasses import Field, dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from natkit.addr import ListenURI
 
@@ -20,6 +20,7 @@ __all__ = [
     "DiagnoseTurnServer",
     "LoggingConfig",
     "MetricsConfig",
+    "PortRange",
     "RateLimitConfig",
     "SignalConfig",
     "StreamConfig",
@@ -165,6 +166,33 @@ class TurnAuthConfig:
     )
 
 
+class PortRange(NamedTuple):
+    """An inclusive port range LOW-HIGH (``turn.relay.ports``), parsed once at load."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """``"LOW-HIGH"`` with 1 <= LOW <= HIGH <= 65535; ValueError with a message for a user."""
+        low_text, sep, high_text = text.partition("-")
+        low_text, high_text = low_text.strip(), high_text.strip()
+        if not sep or not low_text.isdecimal() or not high_text.isdecimal():
+            raise ValueError(f"{text!r} is not a port range LOW-HIGH, e.g. 49152-65535")
+        low, high = int(low_text), int(high_text)
+        if not (1 <= low <= 65535 and 1 <= high <= 65535):
+            raise ValueError(f"ports in {text!r} must be from 1 to 65535")
+        if low > high:
+            raise ValueError(f"{text!r}: LOW must not be greater than HIGH")
+        return cls(low, high)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
 @dataclass(frozen=True, slots=True)
 class TurnRelayConfig:
     address: str | None = field(
@@ -175,6 +203,16 @@ class TurnRelayConfig:
         metadata=doc("Public IP advertised in XOR-RELAYED-ADDRESS when behind 1:1 NAT."),
     )
     ports: str = field(default="49152-65535", metadata=doc("Relay port range LOW-HIGH."))
+    port_range: PortRange = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`ports` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        # Parsed here, once: every engine reads `port_range`, none parses `ports` again.
+        object.__setattr__(self, "port_range", PortRange.parse(self.ports))
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from natkit.addr import Transport, parse_hostport
+from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError, DependencyError
 from natkit.turn.peers import (
@@ -141,13 +142,9 @@ def peer_policy(cfg: Config, extra_own: Sequence[str] = ()) -> PeerPolicy:
 
 def _listener_lines(cfg: Config, version: Version) -> list[str]:
     listen = cfg.stun.listen
+    # One port for UDP+TCP and one for TLS (coturn has no more): checked at load (`cross`).
     plain = {u.port for u in listen if u.transport in (Transport.UDP, Transport.TCP)}
     tls = {u.port for u in listen if u.transport is Transport.TLS}
-    if len(plain) > 1 or len(tls) > 1:
-        # coturn has one listening-port for UDP+TCP and one tls-listening-port.
-        raise _config_error(
-            cfg, "stun.listen", "the coturn engine needs one port for udp/tcp and one for tls"
-        )
     ips: list[str] = []
     for uri in listen:
         if uri.host not in ips:
@@ -199,12 +196,7 @@ def _rfc5780_lines(cfg: Config, version: Version) -> list[str]:
 
 
 def _auth_lines(cfg: Config) -> list[str]:
-    auth = cfg.turn.auth
-    if auth.secret and auth.users:
-        # coturn: "Shared secret overrides username/password based auth method".
-        raise _config_error(
-            cfg, "turn.auth", "the coturn engine cannot mix `secret` and `users`; choose one"
-        )
+    auth = cfg.turn.auth  # `secret` and `users` together are refused at load (`cross`)
     if auth.secret:
         return ["use-auth-secret", f"static-auth-secret={auth.secret}"]
     if auth.users:
@@ -214,10 +206,7 @@ def _auth_lines(cfg: Config) -> list[str]:
 
 def _relay_lines(cfg: Config) -> list[str]:
     relay = cfg.turn.relay
-    low, sep, high = relay.ports.partition("-")
-    if not (sep and low.isdigit() and high.isdigit() and 0 < int(low) <= int(high) <= 65535):
-        raise _config_error(cfg, "turn.relay.ports", f"expected LOW-HIGH, got {relay.ports!r}")
-    lines = [f"min-port={low}", f"max-port={high}"]
+    lines = [f"min-port={relay.port_range.low}", f"max-port={relay.port_range.high}"]
     if relay.address:
         lines.append(f"relay-ip={relay.address}")
     if relay.external_address:
@@ -264,6 +253,7 @@ def render(
     and VulnerableCoturnError as described in the module docstring.
     """
     turn = cfg.turn
+    validate(cfg)  # the load-time rules, for a Config built in Python
     policy = peer_policy(cfg, extra_own)
     sections = [
         [
