@@ -134,10 +134,11 @@ def build_relay(
     return Relay(relay_settings(config), authenticator, peer_policy(config), rng)
 
 
-def create_engine(config: Config) -> TurnEngine | None:
-    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it)."""
+def create_engine(config: Config, counters: list[int] | None = None) -> TurnEngine | None:
+    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
+    `counters` is the worker's metrics row, where the engine counts its refusals."""
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
     from natkit.turn.builtin import BuiltinTurn
 
-    return BuiltinTurn(config)
+    return BuiltinTurn(config, counters=counters)
