@@ -9,9 +9,7 @@ wildcard relay). A rule raises `Problem` with the dotted key path to blame.
 
 from __future__ import annotations
 
-import ipaddress
-
-from natkit.addr import Transport, parse_hostport
+from natkit.addr import Address, Transport
 from natkit.config.checks import Problem
 from natkit.config.model import Config, PortRange, StunConfig
 
@@ -24,13 +22,12 @@ def check_stun(stun: StunConfig) -> None:
     tls = [i for i, uri in enumerate(stun.listen) if uri.transport is Transport.TLS]
     if tls and (stun.tls.cert is None or stun.tls.key is None):
         raise Problem("listen", "a tls:// listener needs stun.tls.cert and stun.tls.key", tls[0])
-    if stun.alternate is not None:
-        _check_alternate(stun, stun.alternate)
+    if stun.alternate is not None and stun.alternate_address is not None:
+        _check_alternate(stun, stun.alternate, stun.alternate_address)
 
 
-def _check_alternate(stun: StunConfig, alternate: str) -> None:
-    host, port = parse_hostport(alternate)
-    alt = ipaddress.ip_address(host)
+def _check_alternate(stun: StunConfig, alternate: str, address: Address) -> None:
+    alt, port = address.ip, address.port
     if alt.is_unspecified:
         raise Problem("alternate", "the alternate address must be a specific IP, not a wildcard")
     for index, uri in enumerate(stun.listen):
@@ -92,9 +89,10 @@ def _check_relay_ports(config: Config) -> None:
     range would collide with one (and a relay port must never answer as the STUN server)."""
     ports = config.turn.relay.port_range
     taken = [(str(uri), uri.port) for uri in config.stun.listen]
-    if config.stun.alternate:
-        alternate = config.stun.alternate
-        taken.append((f"stun.alternate {alternate}", parse_hostport(alternate)[1]))
+    if config.stun.alternate_address is not None:
+        taken.append(
+            (f"stun.alternate {config.stun.alternate}", config.stun.alternate_address.port)
+        )
     for what, port in taken:
         if port in ports:
             raise Problem(

@@ -2,9 +2,9 @@
 
 With ``turn.engine: coturn`` natkit renders turnserver.conf and supervises coturn, which then
 serves STUN and TURN itself: every key of natkit's own STUN server, its metrics endpoint and its
-rendezvous has no effect. Checked against coturn 4.6.1 (Debian): ``turnserver --help`` lists no
-``--prometheus`` and the binary holds no Prometheus code (the man page documents the option for
-builds with libprom), it picks its own relay threads (``--relay-threads``, default one per CPU),
+rendezvous has no effect. Checked against coturn 4.6.1 (Debian): ``turnserver --prometheus`` fails
+with "unrecognized option" (the man page documents it for builds with libprom; ``--help`` does
+not list it), it picks its own relay threads (``--relay-threads``, default one per CPU),
 has no per-source request limit, sends its own SOFTWARE ("Coturn-4.6.1 ...") unless told none,
 and has no option for the default allocation lifetime (600 s, built in).
 

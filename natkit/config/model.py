@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, NamedTuple
 
-from natkit.addr import ListenURI
+from natkit.addr import Address, ListenURI, parse_hostport
+from natkit.uri import StunURI, TurnURI
 
 __all__ = [
     "DEFAULT_DENIED_PEERS",
@@ -149,6 +150,16 @@ class StunConfig:
     stream: StreamConfig = field(
         default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits.")
     )
+    alternate_address: Address | None = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`alternate` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        alternate = None if self.alternate is None else Address(*parse_hostport(self.alternate))
+        object.__setattr__(self, "alternate_address", alternate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,6 +299,15 @@ class DiagnoseTurnServer:
     secret: str | None = field(
         default=None, metadata=doc("REST API shared secret instead of a password.", secret=True)
     )
+    uri: TurnURI = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`url` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", TurnURI.parse(self.url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -297,6 +317,15 @@ class DiagnoseConfig:
     )
     turn: tuple[DiagnoseTurnServer, ...] = field(default=(), metadata=doc("TURN servers to check."))
     timeout: float = field(default=3.0, metadata=doc("Overall seconds the diagnosis may take."))
+    stun_uris: tuple[StunURI, ...] = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`stun` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stun_uris", tuple(StunURI.parse(s) for s in self.stun))
 
 
 @dataclass(frozen=True, slots=True)

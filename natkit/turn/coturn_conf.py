@@ -28,7 +28,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from natkit.addr import Transport, parse_hostport
+from natkit.addr import Transport
 from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError, DependencyError
@@ -124,8 +124,8 @@ def _config_error(cfg: Config, path: str, problem: str) -> ConfigError:
 def _own_addresses(cfg: Config) -> list[str]:
     """This server's addresses: relaying to them would loop into its own services."""
     own = [uri.host for uri in cfg.stun.listen]
-    if cfg.stun.alternate:
-        own.append(parse_hostport(cfg.stun.alternate)[0])
+    if cfg.stun.alternate_address is not None:
+        own.append(cfg.stun.alternate_address.host)
     own += [a for a in (cfg.turn.relay.address, cfg.turn.relay.external_address) if a]
     return own
 
@@ -185,9 +185,9 @@ def _tls_lines(cfg: Config, version: Version) -> list[str]:
 
 
 def _rfc5780_lines(cfg: Config, version: Version) -> list[str]:
-    if cfg.stun.alternate is None:
+    if cfg.stun.alternate_address is None:
         return ["no-rfc5780"] if version < (4, 7, 0) else []
-    host, port = parse_hostport(cfg.stun.alternate)
+    host, port = cfg.stun.alternate_address
     # coturn's RFC 5780 takes the alternate address from a second listening IP.
     lines = [f"listening-ip={host}", f"alt-listening-port={port}"]
     if version >= (4, 7, 0):

@@ -195,3 +195,14 @@ def test_config_check_warns_about_ignored_keys(tmp_path: Path) -> None:
     assert result.stderr == (
         "natkit: warning: " + ignored_message(ignored_keys(loads("version: 1\n" + COTURN))) + "\n"
     )
+
+
+def test_addresses_and_uris_are_parsed_once_at_load() -> None:
+    config = loads(
+        "version: 1\nstun: {listen: ['udp://127.0.0.1:3478'], alternate: '127.0.0.2:3479'}\n"
+        "diagnose:\n  stun: [x.org]\n  turn: [{url: 'turns:t.org', secret: s}]\n"
+    )
+    assert config.stun.alternate_address == ("127.0.0.2", 3479)
+    assert config.diagnose.stun_uris == (StunURI("x.org", "x.org", 3478),)
+    assert config.diagnose.turn[0].uri == TurnURI("turns", "t.org", 5349, "tcp")
+    assert loads("version: 1\n").stun.alternate_address is None
