@@ -203,6 +203,6 @@ def test_addresses_and_uris_are_parsed_once_at_load() -> None:
         "diagnose:\n  stun: [x.org]\n  turn: [{url: 'turns:t.org', secret: s}]\n"
     )
     assert config.stun.alternate_address == ("127.0.0.2", 3479)
-    assert config.diagnose.stun_uris == (StunURI("x.org", "x.org", 3478),)
+    assert config.diagnose.stun_uris == (StunURI("stun:x.org:3478", "x.org", 3478),)
     assert config.diagnose.turn[0].uri == TurnURI("turns", "t.org", 5349, "tcp")
     assert loads("version: 1\n").stun.alternate_address is None
