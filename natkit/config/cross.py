@@ -17,8 +17,7 @@ __all__ = ["check_config", "check_stun", "validate"]
 
 
 def check_stun(stun: StunConfig) -> None:
-    """`stun` on its own: TLS files given, RFC 5780 alternate consistent with the listeners.
-    (The certificate's content is read at start: a file may be replaced between check and serve.)"""
+    """`stun` on its own: TLS files given, RFC 5780 alternate consistent with the listeners."""
     tls = [i for i, uri in enumerate(stun.listen) if uri.transport is Transport.TLS]
     if tls and (stun.tls.cert is None or stun.tls.key is None):
         raise Problem("listen", "a tls:// listener needs stun.tls.cert and stun.tls.key", tls[0])
@@ -51,6 +50,7 @@ def _check_alternate(stun: StunConfig, alternate: str, address: Address) -> None
 def check_config(config: Config) -> None:
     """Rules across sections: TURN needs credentials, its relay ports stay off the listeners'
     ports, and the coturn engine gets only what turnserver.conf can express."""
+    _check_tls_files(config)
     turn = config.turn
     auth = turn.auth
     if turn.engine == "coturn" and auth.secret and auth.users:
@@ -73,6 +73,28 @@ def check_config(config: Config) -> None:
     if turn.engine == "coturn":
         _check_coturn_listeners(config)
     _check_relay_ports(config)
+
+
+def _check_tls_files(config: Config) -> None:
+    """What `natkit serve` loads before it starts natkit's own TLS listeners (coturn reads the
+    files itself): a certificate chain and its key that OpenSSL accepts."""
+    stun = config.stun
+    coturn = config.turn.enabled and config.turn.engine == "coturn"
+    if coturn or not stun.enabled or not stun.tls.cert or not stun.tls.key:
+        return
+    if not any(uri.transport is Transport.TLS for uri in stun.listen):
+        return
+    import ssl  # here: every command loads a config, few need ssl
+
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            stun.tls.cert, stun.tls.key
+        )
+    except (OSError, ssl.SSLError) as err:
+        why = getattr(err, "reason", None) or err.strerror or str(err)
+        raise Problem(
+            "stun.tls.cert", f"cannot load {stun.tls.cert} with key {stun.tls.key}: {why}"
+        ) from None
 
 
 def _check_coturn_listeners(config: Config) -> None:

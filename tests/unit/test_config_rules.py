@@ -206,3 +206,22 @@ def test_addresses_and_uris_are_parsed_once_at_load() -> None:
     assert config.diagnose.stun_uris == (StunURI("stun:x.org:3478", "x.org", 3478),)
     assert config.diagnose.turn[0].uri == TurnURI("turns", "t.org", 5349, "tcp")
     assert loads("version: 1\n").stun.alternate_address is None
+
+
+TLS_DATA = Path(__file__).resolve().parents[1] / "data" / "config" / "tls"
+
+
+def test_tls_files_serve_would_not_load_are_refused_at_load(tmp_path: Path) -> None:
+    (tmp_path / "cert.pem").write_text("-----BEGIN CERTIFICATE-----\nnot one\n")
+    (tmp_path / "key.pem").write_text("junk\n")
+    text = (
+        "version: 1\nmetrics: {listen: null}\nstun:\n"
+        "  listen: ['tls://127.0.0.1:5349']\n  tls: {cert: cert.pem, key: key.pem}\n"
+    )
+    with pytest.raises(ConfigError, match=r"^c.yaml:5: stun.tls.cert: cannot load .*cert.pem"):
+        loads(text, "c.yaml", base_dir=tmp_path)
+    # coturn reads the files itself: natkit serve does not load them, nor does the loader.
+    coturn = text + "turn: {enabled: true, engine: coturn, auth: {secret: s}}\n"
+    assert loads(coturn, "c.yaml", base_dir=tmp_path).turn.engine == "coturn"
+    good = loads(text, "c.yaml", base_dir=TLS_DATA)  # the test fixture is a real certificate
+    preflight(good)
