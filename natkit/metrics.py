@@ -27,6 +27,8 @@ __all__ = [
     "FAMILIES",
     "RESULTS",
     "TRANSPORTS",
+    "TURN_METHODS",
+    "TURN_REASONS",
     "MetricsServer",
     "SharedCounters",
     "WorkerCounters",
@@ -35,6 +37,7 @@ __all__ = [
     "render",
     "request_index",
     "rss_bytes",
+    "turn_refusal_index",
 ]
 
 TRANSPORTS = ("udp", "tcp", "tls")
@@ -49,8 +52,37 @@ _RATELIMITED = _N_REQUESTS
 _ERRORS = _RATELIMITED + len(TRANSPORTS)
 CONNECTIONS = _ERRORS + len(ERROR_KINDS)
 """Gauge: TCP/TLS connections open in this worker."""
-COUNTERS = CONNECTIONS + 1
+
+# TURN series (builtin engine). Issue 12's full TURN set appends its own blocks after this one:
+# a block is a base index + a fixed label table, so adding one never renumbers another.
+TURN_METHODS = ("allocate", "refresh", "create_permission", "channel_bind", "other")
+TURN_REASONS: tuple[tuple[str, int], ...] = (
+    ("challenge", 401),
+    ("credentials", 401),
+    ("bad_request", 400),
+    ("unknown_attribute", 420),
+    ("peer_policy", 403),
+    ("allocation_mismatch", 437),
+    ("stale_nonce", 438),
+    ("family_unsupported", 440),
+    ("wrong_user", 441),
+    ("unsupported_transport", 442),
+    ("family_mismatch", 443),
+    ("quota", 486),
+    ("capacity", 508),
+)
+"""(reason, error code) of every TURN error answer counted (`natkit.turn.refusals` explains
+each answer as one of them)."""
+_TURN_REFUSALS = CONNECTIONS + 1
+COUNTERS = _TURN_REFUSALS + len(TURN_REASONS) * len(TURN_METHODS)
 """Width of one worker's row."""
+
+_REASON_INDEX = {reason: i for i, (reason, _) in enumerate(TURN_REASONS)}
+
+
+def turn_refusal_index(reason: str, method: str) -> int:
+    """Counter of one (reason, method) pair; the code label follows from the reason."""
+    return _TURN_REFUSALS + _REASON_INDEX[reason] * len(TURN_METHODS) + TURN_METHODS.index(method)
 
 
 def request_index(transport: str, family: int, result: str) -> int:
@@ -152,6 +184,7 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
         out.append(f'natkit_stun_errors_total{{kind="{kind}"}} {totals[error_index(kind)]}')
     head("natkit_stun_connections", "gauge", "Open TCP/TLS connections over all workers.")
     out.append(f"natkit_stun_connections {totals[CONNECTIONS]}")
+    _render_turn(totals, head, out)
     head("natkit_workers", "gauge", "Worker processes alive.")
     out.append(f"natkit_workers {len(workers)}")
     head("natkit_worker_resident_memory_bytes", "gauge", "Resident set size of each worker.")
@@ -160,6 +193,25 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
     head("process_resident_memory_bytes", "gauge", "Resident set size of the supervisor process.")
     out.append(f"process_resident_memory_bytes {rss_bytes()}")
     return "\n".join(out) + "\n"
+
+
+def _render_turn(
+    totals: Sequence[int], head: Callable[[str, str, str], None], out: list[str]
+) -> None:
+    head(
+        "natkit_turn_refusals_total",
+        "counter",
+        "TURN requests answered with an error, by code, method and reason (builtin engine); "
+        'reason="challenge" is the normal first 401 of every client. Series appear once non-zero.',
+    )
+    for reason, code in TURN_REASONS:
+        for method in TURN_METHODS:
+            value = totals[turn_refusal_index(reason, method)]
+            if value:
+                out.append(
+                    f'natkit_turn_refusals_total{{code="{code}",method="{method}",'
+                    f'reason="{reason}"}} {value}'
+                )
 
 
 class MetricsServer:

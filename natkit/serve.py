@@ -18,6 +18,8 @@ from typing import TextIO
 
 from natkit import logs
 from natkit.addr import Transport
+from natkit.config.cross import validate
+from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
 from natkit.metrics import MetricsServer, SharedCounters, render
@@ -25,7 +27,7 @@ from natkit.signal.http import SignalServer, serve_signal
 from natkit.stun.sockets import make_ssl_context, plan_listeners
 from natkit.stun.workers import Supervisor, resolve_workers
 
-__all__ = ["serve"]
+__all__ = ["preflight", "serve", "warn_ignored"]
 
 log = logging.getLogger("natkit.serve")
 
@@ -38,27 +40,47 @@ def serve(config: Config, *, out: TextIO | None = None) -> int:
     stop; coturn's own status with that engine). NatkitError for anything the user must fix."""
     out = out or sys.stdout
     logs.setup(config.logging.level, config.logging.format, role="supervisor")
+    preflight(config)
+    warn_ignored(config)
     if config.turn.enabled and config.turn.engine == "coturn":
-        if config.signal.enabled:
-            log.warning("signal is not served with turn.engine coturn; run natkit p2p signal")
         # coturn serves STUN and TURN on the same ports itself; natkit only supervises it.
         from natkit.turn import coturn
 
         return coturn.serve(config)
+    asyncio.run(_run(config, out))
+    return 0
+
+
+def preflight(config: Config) -> None:
+    """Everything `serve` checks before it starts anything, without binding a socket: the load
+    rules again (for a Config built in Python), the listener plan, TLS files, the relay settings
+    and the TURN core, or for coturn the rendered turnserver.conf. NatkitError if it would fail.
+    What is left for start-up is the host's: ports in use, privileges."""
+    validate(config)
+    if config.turn.enabled and config.turn.engine == "coturn":
+        from natkit.turn.coturn_conf import detect_version, render
+
+        render(config, detect_version(config.turn.coturn.binary))
+        return
     if not config.stun.enabled:
         raise NatkitError(
             "nothing to serve: stun.enabled is false (the builtin TURN engine "
             "shares the STUN listeners)"
         )
-    plans = plan_listeners(config.stun, config.source)  # ConfigError before anything starts
-    if any(p.uri.transport is Transport.TLS for p in plans):
+    plan_listeners(config.stun, config.source)
+    if any(uri.transport is Transport.TLS for uri in config.stun.listen):
         make_ssl_context(config.stun.tls, config.source)
     if config.turn.enabled:
-        from natkit.turn.engine import relay_settings
+        from natkit.turn.engine import build_relay
 
-        relay_settings(config)  # the relay IP and port range, checked once, here
-    asyncio.run(_run(config, out))
-    return 0
+        build_relay(config)  # the relay IP, the port range, credentials: checked once, here
+
+
+def warn_ignored(config: Config) -> None:
+    """One warning line naming the keys the configured engine does not use."""
+    keys = ignored_keys(config)
+    if keys:
+        log.warning("%s", ignored_message(keys))
 
 
 async def _run(config: Config, out: TextIO) -> None:

@@ -39,8 +39,12 @@ def check(config_path: str | None) -> None:
       configs/natkit.yaml: ok (stun: udp://0.0.0.0:3478 tcp://0.0.0.0:3478; turn: off; ...)
     """
     from natkit.config import load
+    from natkit.config.ignored import ignored_keys, ignored_message
 
     config = load(config_path)
+    ignored = ignored_keys(config)
+    if ignored:  # valid, but say which keys have no effect (stderr: stdout stays one line)
+        click.echo(f"natkit: warning: {ignored_message(ignored)}", err=True)
     click.echo(f"{config_path or DEFAULTS}: ok ({summary(config)})")
 
 

@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
-from natkit.addr import Transport, format_hostport, parse_hostport
+from natkit.addr import format_hostport, parse_hostport
 from natkit.config.model import (
     DiagnoseConfig,
     DiagnoseTurnServer,
     MetricsConfig,
+    PortRange,
     RateLimitConfig,
     SignalConfig,
     StreamConfig,
@@ -38,8 +38,19 @@ from natkit.config.model import (
     TurnQuotaConfig,
     TurnRelayConfig,
 )
+from natkit.uri import StunURI, TurnURI
 
-__all__ = ["FIELD_RULES", "ITEM_RULES", "SECTION_RULES", "Context", "Problem"]
+__all__ = [
+    "DIAGNOSE_TIMEOUT",
+    "FIELD_RULES",
+    "ITEM_RULES",
+    "SECTION_RULES",
+    "Context",
+    "Problem",
+]
+
+DIAGNOSE_TIMEOUT = (0.2, 60.0)
+"""Seconds `diagnose.timeout` and ``natkit diagnose --timeout`` accept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +61,10 @@ class Context:
 
 
 class Problem(Exception):
-    """A section rule's finding: the key (and list index) to blame, and what is wrong."""
+    """A section rule's finding: the key (and list index) to blame, and what is wrong.
+
+    `key` may be a dotted path below the section (``turn.relay.ports`` from the top level); the
+    loader points at the deepest part of it the YAML spells out."""
 
     def __init__(self, key: str, message: str, index: int | None = None) -> None:
         super().__init__(message)
@@ -125,16 +139,7 @@ def _alternate(value: str | None, ctx: Context) -> str | None:
 
 
 def _port_range(value: str, _: Context) -> str:
-    low_text, sep, high_text = value.partition("-")
-    low_text, high_text = low_text.strip(), high_text.strip()
-    if not sep or not low_text.isdecimal() or not high_text.isdecimal():
-        raise ValueError(f"{value!r} is not a port range LOW-HIGH, e.g. 49152-65535")
-    low, high = int(low_text), int(high_text)
-    if not (1 <= low <= 65535 and 1 <= high <= 65535):
-        raise ValueError(f"ports in {value!r} must be from 1 to 65535")
-    if low > high:
-        raise ValueError(f"{value!r}: LOW must not be greater than HIGH")
-    return f"{low}-{high}"
+    return str(PortRange.parse(value))
 
 
 def _cidr(text: str, _: Context) -> str:
@@ -180,42 +185,24 @@ def _extra_line(line: str, _: Context) -> str:
 
 
 def _stun_uri(text: str, _: Context) -> str:
-    """``stun:HOST[:PORT]`` / ``stuns:HOST[:PORT]`` (RFC 7064); a bare HOST[:PORT] means stun:."""
-    scheme, sep, rest = text.partition(":")
-    if sep and scheme.lower() in ("stun", "stuns") and not rest.startswith("//"):
-        scheme = scheme.lower()
-    elif "//" in text:
-        raise ValueError(f"{text!r}: write stun:HOST[:PORT] (RFC 7064 has no '//')")
-    else:
-        scheme, rest = "stun", text
-    host, port = parse_hostport(rest, default_port=5349 if scheme == "stuns" else 3478)
-    return f"{scheme}:{format_hostport(host, port)}"
+    """``stun:HOST[:PORT]`` or a bare HOST[:PORT], parsed by the parser diagnose uses; kept in
+    its canonical spelling (``stun:HOST:PORT``)."""
+    return str(StunURI.parse(text))
 
 
 def _turn_url(value: str, _: Context) -> str:
-    """``turn:HOST[:PORT][?transport=udp|tcp]`` or ``turns:…`` (RFC 7065 §3)."""
-    scheme, sep, rest = value.partition(":")
-    if not sep or scheme.lower() not in ("turn", "turns") or rest.startswith("//"):
-        raise ValueError(
-            f"{value!r} is not a TURN URI (e.g. turn:turn.example.org:3478?transport=udp)"
-        )
-    hostport, _sep, query = rest.partition("?")
-    parse_hostport(hostport, default_port=3478)
-    params = parse_qs(query, keep_blank_values=True) if query else {}
-    unknown = set(params) - {"transport"}
-    if unknown:
-        raise ValueError(
-            f"{value!r}: unknown URI parameter {sorted(unknown)[0]!r} (only transport)"
-        )
-    if params.get("transport", ["udp"])[-1].lower() not in ("udp", "tcp"):
-        raise ValueError(f"{value!r}: transport must be udp or tcp")
+    """``turn:HOST[:PORT][?transport=udp|tcp]`` or ``turns:…`` (RFC 7065 §3), parsed by the
+    parser diagnose and turn check use; kept as written."""
+    TurnURI.parse(value)
     return value
 
 
-def _stun_section(stun: StunConfig) -> None:
-    tls = [i for i, uri in enumerate(stun.listen) if uri.transport is Transport.TLS]
-    if tls and (stun.tls.cert is None or stun.tls.key is None):
-        raise Problem("listen", "a tls:// listener needs stun.tls.cert and stun.tls.key", tls[0])
+def _diagnose_timeout(value: float, _: Context) -> float:
+    # The same bounds as `natkit diagnose --timeout` (a budget, not a wait: minutes make no sense).
+    low, high = DIAGNOSE_TIMEOUT
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low:g} to {high:g} seconds, got {value:g}")
+    return value
 
 
 def _lifetime_section(lifetime: TurnLifetimeConfig) -> None:
@@ -256,7 +243,7 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (DiagnoseTurnServer, "url"): _turn_url,
     (DiagnoseTurnServer, "credential"): _not_empty_secret,
     (DiagnoseTurnServer, "secret"): _not_empty_secret,
-    (DiagnoseConfig, "timeout"): _positive,
+    (DiagnoseConfig, "timeout"): _diagnose_timeout,
     (SignalConfig, "listen"): _ip_port,
     (SignalConfig, "ttl"): _positive,
     (SignalConfig, "max_sdp_size"): _positive,
@@ -272,7 +259,6 @@ ITEM_RULES: dict[tuple[type, str], FieldRule] = {
 }
 
 SECTION_RULES: dict[type, SectionRule] = {
-    StunConfig: _stun_section,
     TurnLifetimeConfig: _lifetime_section,
     DiagnoseTurnServer: _diagnose_turn_section,
 }

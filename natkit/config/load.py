@@ -21,14 +21,31 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_
 import yaml
 
 from natkit.addr import ListenURI
-from natkit.config.checks import FIELD_RULES, ITEM_RULES, SECTION_RULES, Context, FieldRule, Problem
+from natkit.config.checks import (
+    FIELD_RULES,
+    ITEM_RULES,
+    SECTION_RULES,
+    Context,
+    FieldRule,
+    Problem,
+    SectionRule,
+)
+from natkit.config.cross import check_config, check_stun
 from natkit.config.envsubst import substitute
-from natkit.config.model import Config, config_fields, is_section
+from natkit.config.model import Config, StunConfig, config_fields, is_section
 from natkit.errors import ConfigError
 
 __all__ = ["load", "loads"]
 
 T = TypeVar("T")
+
+# Section rules: per-section ones from `checks`, the cross-section ones from `cross` (the
+# top-level rule runs last, on the whole Config, so it can compare sections).
+_SECTION_RULES: dict[type, SectionRule] = {
+    **SECTION_RULES,
+    StunConfig: check_stun,
+    Config: check_config,
+}
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _NULL_TAG = "tag:yaml.org,2002:null"
@@ -188,7 +205,7 @@ class _Walker:
         if missing:
             raise self.error(node, path, f"missing required key {json.dumps(missing[0])}")
         obj = cls(**values)
-        section_rule = SECTION_RULES.get(cls)
+        section_rule = _SECTION_RULES.get(cls)
         if section_rule is not None:
             try:
                 section_rule(obj)
@@ -229,8 +246,19 @@ class _Walker:
     def blame(
         self, problem: Problem, node: yaml.Node, nodes: Mapping[str, yaml.Node], path: str
     ) -> ConfigError:
-        """Point a section rule's finding at the key (or list item) it names."""
-        target = nodes.get(problem.key, node)
+        """Point a section rule's finding at the key (or list item) it names; for a dotted key,
+        at the deepest part of it the YAML spells out (a default has no line of its own)."""
+        first, *rest = problem.key.split(".")
+        target = nodes.get(first, node)
+        for part in rest:
+            if not isinstance(target, yaml.MappingNode):
+                break
+            found = [
+                v for k, v in target.value if isinstance(k, yaml.ScalarNode) and k.value == part
+            ]
+            if not found:
+                break
+            target = found[-1]
         key_path = _join(path, problem.key)
         if problem.index is not None:
             key_path += f"[{problem.index}]"

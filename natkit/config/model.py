@@ -9,10 +9,11 @@ step with configs/natkit.yaml by a test. `metadata["secret"]` marks values never
 from __future__ import annotations
 
 from dataclasses import Field, dataclass, field, fields, is_dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from natkit import special_addresses
-from natkit.addr import ListenURI
+from natkit.addr import Address, ListenURI, parse_hostport
+from natkit.uri import StunURI, TurnURI
 
 __all__ = [
     "DEFAULT_DENIED_PEERS",
@@ -21,6 +22,7 @@ __all__ = [
     "DiagnoseTurnServer",
     "LoggingConfig",
     "MetricsConfig",
+    "PortRange",
     "RateLimitConfig",
     "SignalConfig",
     "StreamConfig",
@@ -128,6 +130,16 @@ class StunConfig:
     stream: StreamConfig = field(
         default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits.")
     )
+    alternate_address: Address | None = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`alternate` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        alternate = None if self.alternate is None else Address(*parse_hostport(self.alternate))
+        object.__setattr__(self, "alternate_address", alternate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +157,33 @@ class TurnAuthConfig:
     )
 
 
+class PortRange(NamedTuple):
+    """An inclusive port range LOW-HIGH (``turn.relay.ports``), parsed once at load."""
+
+    low: int
+    high: int
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """``"LOW-HIGH"`` with 1 <= LOW <= HIGH <= 65535; ValueError with a message for a user."""
+        low_text, sep, high_text = text.partition("-")
+        low_text, high_text = low_text.strip(), high_text.strip()
+        if not sep or not low_text.isdecimal() or not high_text.isdecimal():
+            raise ValueError(f"{text!r} is not a port range LOW-HIGH, e.g. 49152-65535")
+        low, high = int(low_text), int(high_text)
+        if not (1 <= low <= 65535 and 1 <= high <= 65535):
+            raise ValueError(f"ports in {text!r} must be from 1 to 65535")
+        if low > high:
+            raise ValueError(f"{text!r}: LOW must not be greater than HIGH")
+        return cls(low, high)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.low <= port <= self.high
+
+    def __str__(self) -> str:
+        return f"{self.low}-{self.high}"
+
+
 @dataclass(frozen=True, slots=True)
 class TurnRelayConfig:
     address: str | None = field(
@@ -155,6 +194,16 @@ class TurnRelayConfig:
         metadata=doc("Public IP advertised in XOR-RELAYED-ADDRESS when behind 1:1 NAT."),
     )
     ports: str = field(default="49152-65535", metadata=doc("Relay port range LOW-HIGH."))
+    port_range: PortRange = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`ports` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        # Parsed here, once: every engine reads `port_range`, none parses `ports` again.
+        object.__setattr__(self, "port_range", PortRange.parse(self.ports))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +279,15 @@ class DiagnoseTurnServer:
     secret: str | None = field(
         default=None, metadata=doc("REST API shared secret instead of a password.", secret=True)
     )
+    uri: TurnURI = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`url` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uri", TurnURI.parse(self.url))
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +297,15 @@ class DiagnoseConfig:
     )
     turn: tuple[DiagnoseTurnServer, ...] = field(default=(), metadata=doc("TURN servers to check."))
     timeout: float = field(default=3.0, metadata=doc("Overall seconds the diagnosis may take."))
+    stun_uris: tuple[StunURI, ...] = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`stun` parsed (derived, not a key).", key=False),
+    )
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stun_uris", tuple(StunURI.parse(s) for s in self.stun))
 
 
 @dataclass(frozen=True, slots=True)

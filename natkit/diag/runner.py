@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
-from natkit.addr import Address, format_hostport, parse_hostport
+from natkit.addr import Address
 from natkit.diag.classify import CLASSIC_NAMES as _CLASSIC_NAMES
 from natkit.diag.classify import Classification, FamilyProbe, classify
 from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
@@ -44,6 +44,7 @@ from natkit.diag.turncheck import TurnCheckReport, check_turn
 from natkit.diag.verdict import RelayStatus, StreamStatus, Verdict, decide
 from natkit.turn.credentials import mint
 from natkit.turn.uri import TurnURI
+from natkit.uri import StunURI
 
 __all__ = ["DiagnoseOptions", "Diagnosis", "Progress", "StunSpec", "TurnSpec", "diagnose"]
 
@@ -58,30 +59,9 @@ SIDE_WAIT = 2.0
 MAX_STREAM_PROBES = 16
 
 
-@dataclass(frozen=True, slots=True)
-class StunSpec:
-    """A STUN server as given: ``stun:HOST[:PORT]`` or ``HOST[:PORT]``."""
-
-    text: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> StunSpec:
-        rest = text.strip()
-        if rest.lower().startswith("stuns:"):
-            raise ValueError(f"{text!r}: stuns: (STUN over TLS) is not probed; use stun:HOST:PORT")
-        if rest.lower().startswith("stun:"):
-            rest = rest[5:]
-        if rest.startswith("//") or "/" in rest or "?" in rest:
-            raise ValueError(f"{text!r} is not a STUN server (expected stun:HOST[:PORT])")
-        host, port = parse_hostport(rest, default_port=STUN_PORT)
-        if port == 0:
-            raise ValueError(f"{text!r}: port 0 is not a server port")
-        return cls(text, host, port)
-
-    def __str__(self) -> str:
-        return f"stun:{format_hostport(self.host, self.port)}"
+StunSpec = StunURI
+"""A STUN server as given (``stun:HOST[:PORT]`` or ``HOST[:PORT]``); parsed by `natkit.uri`,
+the parser the config loader uses too. The name stays for compatibility."""
 
 
 @dataclass(frozen=True, slots=True)

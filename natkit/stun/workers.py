@@ -81,7 +81,7 @@ def worker_main(index: int, config: Config, array: Any, conn: Connection, parent
         ctx = make_ssl_context(config.stun.tls, config.source) if tls else None
         # Each worker relays for the clients the kernel hashes to it (SO_REUSEPORT keeps a
         # 5-tuple on one worker), so each has its own TURN engine.
-        turn = create_engine(config)
+        turn = create_engine(config, counters.values)
         server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
         server.bind()
     except NatkitError as err:

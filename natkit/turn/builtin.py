@@ -13,6 +13,10 @@ TURN without `natkit serve`, for tests and for the benchmark.
 
 With ``stun.workers`` > 1 every worker has its own `BuiltinTurn`: SO_REUSEPORT keeps a client's
 5-tuple on one worker, so allocations work, but quotas count per worker.
+
+Every error answer is a refusal (`natkit.turn.refusals`): counted in the worker's metrics row
+(``natkit_turn_refusals_total{code,method,reason}``, summed over workers by the supervisor) and
+logged at info with its reason, rate-limited per reason; the 401 challenge only at debug.
 """
 
 from __future__ import annotations
@@ -28,10 +32,12 @@ from collections.abc import Callable
 from natkit.addr import Address, ListenURI, Transport
 from natkit.config.model import Config
 from natkit.logs import RateLimitFilter
+from natkit.metrics import COUNTERS, turn_refusal_index
 from natkit.stun.binding import BindingHandler
 from natkit.stun.server import FramingError, StreamFramer
 from natkit.turn.allocation import FiveTuple
 from natkit.turn.engine import Reply, build_relay
+from natkit.turn.refusals import RefusalLog, explain, is_error_response
 from natkit.turn.relay import Command, OpenRelay, Relay, SendToClient, SendToPeer
 
 __all__ = ["BuiltinTurn"]
@@ -70,8 +76,13 @@ class BuiltinTurn:
         relay: Relay | None = None,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        counters: list[int] | None = None,
     ) -> None:
+        """`counters` is the worker's metrics row (`natkit.metrics.WorkerCounters.values`);
+        standalone engines count in a row of their own (`self.counters`)."""
         self.config = config
+        self.counters = counters if counters is not None else [0] * COUNTERS
+        self.refusal_log = RefusalLog(log)
         self.relay = relay or build_relay(config, rng=rng)
         self.clock = clock
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
@@ -128,7 +139,17 @@ class BuiltinTurn:
     ) -> None:
         commands = self.relay.handle_client(data, source, local, transport, self.clock())
         if commands:
+            # A refusal is always one error response alone: two byte tests for everything else.
+            first = commands[0]
+            if len(commands) == 1 and type(first) is SendToClient and is_error_response(first.data):
+                self._refused(data, first.data, source)
             self._run(commands, reply)
+
+    def _refused(self, request: bytes, response: bytes, source: Address) -> None:
+        refusal = explain(request, response, source, self.relay.policy.is_allowed)
+        if refusal is not None:
+            self.counters[turn_refusal_index(refusal.reason, refusal.method)] += 1
+            self.refusal_log(refusal, self.clock())
 
     def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
         """A ChannelData datagram from a UDP client (first byte 0x40-0x4F): the relay's hot path,

@@ -28,7 +28,8 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from natkit.addr import Transport, parse_hostport
+from natkit.addr import Transport
+from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError, DependencyError
 from natkit.turn.peers import (
@@ -123,8 +124,8 @@ def _config_error(cfg: Config, path: str, problem: str) -> ConfigError:
 def _own_addresses(cfg: Config) -> list[str]:
     """This server's addresses: relaying to them would loop into its own services."""
     own = [uri.host for uri in cfg.stun.listen]
-    if cfg.stun.alternate:
-        own.append(parse_hostport(cfg.stun.alternate)[0])
+    if cfg.stun.alternate_address is not None:
+        own.append(cfg.stun.alternate_address.host)
     own += [a for a in (cfg.turn.relay.address, cfg.turn.relay.external_address) if a]
     return own
 
@@ -141,13 +142,9 @@ def peer_policy(cfg: Config, extra_own: Sequence[str] = ()) -> PeerPolicy:
 
 def _listener_lines(cfg: Config, version: Version) -> list[str]:
     listen = cfg.stun.listen
+    # One port for UDP+TCP and one for TLS (coturn has no more): checked at load (`cross`).
     plain = {u.port for u in listen if u.transport in (Transport.UDP, Transport.TCP)}
     tls = {u.port for u in listen if u.transport is Transport.TLS}
-    if len(plain) > 1 or len(tls) > 1:
-        # coturn has one listening-port for UDP+TCP and one tls-listening-port.
-        raise _config_error(
-            cfg, "stun.listen", "the coturn engine needs one port for udp/tcp and one for tls"
-        )
     ips: list[str] = []
     for uri in listen:
         if uri.host not in ips:
@@ -188,9 +185,9 @@ def _tls_lines(cfg: Config, version: Version) -> list[str]:
 
 
 def _rfc5780_lines(cfg: Config, version: Version) -> list[str]:
-    if cfg.stun.alternate is None:
+    if cfg.stun.alternate_address is None:
         return ["no-rfc5780"] if version < (4, 7, 0) else []
-    host, port = parse_hostport(cfg.stun.alternate)
+    host, port = cfg.stun.alternate_address
     # coturn's RFC 5780 takes the alternate address from a second listening IP.
     lines = [f"listening-ip={host}", f"alt-listening-port={port}"]
     if version >= (4, 7, 0):
@@ -199,12 +196,7 @@ def _rfc5780_lines(cfg: Config, version: Version) -> list[str]:
 
 
 def _auth_lines(cfg: Config) -> list[str]:
-    auth = cfg.turn.auth
-    if auth.secret and auth.users:
-        # coturn: "Shared secret overrides username/password based auth method".
-        raise _config_error(
-            cfg, "turn.auth", "the coturn engine cannot mix `secret` and `users`; choose one"
-        )
+    auth = cfg.turn.auth  # `secret` and `users` together are refused at load (`cross`)
     if auth.secret:
         return ["use-auth-secret", f"static-auth-secret={auth.secret}"]
     if auth.users:
@@ -214,10 +206,7 @@ def _auth_lines(cfg: Config) -> list[str]:
 
 def _relay_lines(cfg: Config) -> list[str]:
     relay = cfg.turn.relay
-    low, sep, high = relay.ports.partition("-")
-    if not (sep and low.isdigit() and high.isdigit() and 0 < int(low) <= int(high) <= 65535):
-        raise _config_error(cfg, "turn.relay.ports", f"expected LOW-HIGH, got {relay.ports!r}")
-    lines = [f"min-port={low}", f"max-port={high}"]
+    lines = [f"min-port={relay.port_range.low}", f"max-port={relay.port_range.high}"]
     if relay.address:
         lines.append(f"relay-ip={relay.address}")
     if relay.external_address:
@@ -264,6 +253,7 @@ def render(
     and VulnerableCoturnError as described in the module docstring.
     """
     turn = cfg.turn
+    validate(cfg)  # the load-time rules, for a Config built in Python
     policy = peer_policy(cfg, extra_own)
     sections = [
         [

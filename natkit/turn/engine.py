@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from natkit.addr import Address, Transport
+from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError
 from natkit.turn.auth import Authenticator
@@ -58,17 +59,9 @@ class TurnEngine(Protocol):
 
 
 def parse_ports(config: Config) -> tuple[int, int]:
-    text = config.turn.relay.ports
-    low, sep, high = text.partition("-")
-    if sep and low.strip().isdigit() and high.strip().isdigit():
-        lo, hi = int(low), int(high)
-        if 0 < lo <= hi <= 65535:
-            return lo, hi
-    raise ConfigError(
-        f"expected LOW-HIGH within 1-65535, got {text!r}",
-        file=config.source,
-        path="turn.relay.ports",
-    )
+    """``turn.relay.ports`` as (low, high): parsed once, at load (`PortRange`)."""
+    ports = config.turn.relay.port_range
+    return ports.low, ports.high
 
 
 def host_relay_ips() -> dict[int, str]:
@@ -129,13 +122,8 @@ def build_relay(
     config: Config, *, rng: random.Random | None = None, nonce_key: bytes | None = None
 ) -> Relay:
     """The sans-IO core for `config` (ConfigError for what it cannot serve)."""
+    validate(config)  # the load-time rules, for a Config built in Python: no open relay, ...
     auth = config.turn.auth
-    if not auth.secret and not auth.users:
-        raise ConfigError(
-            "set `secret` or `users`: natkit runs no open relay",
-            file=config.source,
-            path="turn.auth",
-        )
     authenticator = Authenticator(
         config.turn.realm,
         users=auth.users,
@@ -146,10 +134,11 @@ def build_relay(
     return Relay(relay_settings(config), authenticator, peer_policy(config), rng)
 
 
-def create_engine(config: Config) -> TurnEngine | None:
-    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it)."""
+def create_engine(config: Config, counters: list[int] | None = None) -> TurnEngine | None:
+    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
+    `counters` is the worker's metrics row, where the engine counts its refusals."""
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
     from natkit.turn.builtin import BuiltinTurn
 
-    return BuiltinTurn(config)
+    return BuiltinTurn(config, counters=counters)

@@ -31,13 +31,19 @@ HOST = "127.0.0.1"
 MAGIC = 0x2112A442
 
 
+RELAY_PORTS = range(49152, 65536)
+"""The default turn.relay.ports: a listener there is refused at load (it would collide)."""
+
+
 def free_port(host: str = HOST) -> int:
-    """A port free for both UDP and TCP on `host`."""
+    """A port free for both UDP and TCP on `host`, outside the default relay port range."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     for _ in range(100):
         with socket.socket(family, socket.SOCK_DGRAM) as u:
             u.bind((host, 0))
             port: int = u.getsockname()[1]
+            if port in RELAY_PORTS:
+                continue
             try:
                 with socket.socket(family, socket.SOCK_STREAM) as t:
                     t.bind((host, port))

@@ -58,6 +58,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         with socket.socket(family, socket.SOCK_STREAM) as tcp:
             tcp.bind((host, 0))
             port = int(tcp.getsockname()[1])
+            low, high = relay_range()
+            if low <= port <= high:  # refused at load: the relay range would collide
+                continue
             with socket.socket(family, socket.SOCK_DGRAM) as udp:
                 try:
                     udp.bind((host, port))

@@ -124,3 +124,35 @@ def test_missing_binary() -> None:
     )
     with pytest.raises(DependencyError, match=r"apt-get install coturn"):
         coturn.serve(cfg)
+
+
+def test_natkit_serve_names_the_keys_coturn_ignores(tmp_path: Path) -> None:
+    low, high = relay_range()
+    config = tmp_path / "natkit.yaml"
+    text = LAB_CONFIG.format(port=free_port(), auth=USERS, low=low, high=high)
+    config.write_text(text + "signal: {enabled: true}\n")  # metrics.listen: its default
+    log = tmp_path / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "natkit", "serve", "-c", str(config)], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 15
+        while "started (pid" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    warnings = [line for line in log.read_text().splitlines() if "ignores" in line]
+    assert len(warnings) == 1, log.read_text()
+    assert (
+        " WARNING supervisor natkit.serve: turn.engine coturn ignores stun.rate_limit ("
+        in (warnings[0])
+    )
+    assert "; metrics.listen (Debian's coturn 4.6.1 is built without Prometheus" in warnings[0]
+    assert warnings[0].endswith("signal.enabled (the rendezvous runs with the builtin engine "
+                                "only; run natkit p2p signal)")  # fmt: skip

@@ -124,7 +124,7 @@ CASES: list[tuple[str, str]] = [
     ),
     (
         "diagnose:\n  timeout: -1\n",
-        "natkit.yaml:2: diagnose.timeout: must be greater than 0, got -1",
+        "natkit.yaml:2: diagnose.timeout: must be from 0.2 to 60 seconds, got -1",
     ),
     (
         "turn:\n  quota:\n    per_user: 0\n",
@@ -234,7 +234,8 @@ CASES: list[tuple[str, str]] = [
     # diagnose
     (
         "diagnose:\n  stun: ['stun://x.org']\n",
-        "natkit.yaml:2: diagnose.stun[0]: 'stun://x.org': write stun:HOST[:PORT] (RFC 7064 has no '//')",
+        "natkit.yaml:2: diagnose.stun[0]: 'stun://x.org' is not a STUN server "
+        "(expected stun:HOST[:PORT])",
     ),
     (
         "diagnose:\n  turn:\n    - username: a\n",
@@ -243,11 +244,12 @@ CASES: list[tuple[str, str]] = [
     (
         "diagnose:\n  turn:\n    - url: http://x\n",
         "natkit.yaml:3: diagnose.turn[0].url: 'http://x' is not "
-        "a TURN URI (e.g. turn:turn.example.org:3478?transport=udp)",
+        "a TURN URI (expected turn:HOST[:PORT] or turns:...)",
     ),
     (
         "diagnose:\n  turn:\n    - url: turn:x.org?transport=sctp\n",
-        "natkit.yaml:3: diagnose.turn[0].url: 'turn:x.org?transport=sctp': transport must be udp or tcp",
+        "natkit.yaml:3: diagnose.turn[0].url: 'turn:x.org?transport=sctp': "
+        "unknown transport 'sctp' (expected udp or tcp)",
     ),
     (
         "diagnose:\n  turn:\n    - url: turn:x.org\n      credential: pw\n",

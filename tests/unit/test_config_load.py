@@ -141,7 +141,7 @@ def test_addresses_are_canonicalised() -> None:
 def test_diagnose_servers() -> None:
     config = load_text(
         "diagnose:\n"
-        "  stun: [stun.example.org, 'stun:[2001:db8::1]', 'stuns:x.org:443', 'STUN:y.org']\n"
+        "  stun: [stun.example.org, 'stun:[2001:db8::1]', 'x.org:443', 'STUN:y.org']\n"
         "  turn:\n"
         "    - url: turn:t.example.org?transport=tcp\n"
         "      username: alice\n"
@@ -151,7 +151,7 @@ def test_diagnose_servers() -> None:
     assert config.diagnose.stun == (
         "stun:stun.example.org:3478",
         "stun:[2001:db8::1]:3478",
-        "stuns:x.org:443",
+        "stun:x.org:443",
         "stun:y.org:3478",
     )
     assert config.diagnose.turn == (

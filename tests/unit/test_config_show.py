@@ -92,10 +92,12 @@ def test_check_ok() -> None:
 def test_check_defaults_and_natkit_config_env(tmp_path: Path) -> None:
     assert run("config", "check").output.startswith("built-in defaults: ok")
     path = tmp_path / "x.yaml"
-    path.write_text("turn: {enabled: true, engine: coturn}\nmetrics: {listen: null}\n")
+    path.write_text(
+        "turn: {enabled: true, engine: coturn, auth: {secret: s}}\nmetrics: {listen: null}\n"
+    )
     result = run("config", "check", env={"NATKIT_CONFIG": str(path)})
     assert (
-        result.output
+        result.stdout
         == f"{path}: ok (stun: udp://0.0.0.0:3478 tcp://0.0.0.0:3478; turn: coturn; metrics: off)\n"
     )
 

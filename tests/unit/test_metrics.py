@@ -27,6 +27,11 @@ def test_indices_are_distinct_and_in_range() -> None:
     ]
     indices += [ratelimited_index(t) for t in metrics.TRANSPORTS]
     indices += [error_index(k) for k in metrics.ERROR_KINDS] + [metrics.CONNECTIONS]
+    indices += [
+        metrics.turn_refusal_index(reason, method)
+        for reason, _ in metrics.TURN_REASONS
+        for method in metrics.TURN_METHODS
+    ]
     assert sorted(indices) == list(range(COUNTERS))
 
 

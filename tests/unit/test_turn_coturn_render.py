@@ -122,7 +122,7 @@ def test_static_users_and_errors(cfg: Config) -> None:
     out = lines(coturn.render(users, (4, 6, 1)))
     assert "lt-cred-mech" in out and "user=alice:pw" in out
     both = dataclasses.replace(auth, secret="s")
-    with pytest.raises(ConfigError, match="cannot mix"):
+    with pytest.raises(ConfigError, match="cannot use both"):
         coturn.render(
             dataclasses.replace(cfg, turn=dataclasses.replace(cfg.turn, auth=both)), (4, 6, 1)
         )

@@ -1,0 +1,87 @@
+"""Keys the configured TURN engine does not use, so `config check` and `serve` can say so.
+
+With ``turn.engine: coturn`` natkit renders turnserver.conf and supervises coturn, which then
+serves STUN and TURN itself: every key of natkit's own STUN server, its metrics endpoint and its
+rendezvous has no effect. Checked against coturn 4.6.1 (Debian): ``turnserver --prometheus`` fails
+with "unrecognized option" (the man page documents it for builds with libprom; ``--help`` does
+not list it), it picks its own relay threads (``--relay-threads``, default one per CPU),
+has no per-source request limit, sends its own SOFTWARE ("Coturn-4.6.1 ...") unless told none,
+and has no option for the default allocation lifetime (600 s, built in).
+
+A key is listed when its value asks for something (a non-default value, or a default that turns
+a feature on, like the rate limit and the metrics endpoint): a warning, never an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from natkit.config.model import Config, StreamConfig, StunConfig, TurnLifetimeConfig
+
+__all__ = ["COTURN_IGNORED", "Ignored", "ignored_keys", "ignored_message"]
+
+
+@dataclass(frozen=True, slots=True)
+class Ignored:
+    key: str
+    applies: Callable[[Config], bool]
+    """Whether `config` sets this key to something that would matter."""
+    why: str
+
+
+_STUN = StunConfig()
+_LIFETIME = TurnLifetimeConfig()
+_STREAM = StreamConfig()
+
+COTURN_IGNORED: tuple[Ignored, ...] = (
+    Ignored("stun.enabled", lambda c: not c.stun.enabled, "coturn always answers STUN"),
+    Ignored(
+        "stun.workers",
+        lambda c: c.stun.workers != _STUN.workers,
+        "coturn runs its own relay threads, one per CPU",
+    ),
+    Ignored(
+        "stun.rate_limit",
+        lambda c: c.stun.rate_limit.enabled,
+        "coturn has no per-source request limit",
+    ),
+    Ignored(
+        "stun.stream",
+        lambda c: c.stun.stream != _STREAM,
+        "coturn applies its own TCP/TLS connection limits",
+    ),
+    Ignored(
+        "stun.software",
+        lambda c: c.stun.software not in ("", _STUN.software),
+        "coturn sends its own SOFTWARE; only an empty value is rendered (no-software-attribute)",
+    ),
+    Ignored(
+        "turn.lifetime.default",
+        lambda c: c.turn.lifetime.default != _LIFETIME.default,
+        "coturn 4.6 grants 600 s when the client asks none",
+    ),
+    Ignored(
+        "metrics.listen",
+        lambda c: c.metrics.listen is not None,
+        "Debian's coturn 4.6.1 is built without Prometheus and natkit serves no metrics for it",
+    ),
+    Ignored(
+        "signal.enabled",
+        lambda c: c.signal.enabled,
+        "the rendezvous runs with the builtin engine only; run natkit p2p signal",
+    ),
+)
+
+
+def ignored_keys(config: Config) -> list[Ignored]:
+    """The keys `config` sets that its TURN engine ignores (none for the builtin engine)."""
+    if not (config.turn.enabled and config.turn.engine == "coturn"):
+        return []
+    return [item for item in COTURN_IGNORED if item.applies(config)]
+
+
+def ignored_message(keys: list[Ignored]) -> str:
+    """One line: ``turn.engine coturn ignores stun.rate_limit (why), metrics.listen (why)``."""
+    listed = "; ".join(f"{item.key} ({item.why})" for item in keys)
+    return f"turn.engine coturn ignores {listed}"

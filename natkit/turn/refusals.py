@@ -1,0 +1,173 @@
+"""Why the TURN server refused a request: one `Refusal` per error response, sans-IO.
+
+Theory of operation. The builtin engine's `Relay` answers a refused request with an error
+response (a `SendToClient` command). `explain(request, response, ...)` reads both — the response
+for the ERROR-CODE and method, the request for who asked and for what (USERNAME, XOR-PEER-ADDRESS)
+— and returns a `Refusal`: a reason from the fixed `REASONS` table (the metric label, low
+cardinality) and a one-line detail for the log (user names and peer addresses, never a password,
+key or nonce). Only error responses are decoded; the caller checks the two type bytes first
+(`is_error_response`), so successful traffic pays nothing.
+
+The 401 that answers a request without MESSAGE-INTEGRITY is the challenge every client gets
+first (RFC 8489 §9.2.4): reason ``challenge``, kept apart so dashboards do not count it as a
+refusal, and logged at debug only. `RefusalLog` rate-limits the info lines per reason under a
+flood (token buckets of `natkit.stun.ratelimit`) and says how many it held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
+from natkit.addr import Address
+from natkit.metrics import TURN_METHODS, TURN_REASONS
+from natkit.stun.attributes import ErrorCode
+from natkit.stun.constants import AttrType, Method
+from natkit.stun.errors import StunDecodeError
+from natkit.stun.message import parse_message
+from natkit.stun.ratelimit import RateLimiter
+
+__all__ = [
+    "METHODS",
+    "REASONS",
+    "Refusal",
+    "RefusalLog",
+    "explain",
+    "is_error_response",
+    "method_label",
+]
+
+METHODS = TURN_METHODS
+"""The `method` label: the TURN methods, anything else as ``other``."""
+
+REASONS = TURN_REASONS
+"""(reason label, error code) of every refusal counted, in metric order (`natkit.metrics`):
+challenge 401 (no MESSAGE-INTEGRITY yet, RFC 8489 §9.2.4), credentials 401 (unknown user, wrong
+password, expired or forged REST credential), peer_policy 403 (RFC 8656 §9, turn.peers),
+quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, no free port, a reservation)."""
+
+_METHOD_LABELS: dict[int, str] = {
+    Method.ALLOCATE: "allocate",
+    Method.REFRESH: "refresh",
+    Method.CREATE_PERMISSION: "create_permission",
+    Method.CHANNEL_BIND: "channel_bind",
+}
+
+_BY_CODE = {code: reason for reason, code in REASONS if reason != "challenge"}
+
+
+class Refusal(NamedTuple):
+    code: int
+    method: str
+    """One of `METHODS`."""
+    reason: str
+    """One of the reasons of `REASONS`."""
+    detail: str
+    """What the log says: who and what, no secret."""
+
+
+def is_error_response(data: bytes) -> bool:
+    """STUN message type with class bits C1 and C0 set (RFC 8489 §5): an error response."""
+    return len(data) >= 20 and data[0] < 0x40 and data[0] & 0x01 == 1 and data[1] & 0x10 == 0x10
+
+
+def method_label(method: int) -> str:
+    return _METHOD_LABELS.get(method, "other")
+
+
+def explain(
+    request: bytes,
+    response: bytes,
+    client: Address,
+    allowed: Callable[[str], bool],
+    unix_now: Callable[[], float] = time.time,
+) -> Refusal | None:
+    """The refusal `response` answers `request` with; None if it is not an error response.
+
+    `allowed(ip)` is the peer policy (to name the refused peers of a 403)."""
+    try:
+        answer = parse_message(response)
+    except StunDecodeError:
+        return None
+    error = answer.get(AttrType.ERROR_CODE)
+    if not isinstance(error, ErrorCode):
+        return None
+    method = method_label(answer.method)
+    try:
+        msg = parse_message(request)
+    except StunDecodeError:  # pragma: no cover - the relay answered it, so it parsed
+        return Refusal(error.code, method, _BY_CODE.get(error.code, "bad_request"), "")
+    username = msg.get(AttrType.USERNAME)
+    user = f"user {username!r}" if isinstance(username, str) else "no user"
+    who = f"{client} ({user})"
+    code = error.code
+    if code == 401 and AttrType.MESSAGE_INTEGRITY not in msg:
+        return Refusal(code, method, "challenge", f"{who}: challenge (no credentials yet)")
+    if code == 401:
+        return Refusal(code, method, "credentials", f"{who}: {_credentials(username, unix_now)}")
+    if code == 403:
+        peers = [
+            v.host
+            for t, v in msg.attributes
+            if t == AttrType.XOR_PEER_ADDRESS and isinstance(v, Address) and not allowed(v.host)
+        ]
+        shown = ", ".join(peers[:3]) + (f" and {len(peers) - 3} more" if len(peers) > 3 else "")
+        what = f"peer {shown} refused by the peer policy (turn.peers)" if peers else "forbidden"
+        return Refusal(code, method, "peer_policy", f"{who}: {what}")
+    reason = _BY_CODE.get(code, "bad_request")
+    return Refusal(code, method, reason, f"{who}: {_DETAILS.get(reason, error.reason)}")
+
+
+def _credentials(username: object, unix_now: Callable[[], float]) -> str:
+    if not isinstance(username, str):
+        return "credentials refused"
+    expiry, sep, _ = username.partition(":")
+    if sep and expiry.isdecimal() and int(expiry) < unix_now():
+        return "REST API credential expired (mint a new one)"
+    return "wrong password or unknown user (or a credential not minted with turn.auth.secret)"
+
+
+_DETAILS = {
+    "bad_request": "malformed request (bad or missing attribute)",
+    "unknown_attribute": "unknown comprehension-required attribute",
+    "allocation_mismatch": "no allocation for this 5-tuple, or one exists already",
+    "stale_nonce": "stale nonce (the client retries with the fresh one)",
+    "family_unsupported": "no relay address of the requested family",
+    "wrong_user": "the allocation belongs to another user",
+    "unsupported_transport": "only UDP relays are offered (REQUESTED-TRANSPORT)",
+    "family_mismatch": "peer address family differs from the allocation's",
+    "quota": "allocation quota per user reached (turn.quota.per_user)",
+    "capacity": "no capacity (turn.quota.total, no free relay port, or a port reservation)",
+}
+
+
+class RefusalLog:
+    """Logs each refusal at info (challenges at debug), at most `burst` lines at once and
+    `rate` a second per reason; the next line that gets through says how many were held back."""
+
+    def __init__(self, logger: logging.Logger, rate: float = 1.0, burst: int = 10) -> None:
+        self.logger = logger
+        self._limit = RateLimiter(rate, burst, max_sources=len(REASONS))
+        self._held: dict[str, int] = {}
+
+    def __call__(self, refusal: Refusal, now: float) -> None:
+        level = logging.DEBUG if refusal.reason == "challenge" else logging.INFO
+        if not self.logger.isEnabledFor(level):
+            return
+        if not self._limit.allow(refusal.reason, now):
+            self._held[refusal.reason] = self._held.get(refusal.reason, 0) + 1
+            return
+        held = self._held.pop(refusal.reason, 0)
+        more = f" ({held} more {refusal.reason} refusals not logged)" if held else ""
+        self.logger.log(
+            level,
+            "TURN %s refused %d (%s): %s%s",
+            refusal.method,
+            refusal.code,
+            refusal.reason,
+            refusal.detail,
+            more,
+            extra={"code": refusal.code, "method": refusal.method, "reason": refusal.reason},
+        )
