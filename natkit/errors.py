@@ -9,9 +9,12 @@ Protocol errors that travel on the wire carry their STUN ERROR-CODE instead (`na
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "ConfigError",
     "DependencyError",
+    "Interrupted",
     "LabError",
     "NatkitError",
     "PrivilegeError",
@@ -63,3 +66,12 @@ class PrivilegeError(NatkitError):
 
 class LabError(NatkitError):
     """A lab could not be built, found or removed."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received while this process owned a lab (`natkit.lab.signals`): it
+    unwinds exactly like Ctrl-C, and the CLI then exits 128 + `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
@@ -28,13 +29,21 @@ class _NatkitClickError(click.ClickException):
 
 
 class NatkitGroup(click.Group):
-    """A click group that turns any NatkitError raised below it into a one-line error."""
+    """A click group that turns any NatkitError raised below it into a one-line error, and an
+    interruption into one line and exit status 128 + signal (130 for Ctrl-C, 143 for SIGTERM)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except NatkitError as err:
             raise _NatkitClickError(err) from err
+        except KeyboardInterrupt as err:
+            # By now every `finally` below has run (labs removed, children stopped). Interrupted
+            # (natkit.lab.signals) carries SIGTERM / SIGHUP; a plain KeyboardInterrupt is SIGINT.
+            signum = int(getattr(err, "signum", signal.SIGINT))
+            name = signal.Signals(signum).name
+            click.echo(f"natkit: interrupted ({name})", err=True)
+            sys.exit(128 + signum)
 
 
 def fail(message: str, status: int = 2) -> None:
