@@ -238,3 +238,38 @@ def test_lab_down_asks_processes_to_stop_then_kills(cli_lab: Lab, tmp_path: Path
     assert stubborn.wait(5) == -signal.SIGKILL  # and the one ignoring it did not stop the down
     assert 1.5 < took < 10, took
     assert netns not in list_namespaces()
+
+
+def test_sigterm_during_a_persistent_up_removes_the_half_built_lab(tmp_path: Path) -> None:
+    """`natkit lab up` keeps its lab after it exits, but one it was still building is its own."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        import natkit.lab.netlink as nl
+        from natkit.lab import Lab
+        real = nl._run
+        def slow(argv, stdin=None, what=""):
+            real(argv, stdin, what)
+            if what == "ip link add":
+                print("READY", flush=True)
+                time.sleep(60)
+        nl._run = slow
+        Lab.up("pair-full-cone", name=sys.argv[1], persistent=True)
+        """
+    )
+    name = f"building-{os.getpid()}"
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "READY"
+        state = load_state(name)
+        inodes = _inodes(state)
+        child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _leftovers(state, inodes) == {}  # without `natkit lab gc`
