@@ -18,6 +18,7 @@ __all__ = [
     "LabError",
     "NatkitError",
     "PrivilegeError",
+    "TopologyError",
     "UsageError",
 ]
 
@@ -66,6 +67,11 @@ class PrivilegeError(NatkitError):
 
 class LabError(NatkitError):
     """A lab could not be built, found or removed."""
+
+
+class TopologyError(LabError, ConfigError):
+    """A lab topology (YAML) is invalid; like a config error it reads
+    ``FILE:LINE: key.path: problem``."""
 
 
 class Interrupted(KeyboardInterrupt):
