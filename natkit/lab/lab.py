@@ -116,20 +116,22 @@ class Lab:
     def stop(self, grace: float = 1.0) -> None:
         """Terminate every process `spawn()` and `exec()` started (SIGTERM, SIGKILL after
         `grace` seconds) and refuse new ones: threads still using the lab then return soon."""
-        with self._lock:
-            self._stopping = True
-            procs = [*self._procs, *self._running]
-            self._procs.clear()
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + grace
-        for proc in procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        with signals.deferred():
+            with self._lock:
+                self._stopping = True
+                procs = [*self._procs, *self._running]
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + grace
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            with self._lock:
+                self._procs.clear()
 
     def __enter__(self) -> Lab:
         return self

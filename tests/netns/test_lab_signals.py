@@ -273,3 +273,37 @@ def test_sigterm_during_a_persistent_up_removes_the_half_built_lab(tmp_path: Pat
             child.kill()
             child.wait()
     assert _leftovers(state, inodes) == {}  # without `natkit lab gc`
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGTERM"])
+def test_a_lab_nobody_took_down_is_removed_at_exit(how: str) -> None:
+    """A script that never calls down() (no `with`), ending normally or by SIGTERM."""
+    script = textwrap.dedent(
+        """
+        import sys, time
+        from natkit.lab import Lab
+        lab = Lab.up("open")
+        print(lab.name, flush=True)
+        sys.stdin.readline()  # the test has read the lab's state
+        if sys.argv[1] == "SIGTERM":
+            time.sleep(60)
+        """
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        state = load_state(child.stdout.readline().decode().strip())
+        inodes = _inodes(state)
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        if how == "SIGTERM":
+            time.sleep(0.3)
+            child.send_signal(signal.SIGTERM)
+        child.wait(30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert _leftovers(state, inodes) == {}
