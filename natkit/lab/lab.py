@@ -64,7 +64,7 @@ class Lab:
         netlink.check_privileges()
         started = time.perf_counter()
         # Owned before the state file exists: a SIGTERM from here on unwinds (natkit.lab.signals).
-        token = f"building-{secrets.token_hex(4)}"
+        token = f"#building-{secrets.token_hex(4)}"  # "#" is in no lab name
         built: list[LabState] = []
 
         def remove_built() -> None:
