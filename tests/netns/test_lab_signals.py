@@ -21,6 +21,7 @@ import pytest
 from natkit.lab import Lab
 from natkit.lab.netlink import NETNS_DIR, list_namespaces
 from natkit.lab.registry import LabState, load_all, load_state
+from tests.netns.children import reaped, slow_up
 
 pytestmark = pytest.mark.netns
 NATKIT = [sys.executable, "-m", "natkit"]
@@ -158,17 +159,12 @@ def _pytest_run(tmp_path: Path) -> subprocess.Popen[str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
 def test_signalled_pytest_run_removes_its_labs(tmp_path: Path, signum: signal.Signals) -> None:
-    run = _pytest_run(tmp_path)
-    try:
+    with reaped(_pytest_run(tmp_path)) as run:
         state = _lab_of(run.pid)
         inodes = _inodes(state)
         _wait_for("the spawned sleep", lambda: _children(run.pid, "sleep"))
         run.send_signal(signum)
         out, _ = run.communicate(timeout=30)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert _leftovers(state, inodes) == {}
     assert run.returncode == 128 + signum, out
 
@@ -209,15 +205,10 @@ def cli_lab() -> object:
 def test_lab_exec_lets_the_signal_reach_its_command(cli_lab: Lab, signum: signal.Signals) -> None:
     inodes = {os.stat(os.path.join(NETNS_DIR, cli_lab.netns("peer"))).st_ino}
     argv = [*NATKIT, "lab", "exec", cli_lab.name, "peer", "--", "sleep", "30"]
-    run = subprocess.Popen(argv)
-    try:
+    with reaped(subprocess.Popen(argv)) as run:
         _wait_for("the sleep in node peer", lambda: _pids_in(inodes))
         run.send_signal(signum)
         run.wait(10)
-    finally:
-        if run.poll() is None:
-            run.kill()
-            run.wait()
     assert run.returncode == -signum  # what killed the command is what the caller sees
     _wait_for("no process left in node peer", lambda: not _pids_in(inodes), timeout=5)
 
@@ -240,38 +231,14 @@ def test_lab_down_asks_processes_to_stop_then_kills(cli_lab: Lab, tmp_path: Path
     assert netns not in list_namespaces()
 
 
-def test_sigterm_during_a_persistent_up_removes_the_half_built_lab(tmp_path: Path) -> None:
+def test_sigterm_during_a_persistent_up_removes_the_half_built_lab() -> None:
     """`natkit lab up` keeps its lab after it exits, but one it was still building is its own."""
-    script = textwrap.dedent(
-        """
-        import sys, time
-        import natkit.lab.netlink as nl
-        from natkit.lab import Lab
-        real = nl._run
-        def slow(argv, stdin=None, what=""):
-            real(argv, stdin, what)
-            if what == "ip link add":
-                print("READY", flush=True)
-                time.sleep(60)
-        nl._run = slow
-        Lab.up("pair-full-cone", name=sys.argv[1], persistent=True)
-        """
-    )
     name = f"building-{os.getpid()}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
+    with reaped(slow_up(name, persistent=True)) as child:
         state = load_state(name)
         inodes = _inodes(state)
         child.send_signal(signal.SIGTERM)
         child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert _leftovers(state, inodes) == {}  # without `natkit lab gc`
 
 
@@ -289,10 +256,8 @@ def test_a_lab_nobody_took_down_is_removed_at_exit(how: str) -> None:
             time.sleep(60)
         """
     )
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, how], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
+    argv = [sys.executable, "-c", script, how]
+    with reaped(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)) as child:
         assert child.stdout is not None and child.stdin is not None
         state = load_state(child.stdout.readline().decode().strip())
         inodes = _inodes(state)
@@ -302,8 +267,4 @@ def test_a_lab_nobody_took_down_is_removed_at_exit(how: str) -> None:
             time.sleep(0.3)
             child.send_signal(signal.SIGTERM)
         child.wait(30)
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
     assert _leftovers(state, inodes) == {}
