@@ -9,12 +9,16 @@ Protocol errors that travel on the wire carry their STUN ERROR-CODE instead (`na
 
 from __future__ import annotations
 
+import signal
+
 __all__ = [
     "ConfigError",
     "DependencyError",
+    "Interrupted",
     "LabError",
     "NatkitError",
     "PrivilegeError",
+    "TopologyError",
     "UsageError",
 ]
 
@@ -63,3 +67,17 @@ class PrivilegeError(NatkitError):
 
 class LabError(NatkitError):
     """A lab could not be built, found or removed."""
+
+
+class TopologyError(LabError, ConfigError):
+    """A lab topology (YAML) is invalid; like a config error it reads
+    ``FILE:LINE: key.path: problem``."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM or SIGHUP received while this process owned a lab (`natkit.lab.signals`): it
+    unwinds exactly like Ctrl-C, and the CLI then exits 128 + `signum`."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)

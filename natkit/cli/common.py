@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from typing import IO, Any, NoReturn, TypeVar
@@ -60,7 +61,8 @@ def _one_line(err: click.UsageError) -> click.ClickException:
 
 
 class NatkitGroup(click.Group):
-    """A click group whose errors below it print as one line: NatkitError and usage errors."""
+    """A click group whose errors below it print as one line (NatkitError and usage errors), and
+    an interruption as one line and exit status 128 + signal (130 for Ctrl-C, 143 for SIGTERM)."""
 
     def make_context(
         self,
@@ -81,6 +83,13 @@ class NatkitGroup(click.Group):
             raise _NatkitClickError(err) from err
         except click.UsageError as err:  # raised while parsing a subcommand's arguments
             raise _one_line(err) from err
+        except KeyboardInterrupt as err:
+            # By now every `finally` below has run (labs removed, children stopped). Interrupted
+            # (natkit.lab.signals) carries SIGTERM / SIGHUP; a plain KeyboardInterrupt is SIGINT.
+            signum = int(getattr(err, "signum", signal.SIGINT))
+            name = signal.Signals(signum).name
+            click.echo(f"natkit: interrupted ({name})", err=True)
+            sys.exit(128 + signum)
 
 
 def fail(message: str, status: int = 2) -> NoReturn:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from natkit.cli.common import NatkitGroup, echo_json, fail
@@ -103,6 +101,8 @@ def status_cmd(name: str | None, as_json: bool) -> None:
 def exec_cmd(name: str, node: str, argv: tuple[str, ...]) -> None:
     """Run a command inside NODE of lab NAME; its exit status is passed through.
 
+    The command takes this process's place, so SIGTERM, SIGINT and SIGHUP reach it directly.
+
     \b
     Example:
       natkit lab exec p2p alice -- python3 -c 'print("hi")'
@@ -112,13 +112,14 @@ def exec_cmd(name: str, node: str, argv: tuple[str, ...]) -> None:
 
     check_privileges()
     lab = Lab.attach(name)
+    # The command replaces this process (no natkit parent stays behind): SIGTERM, SIGINT and
+    # SIGHUP reach it directly and its exit status, or the signal that ended it, is ours.
     try:
-        done = lab.exec(node, list(argv), capture_output=False, timeout=None)
+        lab.execvp(node, list(argv))
     except FileNotFoundError:
         fail(f"{argv[0]}: command not found in node {node}", 127)
-        return
-    # A child killed by signal N reports -N; shells say 128+N.
-    sys.exit(done.returncode if done.returncode >= 0 else 128 - done.returncode)
+    except PermissionError:
+        fail(f"{argv[0]}: permission denied (not executable?) in node {node}", 126)
 
 
 @command.command("down")
@@ -126,6 +127,8 @@ def exec_cmd(name: str, node: str, argv: tuple[str, ...]) -> None:
 @click.option("--all", "all_", is_flag=True, help="Remove every lab.")
 def down_cmd(name: str | None, all_: bool) -> None:
     """Remove lab NAME (or every lab with --all): processes, namespaces, interfaces, rules.
+
+    Processes inside get SIGTERM and 2 s to exit, then SIGKILL.
 
     \b
     Example:

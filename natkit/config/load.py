@@ -10,7 +10,6 @@ in `natkit.config.checks`; the first problem found stops the load with a `Config
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import os
 import types
@@ -34,6 +33,8 @@ from natkit.config.cross import check_config, check_stun
 from natkit.config.envsubst import substitute
 from natkit.config.model import Config, StunConfig, config_fields, is_section
 from natkit.errors import ConfigError
+from natkit.yamlsource import closest
+from natkit.yamlsource import compose as _compose
 
 __all__ = ["load", "loads"]
 
@@ -103,22 +104,6 @@ def _read(source: str) -> str:
     except UnicodeDecodeError as err:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError("not UTF-8 text", file=source, line=line) from None
-
-
-def _compose(text: str, source: str) -> yaml.Node | None:
-    try:
-        return yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.MarkedYAMLError as err:
-        # Only `problem`: str(err) quotes the offending line, which may hold a secret.
-        line = err.problem_mark.line + 1 if err.problem_mark else None
-        problem = err.problem or err.context or "invalid YAML"
-        raise ConfigError(f"YAML syntax error: {problem}", file=source, line=line) from None
-    except yaml.reader.ReaderError as err:
-        line = text[: err.position].count("\n") + 1
-        message = f"YAML syntax error: character {err.character!r} is not allowed in YAML"
-        raise ConfigError(message, file=source, line=line) from None
-    except yaml.YAMLError as err:  # pragma: no cover - every PyYAML error above carries a mark
-        raise ConfigError(f"YAML syntax error: {type(err).__name__}", file=source) from None
 
 
 def _shape(node: yaml.Node) -> str:
@@ -238,8 +223,8 @@ class _Walker:
         key = str(node.value)
         key_path = _join(path, key)
         if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1)
-            hint = f'did you mean "{close[0]}"?' if close else "known keys: " + ", ".join(known)
+            close = closest(key, known)
+            hint = f'did you mean "{close}"?' if close else "known keys: " + ", ".join(known)
             raise self.error(node, key_path, f"unknown key; {hint}")
         return key
 
@@ -331,8 +316,8 @@ class _Walker:
             if any(type(value) is type(a) and value == a for a in get_args(tp)):
                 return value
             options = [a for a in get_args(tp) if isinstance(a, str)]
-            close = difflib.get_close_matches(value, options, n=1) if isinstance(value, str) else []
-            hint = f' (did you mean "{close[0]}"?)' if close else ""
+            close = closest(value, options)
+            hint = f' (did you mean "{close}"?)' if close else ""
             if len(get_args(tp)) == 1:  # `version: 2`
                 got = self.got(node, path, secret)
                 raise self.error(node, path, f"must be {_describe(tp)}, got {got}")

@@ -13,16 +13,19 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import secrets
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from natkit.errors import LabError
-from natkit.lab import netlink, registry
+from natkit.lab import netlink, registry, signals
 from natkit.lab.registry import LabState
 
 if TYPE_CHECKING:  # imported in up(): attach/down/gc (the CLI's `lab down`) never need yaml
@@ -40,6 +43,10 @@ class Lab:
         self.state = state
         self._procs: list[subprocess.Popen[Any]] = []
         self._sockets: list[socket.socket] = []
+        self._running: set[subprocess.Popen[Any]] = set()  # exec() children, while they run
+        self._lock = threading.Lock()
+        self._stopping = False
+        self._owner_token: str | None = None  # set while this process owns the lab
         self.build_seconds = 0.0
 
     # -- life cycle -------------------------------------------------------------------------
@@ -49,39 +56,41 @@ class Lab:
     ) -> Lab:
         """Build `topology` (a Topology, preset name or YAML path); return the running lab.
 
-        `persistent` labs outlive this process (the CLI's `lab up`); others are removed by
-        `natkit lab gc` once this process is gone.
+        `persistent` labs outlive this process (the CLI's `lab up`). Others belong to this
+        process: SIGTERM and SIGHUP unwind like Ctrl-C while it holds one, interpreter exit
+        removes one left up, and `natkit lab gc` removes them once the process is gone.
         """
-        from natkit.lab.plan import build_plan
         from natkit.lab.presets import load_topology
 
         topo = load_topology(topology)
         netlink.check_privileges()
         started = time.perf_counter()
-        state = registry.claim(topo.name, name, persistent)
-        try:
-            plan = build_plan(topo, state.prefix)
-            state.namespaces = plan.namespaces
-            state.nodes = {
-                n.name: {
-                    "kind": n.kind,
-                    "netns": n.netns,
-                    "addresses": [str(a) for a in (*n.addresses, *n.addresses6)],
-                    **({"lan": str(n.lan)} if n.lan else {}),
-                    **({"behind": n.parent} if n.parent else {}),
-                }
-                for n in plan.nodes.values()
-            }
-            state.save()  # the namespaces are on record before the first one exists
-            netlink.apply_plan(plan)
-            state.status = "up"
-            state.save()
-        except BaseException:
-            with contextlib.suppress(Exception):
+        # Owned before the state file exists: a SIGTERM from here on unwinds (natkit.lab.signals).
+        token = f"#building-{secrets.token_hex(4)}"  # "#" is in no lab name
+        built: list[LabState] = []
+
+        def remove_built() -> None:
+            for state in built:
                 registry.remove_lab(state)
+
+        signals.own(token, remove_built)
+        try:
+            state = registry.claim(topo.name, name, persistent)
+            built.append(state)
+            _build(topo, state)
+        except BaseException:
+            try:
+                with signals.deferred(), contextlib.suppress(Exception):
+                    remove_built()
+            finally:
+                signals.disown(token)
             raise
         lab = cls(state)
         lab.build_seconds = time.perf_counter() - started
+        if not persistent:  # a persistent lab outlives this process: it is nobody's to remove
+            lab._owner_token = state.name
+            signals.own(state.name, lab.down)
+        signals.disown(token)
         return lab
 
     @classmethod
@@ -90,22 +99,41 @@ class Lab:
         return cls(registry.load_state(name))
 
     def down(self) -> None:
-        """Stop what was spawned, close lab sockets, remove every namespace and the record."""
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + 1.0
-        for proc in self._procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(max(0.0, deadline - time.monotonic()))
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        self._procs.clear()
-        for sock in self._sockets:
-            sock.close()  # an open socket would keep its namespace (and veths) alive
-        self._sockets.clear()
-        registry.remove_lab(self.state)
+        """Stop what was spawned, close lab sockets, remove every namespace and the record.
+
+        SIGTERM / SIGHUP arriving meanwhile are held until the lab is gone (`signals.deferred`).
+        """
+        try:
+            with signals.deferred():
+                self.stop()
+                for sock in self._sockets:
+                    sock.close()  # an open socket would keep its namespace (and veths) alive
+                self._sockets.clear()
+                registry.remove_lab(self.state)
+        finally:
+            if self._owner_token is not None:
+                signals.disown(self._owner_token)
+                self._owner_token = None
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Terminate every process `spawn()` and `exec()` started (SIGTERM, SIGKILL after
+        `grace` seconds) and refuse new ones: threads still using the lab then return soon."""
+        with signals.deferred():
+            with self._lock:
+                self._stopping = True
+                procs = [*self._procs, *self._running]
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
+            deadline = time.monotonic() + grace
+            for proc in procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(max(0.0, deadline - time.monotonic()))
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            with self._lock:
+                self._procs.clear()
 
     def __enter__(self) -> Lab:
         return self
@@ -204,23 +232,72 @@ class Lab:
             kwargs.setdefault("stderr", subprocess.PIPE)
         if input is not None:
             kwargs["stdin"] = subprocess.PIPE
-        proc = netlink.popen_in_netns(self.netns(node), argv, text=text, **kwargs)
+        proc = self._popen(node, argv, self._running, text=text, **kwargs)
         try:
             out, err = proc.communicate(input, timeout=timeout)
         except BaseException:
             proc.kill()
             proc.wait()
             raise
+        finally:
+            with self._lock:
+                self._running.discard(proc)
         done = subprocess.CompletedProcess(argv, proc.returncode, out, err)
         if check:
             done.check_returncode()
         return done
 
+    def execvp(self, node: str, argv: list[str]) -> NoReturn:
+        """Replace this process with `argv` running inside `node` (what `natkit lab exec` does):
+        signals then reach the command itself and its exit status is the process's."""
+        netns = self.netns(node)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        netlink.exec_in_netns(netns, argv)
+        raise AssertionError("unreachable: execvp returned")
+
     def spawn(self, node: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start `argv` in the background inside `node`; `down()` terminates it."""
-        proc = netlink.popen_in_netns(self.netns(node), argv, **kwargs)
-        self._procs.append(proc)
+        return self._popen(node, argv, self._procs, **kwargs)
+
+    def _popen(
+        self,
+        node: str,
+        argv: list[str],
+        into: list[subprocess.Popen[Any]] | set[subprocess.Popen[Any]],
+        **kwargs: Any,
+    ) -> subprocess.Popen[Any]:
+        netns = self.netns(node)
+        with self._lock:  # started and recorded at once: stop() sees every process
+            if self._stopping:
+                raise LabError(f"lab {self.name} is being removed")
+            proc = netlink.popen_in_netns(netns, argv, **kwargs)
+            if isinstance(into, set):
+                into.add(proc)
+            else:
+                into.append(proc)
         return proc
+
+
+def _build(topo: Topology, state: LabState) -> None:
+    from natkit.lab.plan import build_plan
+
+    plan = build_plan(topo, state.prefix)
+    state.namespaces = plan.namespaces
+    state.nodes = {
+        n.name: {
+            "kind": n.kind,
+            "netns": n.netns,
+            "addresses": [str(a) for a in (*n.addresses, *n.addresses6)],
+            **({"lan": str(n.lan)} if n.lan else {}),
+            **({"behind": n.parent} if n.parent else {}),
+        }
+        for n in plan.nodes.values()
+    }
+    state.save()  # the namespaces are on record before the first one exists
+    netlink.apply_plan(plan)
+    state.status = "up"
+    state.save()
 
 
 def down_all() -> list[str]:

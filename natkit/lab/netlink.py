@@ -35,6 +35,7 @@ __all__ = [
     "apply_plan",
     "check_privileges",
     "delete_namespaces",
+    "exec_in_netns",
     "in_netns",
     "kill_namespace_processes",
     "list_namespaces",
@@ -82,18 +83,7 @@ def in_netns(netns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
 
     def run() -> None:
         try:
-            fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            error.append(LabError(f"network namespace {netns} does not exist"))
-            return
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                error.append(OSError(err, f"setns({netns}): {os.strerror(err)}"))
-                return
-        finally:
-            os.close(fd)
-        try:
+            _setns(netns)
             result.append(fn(*args, **kwargs))
         except BaseException as exc:
             error.append(exc)
@@ -104,6 +94,35 @@ def in_netns(netns: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     if error:
         raise error[0]
     return result[0]
+
+
+def _setns(netns: str) -> None:
+    """Move the calling thread into network namespace `netns`."""
+    try:
+        fd = os.open(os.path.join(NETNS_DIR, netns), os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise LabError(f"network namespace {netns} does not exist") from None
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({netns}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def exec_in_netns(netns: str, argv: list[str]) -> None:
+    """Replace this process with `argv` running inside `netns` (returns only by raising).
+
+    No parent stays behind to forward signals: SIGTERM, SIGINT and SIGHUP reach the command
+    itself, and its exit status (or the signal that killed it) is the caller's.
+    """
+    _setns(netns)
+    # What Python changed at start-up that an exec'd command must not inherit (subprocess
+    # restores the same for its children).
+    for name in ("SIGPIPE", "SIGXFSZ"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_DFL)
+    os.execvp(argv[0], argv)
 
 
 def popen_in_netns(netns: str, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
@@ -268,12 +287,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def delete_namespaces(names: Iterable[str]) -> None:
-    """Remove the namespaces (and with them every interface inside); missing ones are ignored."""
+def delete_namespaces(names: Iterable[str], grace: float = 2.0) -> None:
+    """Remove the namespaces (and with them every interface inside); missing ones are ignored.
+
+    Processes still inside get SIGTERM and `grace` seconds to finish (a server flushing its log,
+    a test peer writing its report), then SIGKILL.
+    """
     present = [n for n in names if os.path.exists(os.path.join(NETNS_DIR, n))]
     if not present:
         return
-    kill_namespace_processes(present)
+    kill_namespace_processes(present, grace)
     subprocess.run(
         ["ip", "-force", "-batch", "-"],
         input="".join(f"netns del {n}\n" for n in present),

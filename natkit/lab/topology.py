@@ -34,6 +34,7 @@ YAML (version 1)::
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,8 @@ from typing import Any, Literal, cast
 
 import yaml
 
-from natkit.errors import LabError
+from natkit.errors import TopologyError
+from natkit.yamlsource import closest, compose, line_of
 
 __all__ = [
     "BEHAVIOURS",
@@ -150,22 +152,34 @@ class Topology:
 
     @classmethod
     def from_yaml(cls, path: str | Path, *, text: str | None = None) -> Topology:
-        """Load and validate a topology file; errors are one-line LabErrors naming file and key."""
+        """Load and validate a topology file; errors are one-line TopologyErrors naming file,
+        line and key path (``my.yaml:7: nats.home.type: ...``)."""
         path = Path(path)
-        try:
-            raw = yaml.safe_load(text if text is not None else path.read_text())
-        except OSError as err:
-            raise LabError(f"{path}: cannot read topology: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise LabError(f"{path}: not valid YAML: {str(err).splitlines()[0]}") from err
+        if text is None:
+            try:
+                text = path.read_text(encoding="utf-8-sig")
+            except OSError as err:
+                problem = f"cannot read topology: {err.strerror}"
+                raise TopologyError(problem, file=str(path)) from err
+            except UnicodeDecodeError:
+                raise TopologyError("not UTF-8 text", file=str(path)) from None
+        root = compose(text, str(path), TopologyError)
+        lines = _lines(root, str(path)) if root is not None else {}
+        raw = None if root is None else yaml.constructor.SafeConstructor().construct_document(root)
         default_name = path.name.removesuffix(".yaml").removesuffix(".yml")
-        return cls.from_dict(raw, source=str(path), default_name=default_name)
+        return cls.from_dict(raw, source=str(path), default_name=default_name, lines=lines)
 
     @classmethod
     def from_dict(
-        cls, raw: Any, *, source: str = "<topology>", default_name: str = "lab"
+        cls,
+        raw: Any,
+        *,
+        source: str = "<topology>",
+        default_name: str = "lab",
+        lines: dict[str, int] | None = None,
     ) -> Topology:
-        return _Reader(source).topology(raw, default_name)
+        """Validate parsed YAML; `lines` maps key paths to their lines (`from_yaml` has them)."""
+        return _Reader(source, lines or {}).topology(raw, default_name)
 
     def node_names(self) -> list[str]:
         return (
@@ -181,30 +195,77 @@ class Topology:
         raise KeyError(name)
 
 
+def _join(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _lines(node: yaml.Node, source: str, path: str = "") -> dict[str, int]:
+    """Key path ("nats.home.type", "servers.s.addresses[1]") → the line it is written on."""
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.value == "<<":
+                continue  # merged keys (<<: *anchor) are blamed on their mapping's line
+            key = _join(path, key_node.value)
+            if key in lines:  # PyYAML would silently keep the last one
+                problem = f"duplicate key (first given on line {lines[key]})"
+                raise TopologyError(problem, file=source, line=line_of(key_node), path=key)
+            lines[key] = line_of(key_node)
+            lines |= _lines(value_node, source, key)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[f"{path}[{index}]"] = line_of(item)
+            lines |= _lines(item, source, f"{path}[{index}]")
+    return lines
+
+
+def _got(value: object) -> str:
+    """How an error shows a value the user wrote."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, list | dict):
+        return "a list" if isinstance(value, list) else "a mapping"
+    return f"a {type(value).__name__}"  # dates, binary: YAML types a topology never takes
+
+
 class _Reader:
-    """Turns parsed YAML into a Topology; every problem is `LabError("FILE: key.path: problem")`."""
+    """Turns parsed YAML into a Topology; every problem is a TopologyError at the line of the key
+    it names (the nearest enclosing key's line when that key is not written, e.g. a default)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, lines: dict[str, int]) -> None:
         self.source = source
+        self.lines = lines
 
-    def fail(self, key: str, problem: str) -> LabError:
-        return LabError(f"{self.source}: {key}: {problem}" if key else f"{self.source}: {problem}")
+    def fail(self, key: str, problem: str) -> TopologyError:
+        where = key
+        while where and where not in self.lines:
+            where = where[: max(where.rfind("."), where.rfind("["), 0)]
+        line = self.lines.get(where)
+        return TopologyError(problem, file=self.source, line=line, path=key or None)
 
     def mapping(self, raw: Any, key: str, allowed: tuple[str, ...]) -> dict[str, Any]:
         if raw is None:
             return {}
         if not isinstance(raw, dict):
-            raise self.fail(key, f"expected a mapping, got {type(raw).__name__}")
+            raise self.fail(key, f"expected a mapping, got {_got(raw)}")
         for k in raw:
             if k not in allowed:
-                where = f"{key}.{k}" if key else str(k)
-                raise self.fail(where, f"unknown key (allowed: {', '.join(allowed)})")
+                close = closest(k, allowed)
+                hint = f'did you mean "{close}"?' if close else "known keys: " + ", ".join(allowed)
+                raise self.fail(_join(key, k), f"unknown key; {hint}")
         return raw
 
     def topology(self, raw: Any, default_name: str) -> Topology:
         top = self.mapping(raw, "", ("version", "name", "description", "servers", "nats", "hosts"))
-        if top.get("version", 1) != 1:
-            raise self.fail("version", "only version 1 is supported")
+        version = top.get("version", 1)
+        if version != 1 or isinstance(version, bool):
+            raise self.fail("version", f"must be 1, got {_got(version)}")
         name = str(top.get("name", default_name))
         servers_raw = top.get("servers")
         if servers_raw is None:
@@ -230,17 +291,22 @@ class _Reader:
     def server(self, name: str, raw: Any) -> Server:
         key = f"servers.{name}"
         d = self.mapping(raw, key, ("addresses", "link"))
-        addrs_raw = d.get("addresses")
+        if "addresses" not in d:
+            raise self.fail(key, 'missing required key "addresses"')
+        addrs_raw = d["addresses"]
         if not isinstance(addrs_raw, list) or not addrs_raw:
-            raise self.fail(f"{key}.addresses", "a list of one or more addresses in 203.0.113.0/24")
-        addrs = tuple(self.public_ip(a, f"{key}.addresses") for a in addrs_raw)
+            raise self.fail(
+                f"{key}.addresses",
+                f"expected a list of one or more addresses in {INTERNET_V4}, got {_got(addrs_raw)}",
+            )
+        addrs = tuple(self.public_ip(a, f"{key}.addresses[{i}]") for i, a in enumerate(addrs_raw))
         return Server(name, addrs, self.link(d.get("link"), f"{key}.link"))
 
     def public_ip(self, raw: Any, key: str) -> ipaddress.IPv4Address:
         try:
             ip = ipaddress.IPv4Address(str(raw))
         except ValueError as err:
-            raise self.fail(key, f"not an IPv4 address: {raw!r}") from err
+            raise self.fail(key, f"expected an IPv4 address, got {_got(raw)}") from err
         if ip not in INTERNET_V4 or int(ip) & 0xFF in (0, 255):
             raise self.fail(key, f"{ip} is not a host address in {INTERNET_V4}")
         return ip
@@ -265,29 +331,28 @@ class _Reader:
         )
         mapping, filtering = "endpoint-independent", "address-and-port-dependent"
         if "type" in d:
-            if d["type"] not in NAT_TYPES:
-                raise self.fail(
-                    f"{key}.type",
-                    f"unknown NAT type {d['type']!r} (one of: {', '.join(NAT_TYPES)})",
-                )
-            mapping, filtering = NAT_TYPES[d["type"]]
-        mapping = self.choice(d.get("mapping", mapping), BEHAVIOURS, f"{key}.mapping")
-        filtering = self.choice(d.get("filtering", filtering), BEHAVIOURS, f"{key}.filtering")
+            mapping, filtering = NAT_TYPES[self.choice(d["type"], tuple(NAT_TYPES), f"{key}.type")]
+        # "mapping: symmetric" is a NAT type written where a behaviour belongs.
+        types = {t: f'"type: {t}", which sets both mapping and filtering' for t in NAT_TYPES}
+        mapping = self.choice(d.get("mapping", mapping), BEHAVIOURS, f"{key}.mapping", types)
+        filtering = self.choice(
+            d.get("filtering", filtering), BEHAVIOURS, f"{key}.filtering", types
+        )
         pp = d.get("port_preservation", "on")
         pp = {True: "on", False: "off"}.get(pp, pp) if isinstance(pp, bool) else pp
         pp = self.choice(pp, ("on", "off", "blocks"), f"{key}.port_preservation")
-        hairpin = d.get("hairpinning", False)
-        if not isinstance(hairpin, bool):
-            raise self.fail(f"{key}.hairpinning", "expected true or false")
+        hairpin = self.flag(d.get("hairpinning", False), f"{key}.hairpinning")
         timeout = d.get("udp_timeout", 120)
         if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
-            raise self.fail(f"{key}.udp_timeout", "expected whole seconds, 1-86400")
+            problem = f"expected whole seconds 1-86400, got {_got(timeout)}"
+            raise self.fail(f"{key}.udp_timeout", problem)
         lan = None
         if d.get("lan") is not None:
             try:
                 lan = ipaddress.IPv4Network(str(d["lan"]))
             except ValueError as err:
-                raise self.fail(f"{key}.lan", f"not an IPv4 network: {d['lan']!r}") from err
+                problem = f"expected an IPv4 network such as 10.0.1.0/24, got {_got(d['lan'])}"
+                raise self.fail(f"{key}.lan", problem) from err
             if lan.num_addresses < 8:
                 raise self.fail(f"{key}.lan", "too small (at least a /29)")
         return Nat(
@@ -303,22 +368,36 @@ class _Reader:
             self.link(d.get("link"), f"{key}.link"),
         )
 
-    def choice(self, raw: Any, allowed: tuple[str, ...], key: str) -> str:
-        if raw not in allowed:
-            raise self.fail(key, f"{raw!r} is not one of: {', '.join(allowed)}")
-        return str(raw)
+    def choice(
+        self, raw: Any, allowed: tuple[str, ...], key: str, elsewhere: dict[str, str] | None = None
+    ) -> str:
+        """`raw` if it is one of `allowed`; else an error with the closest option, or the closest
+        key of `elsewhere` (a word that belongs to another key) and its hint."""
+        if not isinstance(raw, str) or raw not in allowed:
+            close = closest(raw, allowed)
+            other = closest(raw, elsewhere or {})
+            hint = f' (did you mean "{close}"?)' if close else ""
+            if not close and other and elsewhere:
+                hint = f" (did you mean {elsewhere[other]}?)"
+            options = ", ".join(json.dumps(a) for a in allowed)
+            raise self.fail(key, f"expected one of {options}, got {_got(raw)}{hint}")
+        return raw
+
+    def flag(self, raw: Any, key: str) -> bool:
+        if not isinstance(raw, bool):
+            raise self.fail(key, f"expected true or false, got {_got(raw)}")
+        return raw
 
     def firewall(self, raw: Any, key: str) -> Firewall:
         d = self.mapping(raw, key, ("udp", "tcp_ports"))
-        udp = d.get("udp", True)
-        if not isinstance(udp, bool):
-            raise self.fail(f"{key}.udp", "expected true or false")
+        udp = self.flag(d.get("udp", True), f"{key}.udp")
         ports = d.get("tcp_ports")
         if ports is not None:
             if not isinstance(ports, list) or not all(
                 isinstance(p, int) and not isinstance(p, bool) and 0 < p < 65536 for p in ports
             ):
-                raise self.fail(f"{key}.tcp_ports", "expected a list of ports 1-65535")
+                problem = f"expected a list of ports 1-65535, got {_got(ports)}"
+                raise self.fail(f"{key}.tcp_ports", problem)
             ports = tuple(ports)
         return Firewall(udp, ports)
 
@@ -326,13 +405,13 @@ class _Reader:
         d = self.mapping(raw, key, ("loss", "rate", "delay", "jitter"))
         loss = d.get("loss", 0)
         if not isinstance(loss, int | float) or isinstance(loss, bool) or not 0 <= loss <= 100:
-            raise self.fail(f"{key}.loss", "expected a percentage 0-100")
+            raise self.fail(f"{key}.loss", f"expected a percentage 0-100, got {_got(loss)}")
         rate = d.get("rate")
         if rate is not None and not _RATE.match(str(rate)):
-            raise self.fail(f"{key}.rate", f"expected a tc rate like 10mbit, got {rate!r}")
+            raise self.fail(f"{key}.rate", f"expected a tc rate like 10mbit, got {_got(rate)}")
         for k in ("delay", "jitter"):
             if d.get(k) is not None and not _TIME.match(str(d[k])):
-                raise self.fail(f"{key}.{k}", f"expected a time like 20ms, got {d[k]!r}")
+                raise self.fail(f"{key}.{k}", f"expected a time like 20ms, got {_got(d[k])}")
         return Link(
             float(loss),
             None if rate is None else str(rate),
@@ -346,16 +425,18 @@ class _Reader:
         return Host(name, str(d.get("behind", INTERNET)), self.link(d.get("link"), f"{key}.link"))
 
     def check_graph(self, topo: Topology) -> None:
-        names = topo.node_names()
-        for name in names:
-            if names.count(name) > 1:
-                raise self.fail(name, "node name used twice")
+        first: dict[str, str] = {}
+        for kind, items in (("servers", topo.servers), ("nats", topo.nats), ("hosts", topo.hosts)):
+            for item in items:
+                if item.name in first:
+                    raise self.fail(
+                        f"{kind}.{item.name}", f"name already used by {first[item.name]}"
+                    )
+                first[item.name] = f"{kind}.{item.name}"
         if not topo.servers:
             raise self.fail("servers", "at least one server is needed")
-        nat_names = {n.name for n in topo.nats}
         for nat in topo.nats:
-            if nat.upstream != INTERNET and nat.upstream not in nat_names:
-                raise self.fail(f"nats.{nat.name}.upstream", f"no NAT named {nat.upstream!r}")
+            self.check_nat(topo, f"nats.{nat.name}.upstream", nat.upstream)
             seen, cur = {nat.name}, nat.upstream
             while cur != INTERNET:
                 if cur in seen:
@@ -363,15 +444,25 @@ class _Reader:
                 seen.add(cur)
                 cur = topo.nat(cur).upstream
         for host in topo.hosts:
-            if host.behind != INTERNET and host.behind not in nat_names:
-                raise self.fail(f"hosts.{host.name}.behind", f"no NAT named {host.behind!r}")
-        used = [a for s in topo.servers for a in s.addresses]
-        if len(set(used)) != len(used):
-            raise self.fail("servers", "an address is used twice")
-        for addr in used:
-            if int(addr) & 0xFF >= 50:
-                raise self.fail(
-                    "servers",
-                    f"{addr}: server addresses must be below .50 "
-                    "(.50-.99 are public hosts, .100+ NAT routers)",
-                )
+            self.check_nat(topo, f"hosts.{host.name}.behind", host.behind)
+        used: dict[ipaddress.IPv4Address, str] = {}
+        for server in topo.servers:
+            for index, addr in enumerate(server.addresses):
+                key = f"servers.{server.name}.addresses[{index}]"
+                if addr in used:
+                    raise self.fail(key, f"{addr} is already used by {used[addr]}")
+                used[addr] = key
+                if int(addr) & 0xFF >= 50:
+                    raise self.fail(
+                        key,
+                        f"{addr}: server addresses must be below .50 "
+                        "(.50-.99 are public hosts, .100+ NAT routers)",
+                    )
+
+    def check_nat(self, topo: Topology, key: str, name: str) -> None:
+        """`name` (an upstream or a host's `behind`) is "internet" or one of the NATs."""
+        nats = [n.name for n in topo.nats]
+        if name != INTERNET and name not in nats:
+            close = closest(name, [*nats, INTERNET])
+            hint = f'did you mean "{close}"?' if close else f"NATs: {', '.join(nats) or 'none'}"
+            raise self.fail(key, f'no NAT named "{name}" ({hint}, or "internet")')

@@ -20,9 +20,11 @@ import itertools
 import json
 import secrets
 import selectors
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -92,16 +94,18 @@ def run_matrix(
     timeout: float = 10.0,
     progress: Callable[[PairRecord], None] | None = None,
 ) -> list[PairRecord]:
-    """Build the lab, run every pair direct and relayed, tear everything down; one record a pair."""
+    """Build the lab, run every pair direct and relayed, tear everything down; one record a pair.
+
+    Interrupted (Ctrl-C, or SIGTERM / SIGHUP: `natkit.lab.signals`), it stops every process of
+    the lab at once, reports no pair that did not finish, and re-raises once the lab is gone.
+    """
     from natkit.lab import Lab
 
     with Lab.up(topology) as lab, tempfile.TemporaryDirectory(prefix="natkit-matrix-") as tmp:
         peers = sorted(n for n in lab.nodes if lab.state.nodes[n]["kind"] == "host")
-        password = secrets.token_urlsafe(12)
-        with _serving(lab, Path(tmp), password), ThreadPoolExecutor(max(1, concurrency)) as pool:
-            types = dict(zip(peers, pool.map(lambda p: _diagnose(lab, p), peers), strict=True))
-            runner = _PairRunner(lab, types, password, timeout, progress)
-            return list(pool.map(runner.run, itertools.combinations(peers, 2)))
+        runner = _PairRunner(lab, secrets.token_urlsafe(12), timeout, progress)
+        with _serving(lab, Path(tmp), runner.password):
+            return runner.run_all(peers, concurrency)
 
 
 def serve_config(password: str) -> dict[str, Any]:
@@ -173,22 +177,57 @@ def _diagnose(lab: Any, peer: str) -> str | None:
     return str(kind) if kind else None
 
 
+class _Unfinished(Exception):
+    """A pair whose processes were ended by an interruption, not by their outcome."""
+
+
+# How a natkit child ends when the signal was meant for the whole run (`timeout`, CI and a
+# terminal signal the process group): killed by it, or exiting 128 + signal after cleanup.
+_INTERRUPT_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_INTERRUPTED = {-s for s in _INTERRUPT_SIGNALS} | {128 + s for s in _INTERRUPT_SIGNALS}
+
+
 class _PairRunner:
     def __init__(
         self,
         lab: Any,
-        types: dict[str, str | None],
         password: str,
         timeout: float,
         progress: Callable[[PairRecord], None] | None,
     ) -> None:
-        self.lab, self.types, self.password = lab, types, password
+        self.lab, self.password = lab, password
+        self.types: dict[str, str | None] = {}
         self.timeout, self.progress = timeout, progress
+        self.cancelled = threading.Event()
+
+    def run_all(self, peers: list[str], concurrency: int) -> list[PairRecord]:
+        """Diagnose every peer, then run every pair; on an interruption stop the lab's processes
+        at once (workers wait on children for up to a minute), telling the workers first that
+        what they see next is no outcome."""
+        pool = ThreadPoolExecutor(max(1, concurrency))
+        try:
+            types = pool.map(lambda p: _diagnose(self.lab, p), peers)
+            self.types = dict(zip(peers, types, strict=True))
+            try:
+                return list(pool.map(self.run, itertools.combinations(peers, 2)))
+            except _Unfinished as err:
+                # Its children died of SIGINT/SIGTERM/SIGHUP: sent to the whole process group,
+                # the signal reaches this process too and raises here within a moment.
+                time.sleep(1.0)
+                raise LabError(f"matrix: pair {err} was ended by a signal from outside") from None
+        except BaseException:
+            self.cancelled.set()
+            self.lab.stop()
+            raise
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def run(self, pair: tuple[str, str]) -> PairRecord:
         a, b = pair
         direct = self._p2p(a, b, relay=False)
         relay = self._p2p(a, b, relay=True)
+        if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
+            raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
         predicted = predict_direct(self.types[a], self.types[b])
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
@@ -241,6 +280,8 @@ class _PairRunner:
         answerer = None
         try:
             line = _read_line(offerer, offerer.stderr, 30.0)
+            if offerer.poll() in _INTERRUPTED:
+                return {"connected": False, "interrupted": True}
             if not line or not line.startswith("pairing code: "):
                 return {"connected": False, "error": f"offerer: {line or 'no pairing code'}"}
             code = line.split()[2]
@@ -250,6 +291,8 @@ class _PairRunner:
             limit = self.timeout + 45
             a_out, _ = answerer.communicate(timeout=limit)
             o_out, o_err = offerer.communicate(timeout=limit)
+            if {offerer.returncode, answerer.returncode} & _INTERRUPTED:
+                return {"connected": False, "interrupted": True}
             try:
                 report: dict[str, Any] = json.loads(o_out)
             except ValueError:

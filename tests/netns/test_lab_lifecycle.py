@@ -10,9 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
-import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
@@ -20,6 +18,7 @@ from natkit.lab import Lab, preset_names
 from natkit.lab.netlink import list_namespaces
 from natkit.lab.probe import Reflector, probe
 from natkit.lab.registry import PREFIX_PATTERN, load_all, state_dir
+from tests.netns.children import reaped, slow_up
 
 pytestmark = pytest.mark.netns
 MakeLab = Callable[..., Lab]
@@ -116,33 +115,12 @@ def test_no_node_reaches_the_host_namespace(nat_lab: MakeLab) -> None:
         udp.close()
 
 
-def test_sigkill_during_up_then_gc(tmp_path: Path) -> None:
-    script = textwrap.dedent(
-        """
-        import sys, time
-        import natkit.lab.netlink as nl
-        from natkit.lab import Lab
-        real = nl._run
-        def slow(argv, stdin=None, what=""):
-            real(argv, stdin, what)
-            if what == "ip link add":
-                print("READY", flush=True)
-                time.sleep(60)
-        nl._run = slow
-        Lab.up("pair-full-cone", name=sys.argv[1])
-        """
-    )
+def test_sigkill_during_up_then_gc() -> None:
     name = f"killed-{os.getpid()}"
-    child = subprocess.Popen(
-        [sys.executable, "-c", script, name], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert child.stdout is not None
-        assert child.stdout.readline().strip() == "READY"
+    with reaped(slow_up(name)) as child:
         state = json.loads((state_dir() / f"{name}.json").read_text())
         assert state["status"] == "building"
         assert all(ns in list_namespaces() for ns in state["namespaces"])
-    finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     done = _natkit("gc")
