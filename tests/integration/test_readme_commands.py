@@ -37,6 +37,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.readme_shell import readme_env
+
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 NAMES = ("stun.example.org", "turn.example.org", "HOST")
@@ -84,11 +86,20 @@ def readme_output_after(command: str) -> list[str]:
 
 
 # -- commands run elsewhere or not at all: each with its reason --------------------------------
+_LAB_SERVER_TEST = "tests/netns/test_lab_server_example.py (runs the README's demo lab lines)"
 ELSEWHERE = {
     "make run": "tests/integration/test_make_run.py (a fresh clone: make run, then the check)",
     '.venv/bin/natkit turn check turn:127.0.0.1:3478 --secret "$(cat .natkit/turn-secret)"': (
         "tests/integration/test_make_run.py (needs the server `make run` starts)"
     ),
+    "sudo .venv/bin/natkit lab up port-restricted-cone --name demo": _LAB_SERVER_TEST,
+    "sudo .venv/bin/natkit lab exec demo server -- .venv/bin/natkit serve -c "
+    "configs/examples/lab-server.yaml &": _LAB_SERVER_TEST,
+    "sudo .venv/bin/natkit lab exec demo peer -- .venv/bin/natkit diagnose --stun 203.0.113.10 "
+    "--turn 'turn:203.0.113.10:3478?transport=udp' --secret natkit-lab-only-secret": (
+        _LAB_SERVER_TEST
+    ),
+    "sudo .venv/bin/natkit lab down demo": _LAB_SERVER_TEST,
     "sudo .venv/bin/natkit lab matrix": (
         "tests/netns/test_p2p_matrix.py runs run_matrix(), which this command calls (minutes)"
     ),
@@ -109,7 +120,8 @@ LAB_SERVER = {
         "realm": "example.org",
         "auth": {"secret": "${NATKIT_TURN_SECRET}", "users": {"alice": "secret"}},
         "relay": {"address": SERVER_IP, "ports": "50000-50999"},
-        "peers": {"allow": ["203.0.113.0/24", "10.0.0.0/8", "100.64.0.0/10"]},
+        # As the README's example: the lab's ranges, not the server's own .10/.11.
+        "peers": {"allow": ["203.0.113.96/27", "203.0.113.128/25", "10.0.0.0/8", "100.64.0.0/10"]},
     },
     "metrics": {"listen": None},
     "logging": {"level": "warning"},
@@ -354,14 +366,7 @@ def _tree(tmp: Path) -> Path:
 
 
 def _env(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NATKIT_", "PYTEST_"))}
-    if shutil.which("sudo") is None:
-        shim = tmp / "bin"
-        shim.mkdir()
-        (shim / "sudo").write_text('#!/bin/sh\nexec "$@"\n')
-        (shim / "sudo").chmod(0o755)
-        env["PATH"] = f"{shim}:{env['PATH']}"
-    return env
+    return readme_env(tmp)
 
 
 @contextlib.contextmanager

@@ -1,51 +1,41 @@
-"""configs/examples/lab-server.yaml, started exactly as its header documents (needs root):
+"""configs/examples/lab-server.yaml, started by the README's own commands, as written (root):
 
-    natkit lab up port-restricted-cone --name NAME
-    natkit lab exec NAME server -- natkit serve -c configs/examples/lab-server.yaml &
-    natkit lab exec NAME peer -- natkit diagnose --stun 203.0.113.10 \\
-        --turn 'turn:203.0.113.10:3478?transport=udp' --secret natkit-lab-only-secret
+    sudo .venv/bin/natkit lab up port-restricted-cone --name demo
+    sudo .venv/bin/natkit lab exec demo server -- .venv/bin/natkit serve -c configs/examples/... &
+    sudo .venv/bin/natkit lab exec demo peer -- .venv/bin/natkit diagnose --stun 203.0.113.10 ...
+    sudo .venv/bin/natkit lab down demo
 
-The server must come up on both lab addresses (RFC 5780), TCP 443, the rendezvous and metrics;
-diagnose from `peer` must classify the NAT as port-restricted cone and get a relayed address and
-a permission from the builtin TURN relay (the lab ranges are allowed, the secret is the file's).
+(tests/integration/test_readme_commands.py lists them as run here). The server must come up on
+both lab addresses (RFC 5780), TCP 443, the rendezvous and metrics; diagnose from `peer` must
+classify the NAT as port-restricted cone and relay through the builtin TURN relay with the
+file's lab-only secret.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import queue
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.readme_shell import readme_env
+
 pytestmark = pytest.mark.netns
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-NATKIT = str(BIN / "natkit")
 CONFIG = "configs/examples/lab-server.yaml"
 SERVER_LINES = 5  # three listeners, signal, metrics
 SECRET = "natkit-lab-only-secret"
 
 
-def _env() -> dict[str, str]:
-    # As a user's shell after activating the venv: `natkit` on PATH, the lab secret unset.
-    env = {k: v for k, v in os.environ.items() if k not in ("NATKIT_TURN_SECRET", "NATKIT_CONFIG")}
-    env["PATH"] = f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}"
-    return env
-
-
-def _natkit(*argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["natkit", *argv], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=timeout
-    )
+def _env(tmp: Path) -> dict[str, str]:
+    return readme_env(tmp)
 
 
 def _read_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list[str]:
@@ -64,18 +54,37 @@ def _read_lines(proc: subprocess.Popen[str], count: int, timeout: float) -> list
     return got
 
 
-def test_lab_server_example_serves_the_lab_and_diagnose_classifies_it() -> None:
-    name = f"lsrv{os.getpid() % 100000}"
-    up = _natkit("lab", "up", "port-restricted-cone", "--name", name)
+def _readme_demo_commands() -> list[str]:
+    """The README's `demo` lab commands, in order, without their comments."""
+    text = (ROOT / "README.md").read_text()
+    found = [
+        line.split("  #")[0].rstrip()
+        for line in text.splitlines()
+        if line.startswith("sudo .venv/bin/natkit lab ") and " demo" in line
+    ]
+    assert len(found) == 4, found
+    return found
+
+
+def _shell(command: str) -> list[str]:
+    return ["bash", "-c", command]
+
+
+def test_lab_server_example_serves_the_lab_and_diagnose_classifies_it(tmp_path: Path) -> None:
+    up_cmd, serve_cmd, diagnose_cmd, down_cmd = _readme_demo_commands()
+    assert serve_cmd.endswith(" &") and CONFIG in serve_cmd and "--json" not in diagnose_cmd
+    env = _env(tmp_path)
+    assert ROOT.joinpath(".venv/bin/natkit").exists(), "the README's commands need make install"
+    up = subprocess.run(_shell(up_cmd), cwd=ROOT, env=env, capture_output=True, text=True)
     assert up.returncode == 0, up.stderr
     server: subprocess.Popen[str] | None = None
     try:
-        assert up.stdout.strip() == name
-        # The `&` of the documented command: `lab exec` runs in the foreground until serve ends.
+        assert up.stdout.strip() == "demo"
+        # The `&`: `lab exec` runs in the foreground until serve ends; here it is our child.
         server = subprocess.Popen(
-            ["natkit", "lab", "exec", name, "server", "--", "natkit", "serve", "-c", CONFIG],
+            _shell(serve_cmd.removesuffix(" &")),
             cwd=ROOT,
-            env=_env(),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
@@ -88,12 +97,20 @@ def test_lab_server_example_serves_the_lab_and_diagnose_classifies_it() -> None:
             "signal http://203.0.113.10:8765",
             "metrics http://203.0.113.10:9641/metrics",
         ]
-        done = _natkit(
-            "lab", "exec", name, "peer", "--",
-            "natkit", "diagnose", "--stun", "203.0.113.10",
-            "--turn", "turn:203.0.113.10:3478?transport=udp", "--secret", SECRET,
-            "--json", "--no-ice",
-        )  # fmt: skip
+        text = subprocess.run(
+            _shell(diagnose_cmd), cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert "port-restricted" in text.stdout, (text.stdout, text.stderr)
+        # The same diagnosis as data, for exact assertions (--json, --no-ice: the README's line
+        # plus two flags).
+        done = subprocess.run(
+            _shell(f"{diagnose_cmd} --json --no-ice"),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert done.stdout, done.stderr
         report = json.loads(done.stdout)
         assert report["nat_type"] == "port-restricted-cone"
@@ -105,10 +122,11 @@ def test_lab_server_example_serves_the_lab_and_diagnose_classifies_it() -> None:
         assert steps["allocate"]["ok"], turn  # the lab-only secret of the file
         assert re.match(r"relayed 203\.0\.113\.10:49\d{3},", steps["allocate"]["detail"])
         # The check's peer is its second allocation (relay to relay), so it works through the
-        # port-restricted NAT, and the whole round trip passes.
+        # port-restricted NAT, and the whole round trip passes: exit 0, a direct path is possible.
         assert turn["ok"] and turn["method"] == "two-allocations", turn
+        assert text.returncode == done.returncode == 0, text.stdout
     finally:
-        down = _natkit("lab", "down", name)
+        down = subprocess.run(_shell(down_cmd), cwd=ROOT, env=env, capture_output=True, text=True)
         if server is not None:
             try:
                 server.wait(10)  # lab down stops what runs in its nodes
