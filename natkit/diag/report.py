@@ -232,7 +232,8 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
         lines += [
             f"  mapping               {main.mapping or style('unknown', fg='yellow')}",
             f"  filtering             {main.filtering or style('unknown', fg='yellow')}",
-            f"  NAT type              {style(main.nat_type, bold=True)} ({main.classic_type})",
+            f"  NAT type              {style(main.nat_type, bold=True)}"
+            + ("" if main.classic_type.lower() == main.nat_type else f" ({main.classic_type})"),
             "  hairpinning           "
             + ("n/a (no NAT)" if main.behind_nat is False else _yn(main.hairpinning, style)),
             f"  port preservation     {_yn(main.port_preservation, style)}",

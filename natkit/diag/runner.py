@@ -249,8 +249,6 @@ class _Run:
             timeout=self.left(cap=self.o.timeout),
             insecure=True,
         )
-        if report.failed_step is not None and report.failed_step.error_code == 401:
-            report.error = f"{report.error} — wrong or missing TURN credentials"
         status = "ok" if report.ok else "fail"
         self.progress(
             "turn", status, f"{spec.uri}: " + (report.error or f"relay {report.relayed_address}")

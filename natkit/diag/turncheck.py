@@ -128,6 +128,11 @@ class _Check:
             udp_silence = self.uri.transport == "udp" and fail.detail.startswith("no answer")
             if name == "allocate" and udp_silence:  # a refusal would have come back as ICMP
                 fail.detail += " (UDP filtered on the way? try ?transport=tcp)"
+            if fail.code == 401:  # after aioice answered the challenge with our credentials
+                fail.detail += (
+                    " — wrong or missing TURN credentials (--user/--password, or --secret: the"
+                    " server's turn.auth.secret)"
+                )
             ms = (time.perf_counter() - start) * 1000
             self.report.steps.append(Step(name, False, ms, fail.detail, fail.code, fail.reason))
             self.report.error = f"{name}: {fail.detail}"

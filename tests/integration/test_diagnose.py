@@ -299,6 +299,7 @@ def test_coturn_wrong_credentials_is_a_clear_line(coturn: int) -> None:
     assert check["ok"] is False
     assert check["error"] == (
         "allocate: server answered 401 Unauthorized — wrong or missing TURN credentials"
+        " (--user/--password, or --secret: the server's turn.auth.secret)"
     )
     assert report["verdict"]["relay_working"] is False
     assert any("401" in a for a in report["verdict"]["actions"])

@@ -62,6 +62,14 @@ def test_check_reports_two_allocations_in_json_and_text(relay: Served) -> None:
     assert "method: two-allocations" in text.stdout and "result: ok" in text.stdout
 
 
+def test_wrong_password_is_a_401_at_allocate_that_names_the_credentials(relay: Served) -> None:
+    done = natkit("turn", "check", f"turn:{HOST}:{relay.port}", "--user", "alice", "--password",
+                  "nope")  # fmt: skip
+    assert done.returncode == 1
+    assert "FAIL  allocate" in done.stdout
+    assert "401" in done.stdout and "wrong or missing TURN credentials" in done.stdout
+
+
 @pytest.mark.parametrize(
     ("query", "step", "text"),
     [
