@@ -17,7 +17,7 @@ import asyncio
 import ctypes
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from natkit.addr import parse_hostport
@@ -35,6 +35,7 @@ __all__ = [
     "error_index",
     "ratelimited_index",
     "render",
+    "render_signal",
     "request_index",
     "rss_bytes",
     "turn_refusal_index",
@@ -212,6 +213,21 @@ def _render_turn(
                     f'natkit_turn_refusals_total{{code="{code}",method="{method}",'
                     f'reason="{reason}"}} {value}'
                 )
+
+
+def render_signal(stats: Mapping[str, int]) -> str:
+    """The rendezvous' `SignalServer.stats` as counters ``natkit_signal_<key>_total``.
+
+    The rendezvous runs in the supervisor (one pairing table), so its counters need no shared
+    memory: the scrape reads the dict itself. Every key is always present, zero included, so a
+    dashboard's rate() has a series from the first scrape."""
+    out: list[str] = []
+    for key, value in stats.items():
+        name = f"natkit_signal_{key}_total"
+        out.append(f"# HELP {name} Rendezvous {key.replace('_', ' ')} since start.")
+        out.append(f"# TYPE {name} counter")
+        out.append(f"{name} {value}")
+    return "\n".join(out) + "\n" if out else ""
 
 
 class MetricsServer:

@@ -22,7 +22,7 @@ from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
-from natkit.metrics import MetricsServer, SharedCounters, render
+from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
 from natkit.signal.http import SignalServer, serve_signal
 from natkit.stun.sockets import make_ssl_context, plan_listeners
 from natkit.stun.workers import Supervisor, resolve_workers
@@ -89,10 +89,14 @@ async def _run(config: Config, out: TextIO) -> None:
     counters = SharedCounters(count)
     supervisor = Supervisor(config, count, counters.array)
     metrics: MetricsServer | None = None
+    rendezvous: SignalServer | None = None
+
+    def scrape() -> str:
+        text = render(counters.totals(), supervisor.live())
+        return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
+
     if config.metrics.listen:
-        metrics = MetricsServer(
-            config.metrics.listen, lambda: render(counters.totals(), supervisor.live())
-        )
+        metrics = MetricsServer(config.metrics.listen, scrape)
         try:
             await metrics.start()
         except OSError as err:
@@ -105,7 +109,6 @@ async def _run(config: Config, out: TextIO) -> None:
         loop.add_signal_handler(sig, stop.set)
     state = {"config": config}
     loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor)
-    rendezvous: SignalServer | None = None
     try:
         await supervisor.start()
         # The rendezvous keeps pairings in memory: one instance, in the supervisor, not per worker.

@@ -452,8 +452,19 @@ async def _close(writer: asyncio.StreamWriter, delivered: bool) -> None:
 
 def serve_signal(config: SignalConfig, *, poll_timeout: float = 25.0) -> SignalServer:
     """The rendezvous per `config.signal`, not started yet: ``await server.start()``."""
-    store = SignalStore(ttl=config.ttl, max_sdp_size=config.max_sdp_size)
-    return SignalServer(config.listen, store=store, poll_timeout=poll_timeout)
+    store = SignalStore(
+        ttl=config.ttl,
+        max_sdp_size=config.max_sdp_size,
+        max_pairings_per_source=config.max_pairings_per_source,
+    )
+    return SignalServer(
+        config.listen,
+        store=store,
+        poll_timeout=poll_timeout,
+        request_timeout=config.request_timeout,
+        max_connections=config.max_connections,
+        max_connections_per_source=config.max_connections_per_source,
+    )
 
 
 def run_signal(config: SignalConfig, *, out: TextIO | None = None) -> None:
