@@ -146,10 +146,11 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
         log.error("SIGHUP: config not reloaded, keeping the running one: %s", err)
         return
     logs.setup(new.logging.level, new.logging.format)
+    # Compared with what runs (not with the last file read): a change stays "to apply" until a
+    # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
     changed += [k for k in ("turn", "signal", "metrics") if getattr(new, k) != getattr(old, k)]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
-    state["config"] = new
-    supervisor.reload(new)
+    state["config"] = supervisor.reload(new)
     log.info("SIGHUP: reloaded rate limits and logging from %s", new.source)

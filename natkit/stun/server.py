@@ -150,14 +150,21 @@ class StunServer:
         else:
             self.limiter.reconfigure(rl.per_source, rl.burst, rl.max_sources)
 
-    def bind(self) -> list[ListenerPlan]:
-        """Create every socket (NatkitError on failure) before the loop starts serving."""
+    def bind(self, sockets: list[socket.socket] | None = None) -> list[ListenerPlan]:
+        """Create every socket (NatkitError on failure) before the loop starts serving, or adopt
+        `sockets` bound by the supervisor (`natkit.stun.sockets.bind_worker_sockets` order)."""
         plans = plan_listeners(self.config)
+        given = iter(sockets) if sockets is not None else None
         for plan in plans:
             if plan.uri.transport is Transport.UDP:
-                self._udp.extend(bind_udp(a, reuse_port=self._reuse_port) for a in plan.addresses)
+                for a in plan.addresses:
+                    join = self._reuse_port  # standalone: join a group someone else started
+                    sock = next(given) if given else bind_udp(a, reuse_port=join, join=join)
+                    self._udp.append(sock)
             else:
-                self._stream_socks.append((plan, bind_stream(plan.primary, self._reuse_port)))
+                join = self._reuse_port
+                sock = next(given) if given else bind_stream(plan.primary, join, join=join)
+                self._stream_socks.append((plan, sock))
         self._plans = plans
         return plans
 
