@@ -46,7 +46,16 @@ FAMILIES = (4, 6)
 RESULTS = ("success", "error", "ignored")
 """success: answered with a success response; error: with an error response (e.g. 420);
 ignored: nothing sent (malformed, indication, response, ChannelData without TURN)."""
-ERROR_KINDS = ("internal", "send", "framing", "connection_limit", "idle_timeout")
+ERROR_KINDS = (
+    "internal",
+    "send",
+    "framing",
+    "connection_limit",
+    "idle_timeout",
+    "source_limit",  # a TCP/TLS connection refused: its source held its share of the slots
+    "frame_timeout",  # a stream cut: a frame did not complete within stream.frame_timeout
+    "evicted",  # an idle or mid-frame stream closed to make room for a new connection
+)
 
 _N_REQUESTS = len(TRANSPORTS) * len(FAMILIES) * len(RESULTS)
 _RATELIMITED = _N_REQUESTS
@@ -179,7 +188,8 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
     head(
         "natkit_stun_errors_total",
         "counter",
-        "Server-side errors: internal, send failures, stream framing, connection cap, idle.",
+        "Server-side errors: internal, send failures, stream framing, connection caps (global and "
+        "per source), idle and frame timeouts, evictions of idle streams for new ones.",
     )
     for kind in ERROR_KINDS:
         out.append(f'natkit_stun_errors_total{{kind="{kind}"}} {totals[error_index(kind)]}')

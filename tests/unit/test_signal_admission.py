@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from natkit.signal.admission import ConnectionTable, LogLimiter, source_key
+from natkit.admission import ConnectionTable, LogLimiter, source_key
 
 
 def test_a_source_over_its_cap_is_refused_429_others_still_admitted() -> None:
