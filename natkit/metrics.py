@@ -17,7 +17,7 @@ import asyncio
 import ctypes
 import multiprocessing
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from natkit.addr import parse_hostport
@@ -35,6 +35,7 @@ __all__ = [
     "error_index",
     "ratelimited_index",
     "render",
+    "render_signal",
     "request_index",
     "rss_bytes",
     "turn_refusal_index",
@@ -45,7 +46,16 @@ FAMILIES = (4, 6)
 RESULTS = ("success", "error", "ignored")
 """success: answered with a success response; error: with an error response (e.g. 420);
 ignored: nothing sent (malformed, indication, response, ChannelData without TURN)."""
-ERROR_KINDS = ("internal", "send", "framing", "connection_limit", "idle_timeout")
+ERROR_KINDS = (
+    "internal",
+    "send",
+    "framing",
+    "connection_limit",
+    "idle_timeout",
+    "source_limit",  # a TCP/TLS connection refused: its source held its share of the slots
+    "frame_timeout",  # a stream cut: a frame did not complete within stream.frame_timeout
+    "evicted",  # an idle or mid-frame stream closed to make room for a new connection
+)
 
 _N_REQUESTS = len(TRANSPORTS) * len(FAMILIES) * len(RESULTS)
 _RATELIMITED = _N_REQUESTS
@@ -178,7 +188,8 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
     head(
         "natkit_stun_errors_total",
         "counter",
-        "Server-side errors: internal, send failures, stream framing, connection cap, idle.",
+        "Server-side errors: internal, send failures, stream framing, connection caps (global and "
+        "per source), idle and frame timeouts, evictions of idle streams for new ones.",
     )
     for kind in ERROR_KINDS:
         out.append(f'natkit_stun_errors_total{{kind="{kind}"}} {totals[error_index(kind)]}')
@@ -212,6 +223,21 @@ def _render_turn(
                     f'natkit_turn_refusals_total{{code="{code}",method="{method}",'
                     f'reason="{reason}"}} {value}'
                 )
+
+
+def render_signal(stats: Mapping[str, int]) -> str:
+    """The rendezvous' `SignalServer.stats` as counters ``natkit_signal_<key>_total``.
+
+    The rendezvous runs in the supervisor (one pairing table), so its counters need no shared
+    memory: the scrape reads the dict itself. Every key is always present, zero included, so a
+    dashboard's rate() has a series from the first scrape."""
+    out: list[str] = []
+    for key, value in stats.items():
+        name = f"natkit_signal_{key}_total"
+        out.append(f"# HELP {name} Rendezvous {key.replace('_', ' ')} since start.")
+        out.append(f"# TYPE {name} counter")
+        out.append(f"{name} {value}")
+    return "\n".join(out) + "\n" if out else ""
 
 
 class MetricsServer:

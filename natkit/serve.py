@@ -22,7 +22,7 @@ from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
-from natkit.metrics import MetricsServer, SharedCounters, render
+from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
 from natkit.signal.http import SignalServer, serve_signal
 from natkit.stun.sockets import make_ssl_context, plan_listeners
 from natkit.stun.workers import Supervisor, resolve_workers
@@ -89,10 +89,14 @@ async def _run(config: Config, out: TextIO) -> None:
     counters = SharedCounters(count)
     supervisor = Supervisor(config, count, counters.array)
     metrics: MetricsServer | None = None
+    rendezvous: SignalServer | None = None
+
+    def scrape() -> str:
+        text = render(counters.totals(), supervisor.live())
+        return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
+
     if config.metrics.listen:
-        metrics = MetricsServer(
-            config.metrics.listen, lambda: render(counters.totals(), supervisor.live())
-        )
+        metrics = MetricsServer(config.metrics.listen, scrape)
         try:
             await metrics.start()
         except OSError as err:
@@ -105,7 +109,6 @@ async def _run(config: Config, out: TextIO) -> None:
         loop.add_signal_handler(sig, stop.set)
     state = {"config": config}
     loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor)
-    rendezvous: SignalServer | None = None
     try:
         await supervisor.start()
         # The rendezvous keeps pairings in memory: one instance, in the supervisor, not per worker.
@@ -143,10 +146,11 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
         log.error("SIGHUP: config not reloaded, keeping the running one: %s", err)
         return
     logs.setup(new.logging.level, new.logging.format)
+    # Compared with what runs (not with the last file read): a change stays "to apply" until a
+    # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
     changed += [k for k in ("turn", "signal", "metrics") if getattr(new, k) != getattr(old, k)]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
-    state["config"] = new
-    supervisor.reload(new)
+    state["config"] = supervisor.reload(new)
     log.info("SIGHUP: reloaded rate limits and logging from %s", new.source)

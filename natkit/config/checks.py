@@ -229,6 +229,8 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (StreamConfig, "max_connections"): _positive,
     (StreamConfig, "idle_timeout"): _positive,
     (StreamConfig, "max_message_size"): _positive,
+    (StreamConfig, "max_connections_per_source"): _positive,
+    (StreamConfig, "frame_timeout"): _positive,
     (TurnConfig, "realm"): _short_text("REALM", allow_empty=False),
     (TurnAuthConfig, "secret"): _not_empty_secret,
     (TurnAuthConfig, "users"): _users,
@@ -247,6 +249,10 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (SignalConfig, "listen"): _ip_port,
     (SignalConfig, "ttl"): _positive,
     (SignalConfig, "max_sdp_size"): _positive,
+    (SignalConfig, "max_connections"): _positive,
+    (SignalConfig, "max_connections_per_source"): _positive,
+    (SignalConfig, "max_pairings_per_source"): _positive,
+    (SignalConfig, "request_timeout"): _positive,
     (MetricsConfig, "listen"): _ip_port,
 }
 

@@ -99,6 +99,14 @@ class StreamConfig:
     max_message_size: int = field(
         default=4096, metadata=doc("Largest STUN message accepted on a stream, bytes.")
     )
+    max_connections_per_source: int = field(
+        default=64,
+        metadata=doc("Connections one IPv4 address or IPv6 /64 may hold per worker."),
+    )
+    frame_timeout: float = field(
+        default=10.0,
+        metadata=doc("Seconds a STUN/ChannelData frame may take once its first byte arrived."),
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +329,18 @@ class SignalConfig:
     )
     max_sdp_size: int = field(
         default=16384, metadata=doc("Largest SDP description accepted, bytes.")
+    )
+    max_connections: int = field(
+        default=256, metadata=doc("HTTP connections served at once (then the oldest unread goes).")
+    )
+    max_connections_per_source: int = field(
+        default=32, metadata=doc("Connections one IPv4 address or IPv6 /64 may hold (then 429).")
+    )
+    max_pairings_per_source: int = field(
+        default=20, metadata=doc("Live pairings one IPv4 address or IPv6 /64 may own (then 429).")
+    )
+    request_timeout: float = field(
+        default=5.0, metadata=doc("Seconds from connect to a complete request (then 408).")
     )
 
 

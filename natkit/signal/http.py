@@ -18,7 +18,7 @@ Hostile clients. The head is at most `_MAX_HEAD` bytes and the body `max_sdp_siz
 whole request must arrive within `request_timeout` seconds of the connect (one deadline, not
 reset per byte: a byte every few seconds cannot hold a slot). Connections are admitted by
 `ConnectionTable` (per-source cap, global cap, oldest unread connection evicted when full, see
-`natkit.signal.admission`). Every refusal is an HTTP answer followed by a bounded drain of the
+`natkit.admission`). Every refusal is an HTTP answer followed by a bounded drain of the
 input, never a reset; refusals are counted in `stats` and logged at most once per 10 s per kind.
 No body is ever logged: SDP carries the peers' addresses.
 """
@@ -40,10 +40,10 @@ from typing import Any, TextIO
 from urllib.parse import parse_qs, urlsplit
 
 from natkit.addr import format_hostport, parse_hostport
+from natkit.admission import ConnectionTable, LogLimiter, source_key
 from natkit.config.model import SignalConfig
 from natkit.errors import NatkitError, UsageError
 from natkit.signal import wire
-from natkit.signal.admission import ConnectionTable, LogLimiter, source_key
 from natkit.signal.store import Full, RateLimited, SignalError, SignalStore, Slot, TooManyPairings
 
 __all__ = ["STAT_KEYS", "SignalServer", "run_signal", "serve_signal"]
@@ -452,8 +452,19 @@ async def _close(writer: asyncio.StreamWriter, delivered: bool) -> None:
 
 def serve_signal(config: SignalConfig, *, poll_timeout: float = 25.0) -> SignalServer:
     """The rendezvous per `config.signal`, not started yet: ``await server.start()``."""
-    store = SignalStore(ttl=config.ttl, max_sdp_size=config.max_sdp_size)
-    return SignalServer(config.listen, store=store, poll_timeout=poll_timeout)
+    store = SignalStore(
+        ttl=config.ttl,
+        max_sdp_size=config.max_sdp_size,
+        max_pairings_per_source=config.max_pairings_per_source,
+    )
+    return SignalServer(
+        config.listen,
+        store=store,
+        poll_timeout=poll_timeout,
+        request_timeout=config.request_timeout,
+        max_connections=config.max_connections,
+        max_connections_per_source=config.max_connections_per_source,
+    )
 
 
 def run_signal(config: SignalConfig, *, out: TextIO | None = None) -> None:

@@ -16,6 +16,8 @@ __all__ = [
     "CHANNEL_MAX",
     "CHANNEL_MIN",
     "ChannelData",
+    "FramingError",
+    "StreamFramer",
     "build_channel_data",
     "frame_size",
     "is_channel_data",
@@ -81,3 +83,46 @@ def frame_size(buffer: bytes) -> int | None:
     if is_channel_data(buffer):
         return 4 + length + (-length % 4)  # RFC 8656 §12.5: padded on streams
     raise StunDecodeError(f"stream byte 0x{buffer[0]:02x} starts neither STUN nor ChannelData")
+
+
+class FramingError(Exception):
+    """The peer sent bytes that are neither a STUN message nor ChannelData (or too large)."""
+
+
+class StreamFramer:
+    """Sans-IO splitter of a byte stream into STUN messages and ChannelData frames.
+
+    RFC 8489 §6.2.2: over TCP/TLS messages are self-delimiting (20-byte header + length).
+    RFC 8656 §12.5: ChannelData starts 0b01, is padded to 4 bytes over streams. `pending` says
+    whether part of a frame is buffered: the server's frame deadline runs while it is.
+    """
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an incomplete frame buffered (0 between frames)."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        while True:
+            try:
+                total = frame_size(bytes(buf[:4]))
+            except StunDecodeError as err:
+                raise FramingError(str(err)) from None
+            if total is None:
+                break
+            if buf[0] < 4 and total % 4:  # RFC 8489 §5: STUN lengths are multiples of 4
+                raise FramingError("STUN message length not a multiple of 4")
+            if total > self.max_size:
+                raise FramingError(f"frame of {total} bytes exceeds {self.max_size}")
+            if len(buf) < total:
+                break
+            frames.append(bytes(buf[:total]))
+            del buf[:total]
+        return frames

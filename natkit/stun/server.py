@@ -10,9 +10,12 @@ only receives, rate-limits, calls `handle()` and sends the `Transmit` it returns
 - With `stun.alternate` set, RFC 5780 §4 needs four UDP sockets (`natkit.stun.sockets` plans
   them); each `Transmit` leaves from the socket whose address equals `Transmit.source`, so
   CHANGE-REQUEST answers really come from the other IP and/or port.
-- TCP and TLS (RFC 8489 §6.2.2 framing) run one task per connection with a connection cap, an
-  idle timeout and a maximum message size; anything that is not a STUN message ends the
-  connection. `StreamFramer` also knows RFC 8656 §12.5 ChannelData framing for the TURN relay.
+- TCP and TLS (RFC 8489 §6.2.2 framing) run one task per connection with a maximum message
+  size; anything that is not a STUN message ends the connection. `StreamFramer` also knows RFC
+  8656 §12.5 ChannelData framing for the TURN relay. Slots are admitted per source and per
+  worker by `natkit.admission.ConnectionTable` (when full, the oldest idle or mid-frame
+  connection is evicted, never one relaying for an allocation); an idle and a per-frame
+  deadline that no single byte extends (`natkit.stun.streams`) cut slow-loris connections.
 - The per-source rate limit runs before any parsing. IPv6 sources are keyed by their /64: one
   host commonly owns a whole /64, so a per-/128 bucket would be no limit at all.
 """
@@ -30,6 +33,7 @@ from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
 from natkit.addr import Address, Transport
+from natkit.admission import ConnectionTable, source_key
 from natkit.config.model import RateLimitConfig, StunConfig
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
@@ -41,10 +45,10 @@ from natkit.metrics import (
 )
 from natkit.stun import mmsg
 from natkit.stun.binding import BindingHandler, Transmit
-from natkit.stun.errors import StunDecodeError
-from natkit.stun.framing import frame_size
+from natkit.stun.framing import FramingError, StreamFramer
 from natkit.stun.ratelimit import RateLimiter
 from natkit.stun.sockets import ListenerPlan, bind_stream, bind_udp, plan_listeners
+from natkit.stun.streams import StreamConn, StreamTimeout, read_by
 
 if TYPE_CHECKING:
     from natkit.turn.engine import TurnEngine
@@ -70,43 +74,6 @@ def _not_a_request(data: bytes) -> bool:
     rates, so the per-source request limit must not apply (only an allocation makes them count).
     RFC 8489 §5: the class bits are bit 0 of byte 0 and bit 4 of byte 1."""
     return len(data) > 1 and (data[0] >= 0x40 or bool(data[0] & 0x01) or bool(data[1] & 0x10))
-
-
-class FramingError(Exception):
-    """The peer sent bytes that are neither a STUN message nor ChannelData (or too large)."""
-
-
-class StreamFramer:
-    """Sans-IO splitter of a byte stream into STUN messages and ChannelData frames.
-
-    RFC 8489 §6.2.2: over TCP/TLS messages are self-delimiting (20-byte header + length).
-    RFC 8656 §12.5: ChannelData starts 0b01, is padded to 4 bytes over streams.
-    """
-
-    def __init__(self, max_size: int) -> None:
-        self.max_size = max_size
-        self._buf = bytearray()
-
-    def feed(self, data: bytes) -> list[bytes]:
-        buf = self._buf
-        buf += data
-        frames: list[bytes] = []
-        while True:
-            try:
-                total = frame_size(bytes(buf[:4]))
-            except StunDecodeError as err:
-                raise FramingError(str(err)) from None
-            if total is None:
-                break
-            if buf[0] < 4 and total % 4:  # RFC 8489 §5: STUN lengths are multiples of 4
-                raise FramingError("STUN message length not a multiple of 4")
-            if total > self.max_size:
-                raise FramingError(f"frame of {total} bytes exceeds {self.max_size}")
-            if len(buf) < total:
-                break
-            frames.append(bytes(buf[:total]))
-            del buf[:total]
-        return frames
 
 
 def _ratelimit_key(family: int) -> Callable[[str], Hashable]:
@@ -139,6 +106,9 @@ class StunServer:
         self._stream_socks: list[tuple[ListenerPlan, socket.socket]] = []
         self._servers: list[asyncio.Server] = []
         self._conn_tasks: set[asyncio.Task[None]] = set()
+        stream = config.stream
+        # Per worker, like the kernel's share of connections: each worker admits its own.
+        self._table = ConnectionTable(stream.max_connections, stream.max_connections_per_source)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def reconfigure(self, rl: RateLimitConfig) -> None:
@@ -150,14 +120,21 @@ class StunServer:
         else:
             self.limiter.reconfigure(rl.per_source, rl.burst, rl.max_sources)
 
-    def bind(self) -> list[ListenerPlan]:
-        """Create every socket (NatkitError on failure) before the loop starts serving."""
+    def bind(self, sockets: list[socket.socket] | None = None) -> list[ListenerPlan]:
+        """Create every socket (NatkitError on failure) before the loop starts serving, or adopt
+        `sockets` bound by the supervisor (`natkit.stun.sockets.bind_worker_sockets` order)."""
         plans = plan_listeners(self.config)
+        given = iter(sockets) if sockets is not None else None
         for plan in plans:
             if plan.uri.transport is Transport.UDP:
-                self._udp.extend(bind_udp(a, reuse_port=self._reuse_port) for a in plan.addresses)
+                for a in plan.addresses:
+                    join = self._reuse_port  # standalone: join a group someone else started
+                    sock = next(given) if given else bind_udp(a, reuse_port=join, join=join)
+                    self._udp.append(sock)
             else:
-                self._stream_socks.append((plan, bind_stream(plan.primary, self._reuse_port)))
+                join = self._reuse_port
+                sock = next(given) if given else bind_stream(plan.primary, join, join=join)
+                self._stream_socks.append((plan, sock))
         self._plans = plans
         return plans
 
@@ -177,7 +154,8 @@ class StunServer:
                 self._stream_callback(plan, self._handler(plan)),
                 sock=sock,
                 ssl=self._ssl if tls else None,
-                ssl_handshake_timeout=self.config.stream.idle_timeout if tls else None,
+                # A handshake is a frame too: bounded by frame_timeout, not reset per byte.
+                ssl_handshake_timeout=self.config.stream.frame_timeout if tls else None,
                 limit=max(self.config.stream.max_message_size, 2**16),
             )
             self._servers.append(server)
@@ -335,18 +313,69 @@ class StunServer:
         writer: asyncio.StreamWriter,
     ) -> None:
         counts = self.counters.values
-        limits = self.config.stream
-        transport = plan.uri.transport
-        name = transport.value
-        if counts[CONNECTIONS] >= limits.max_connections:
-            counts[error_index("connection_limit")] += 1
-            writer.close()
-            return
-        counts[CONNECTIONS] += 1
         peer = writer.get_extra_info("peername")
         source = Address(peer[0], peer[1])
+        conn = StreamConn(writer, asyncio.get_running_loop().time)
+        if not self._admit(conn, source):
+            writer.transport.abort()  # refused: nothing was read, nothing to answer
+            return
+        counts[CONNECTIONS] += 1
         sockname = writer.get_extra_info("sockname")
         local = Address(sockname[0], sockname[1])
+        transport = plan.uri.transport
+        name = transport.value
+        try:
+            await self._stream_loop(conn, handler, reader, source, local, transport)
+        except StreamTimeout as exc:
+            counts[error_index(exc.kind)] += 1
+            log.debug("closing %s connection from %s: %s", name, source, exc.kind)
+        except FramingError as exc:
+            counts[error_index("framing")] += 1
+            log.debug("closing %s connection from %s: %s", name, source, exc)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass  # the peer went away (or was evicted); nothing to tell it
+        finally:
+            counts[CONNECTIONS] -= 1
+            self._table.release(conn)
+            if self.turn is not None:
+                self.turn.connection_lost(source, local, transport)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _admit(self, conn: StreamConn, source: Address) -> bool:
+        """A slot for `conn`: refused past the per-source cap; when full, the oldest idle or
+        mid-frame connection is evicted for it (never one relaying for an allocation)."""
+        counts = self.counters.values
+        now, idle = conn.last_active, self.config.stream.idle_timeout
+
+        def relaying(other: Hashable) -> bool:
+            return isinstance(other, StreamConn) and other.relaying(now, idle)
+
+        verdict = self._table.admit(conn, source_key((source.host,)), relaying)
+        if verdict.status:
+            kind = "source_limit" if verdict.status == 429 else "connection_limit"
+            counts[error_index(kind)] += 1
+            log.warning("refused a TCP/TLS connection from %s: %s", source.host, verdict.reason)
+            return False
+        if isinstance(verdict.evict, StreamConn):
+            counts[error_index("evicted")] += 1
+            log.warning("stream slots full: closed the oldest idle connection for %s", source.host)
+            verdict.evict.writer.transport.abort()
+        return True
+
+    async def _stream_loop(
+        self,
+        conn: StreamConn,
+        handler: BindingHandler,
+        reader: asyncio.StreamReader,
+        source: Address,
+        local: Address,
+        transport: Transport,
+    ) -> None:
+        counts = self.counters.values
+        limits = self.config.stream
+        name = transport.value
         key = _ratelimit_key(source.family)(source.host)
         turn = self.turn
         framer = StreamFramer(
@@ -355,47 +384,40 @@ class StunServer:
             else max(limits.max_message_size, _TURN_FRAME_SIZE)
         )
         family = source.family
-        try:
-            while True:
-                async with asyncio.timeout(limits.idle_timeout):
-                    data = await reader.read(65536)
-                if not data:
-                    return
-                now = time.monotonic()
-                for frame in framer.feed(data):
-                    if turn is not None and not _binding_request(frame):
-                        # TURN over TCP/TLS: requests still count against the source's budget.
-                        if not _not_a_request(frame) and not self._allow(key, now, name):
-                            continue
-                        self._turn_frame(turn, frame, source, local, transport, writer.write)
+        clock = conn.clock
+        frame_start: float | None = None  # when the first byte of the pending frame came
+        while True:
+            data = await read_by(conn, reader, frame_start, limits, clock)
+            if not data:
+                return
+            loop_now = clock()
+            frames = framer.feed(data)
+            if frames:
+                conn.last_active = loop_now  # complete frames are activity; stray bytes are not
+                frame_start = loop_now if framer.pending else None
+            elif frame_start is None:
+                frame_start = loop_now
+            now = time.monotonic()
+            for frame in frames:
+                if turn is not None and not _binding_request(frame):
+                    # TURN over TCP/TLS: requests still count against the source's budget.
+                    if not _not_a_request(frame) and not self._allow(key, now, name):
                         continue
-                    if not self._allow(key, now, name):
-                        continue
-                    tx = self._handle_frame(handler, frame, source, local, transport)
-                    if tx is None:
-                        counts[request_index(name, family, "ignored")] += 1
-                        # An indication legitimately gets no answer; anything else is garbage.
-                        if frame[0] >= 4 or (frame[1] & 0x10) == 0 or frame[0] & 0x01:
-                            raise FramingError("unanswerable message on a stream")
-                        continue
-                    result = "error" if tx.data[1] & 0x10 else "success"
-                    counts[request_index(name, family, result)] += 1
-                    writer.write(tx.data)
-                await writer.drain()
-        except TimeoutError:
-            counts[error_index("idle_timeout")] += 1
-        except FramingError as exc:
-            counts[error_index("framing")] += 1
-            log.debug("closing %s connection from %s: %s", name, source, exc)
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
-            pass  # the peer went away; nothing to tell it
-        finally:
-            counts[CONNECTIONS] -= 1
-            if turn is not None:
-                turn.connection_lost(source, local, transport)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                    self._turn_frame(turn, frame, source, local, transport, conn.write)
+                    continue
+                if not self._allow(key, now, name):
+                    continue
+                tx = self._handle_frame(handler, frame, source, local, transport)
+                if tx is None:
+                    counts[request_index(name, family, "ignored")] += 1
+                    # An indication legitimately gets no answer; anything else is garbage.
+                    if frame[0] >= 4 or (frame[1] & 0x10) == 0 or frame[0] & 0x01:
+                        raise FramingError("unanswerable message on a stream")
+                    continue
+                result = "error" if tx.data[1] & 0x10 else "success"
+                counts[request_index(name, family, result)] += 1
+                conn.writer.write(tx.data)
+            await conn.writer.drain()
 
     def _allow(self, key: Hashable, now: float, transport_name: str) -> bool:
         if self.limiter is None or self.limiter.allow(key, now):

@@ -7,6 +7,19 @@ of the alternate's family. Addresses carry canonical IP text because the binding
 
 Bind failures become one-line `NatkitError`s (port in use, privileged port, address not local);
 a bad certificate or key becomes a `ConfigError` naming `stun.tls`.
+
+Who may share a port (`bind_worker_sockets`). Workers spread load with SO_REUSEPORT, but the
+kernel lets *any* socket of the same effective uid join a reuseport group: a second natkit, or a
+coturn, would silently take part of the traffic (issue 11 #8). So the supervisor binds every
+socket itself, before any worker exists: the first socket of each address WITHOUT SO_REUSEPORT,
+which fails with EADDRINUSE if anyone at all holds the port (a probe bind that is kept, so
+there is no window between probe and bind); only then does it set SO_REUSEPORT on that socket
+and bind one more per worker into the same group. Workers receive their sockets by fd passing
+and the supervisor keeps its copies for its lifetime, so the group never empties (a crashed
+worker's socket stays bound, queues, and goes to its successor). What this cannot stop: a later
+process of the same uid that sets SO_REUSEPORT itself may still join (a kernel rule; only a
+reuseport BPF program could exclude it). natkit always binds exclusively first, so a second
+natkit is refused either way.
 """
 
 from __future__ import annotations
@@ -22,7 +35,14 @@ from natkit.addr import Address, ListenURI, Transport, parse_hostport
 from natkit.config.model import StunConfig, TlsConfig
 from natkit.errors import ConfigError, NatkitError
 
-__all__ = ["ListenerPlan", "bind_stream", "bind_udp", "make_ssl_context", "plan_listeners"]
+__all__ = [
+    "ListenerPlan",
+    "bind_stream",
+    "bind_udp",
+    "bind_worker_sockets",
+    "make_ssl_context",
+    "plan_listeners",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +104,10 @@ def _parse_alternate(text: str) -> tuple[str, int]:
 
 def _bind_error(what: str, addr: Address, err: OSError) -> NatkitError:
     if err.errno == errno.EADDRINUSE:
-        why = "address already in use (another server on this port?)"
+        why = (
+            "address already in use (another server? natkit, coturn or any other process holds "
+            "this port: stop it or choose another port)"
+        )
     elif err.errno == errno.EACCES:
         why = "permission denied" + (
             " (ports below 1024 need root or CAP_NET_BIND_SERVICE)" if addr.port < 1024 else ""
@@ -93,10 +116,10 @@ def _bind_error(what: str, addr: Address, err: OSError) -> NatkitError:
         why = "no local interface has this address"
     else:
         why = err.strerror or str(err)
-    return NatkitError(f"cannot listen on {what}://{addr}: {why}")
+    return NatkitError(f"{what}://{addr}: {why}")
 
 
-def _socket(addr: Address, kind: int, reuse_port: bool) -> socket.socket:
+def _socket(addr: Address, kind: int, reuse_port: bool, *, join: bool = False) -> socket.socket:
     family = socket.AF_INET if addr.family == 4 else socket.AF_INET6
     sock = socket.socket(family, kind)
     try:
@@ -105,10 +128,14 @@ def _socket(addr: Address, kind: int, reuse_port: bool) -> socket.socket:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if kind == socket.SOCK_STREAM:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
+        if reuse_port and join:
             # Workers each bind the same port; the kernel spreads flows over them by hash.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
+        if reuse_port and not join:
+            # Bound exclusively (EADDRINUSE if anyone holds the port); now open the group to
+            # the sockets bound after it (see the module docstring).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setblocking(False)
     except OSError as err:
         sock.close()
@@ -116,18 +143,45 @@ def _socket(addr: Address, kind: int, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def bind_udp(addr: Address, *, reuse_port: bool = True) -> socket.socket:
-    sock = _socket(addr, socket.SOCK_DGRAM, reuse_port)
+def bind_udp(addr: Address, *, reuse_port: bool = True, join: bool = False) -> socket.socket:
+    """A UDP socket on `addr`; with `reuse_port`, the first of a group (`join=False`, bound
+    exclusively) or another member of it (`join=True`)."""
+    sock = _socket(addr, socket.SOCK_DGRAM, reuse_port, join=join)
     with contextlib.suppress(OSError):  # bigger buffers absorb bursts between wake-ups
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     return sock
 
 
-def bind_stream(addr: Address, reuse_port: bool = True) -> socket.socket:
-    sock = _socket(addr, socket.SOCK_STREAM, reuse_port)
-    sock.listen(1024)
+def bind_stream(addr: Address, reuse_port: bool = True, *, join: bool = False) -> socket.socket:
+    """A listening TCP socket on `addr`; `reuse_port` and `join` as for `bind_udp`."""
+    sock = _socket(addr, socket.SOCK_STREAM, reuse_port, join=join)
+    try:
+        sock.listen(1024)
+    except OSError as err:  # a TCP reuseport group is checked again at listen()
+        sock.close()
+        raise _bind_error("tcp", addr, err) from None
     return sock
+
+
+def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.socket]]:
+    """Every listening socket of `workers` workers, in `StunServer.bind` order (plan by plan,
+    address by address): one reuseport group per address whose first member is bound
+    exclusively. NatkitError (and nothing left open) if any address is taken."""
+    per_worker: list[list[socket.socket]] = [[] for _ in range(workers)]
+    try:
+        for plan in plan_listeners(config):
+            udp = plan.uri.transport is Transport.UDP
+            for addr in plan.addresses if udp else (plan.primary,):
+                for i, socks in enumerate(per_worker):
+                    bind = bind_udp if udp else bind_stream
+                    socks.append(bind(addr, reuse_port=True, join=i > 0))
+    except NatkitError:
+        for socks in per_worker:
+            for sock in socks:
+                sock.close()
+        raise
+    return per_worker
 
 
 def make_ssl_context(tls: TlsConfig, source: str | None = None) -> ssl.SSLContext:

@@ -1,12 +1,20 @@
 """Worker processes sharing the STUN ports (SO_REUSEPORT) and the supervisor that keeps them alive.
 
-Theory of operation. The supervisor (the `natkit serve` process) spawns `stun.workers` processes.
-Each binds every listener itself with SO_REUSEPORT, so the kernel spreads flows over workers
-without a shared accept lock, and runs its own event loop (uvloop when installed). A duplex pipe
-joins each worker to the supervisor: the worker reports ``("ready", pid)`` or ``("error", text)``
-once; the supervisor sends ``("reload", Config)`` on SIGHUP. Workers never outlive the supervisor:
-PR_SET_PDEATHSIG delivers SIGTERM when it dies, and EOF on the pipe (the kernel closes it with the
-supervisor) stops them even where prctl is unavailable.
+Theory of operation. The supervisor (the `natkit serve` process) binds every listening
+socket once per worker (one SO_REUSEPORT group per address, its first member bound exclusively so
+that a port anyone else holds is an error: `natkit.stun.sockets.bind_worker_sockets`) and spawns
+`stun.workers` processes, handing each its own sockets; the kernel spreads flows over workers
+without a shared accept lock, and each runs its own event loop (uvloop when installed). A duplex
+pipe joins each worker to the supervisor: the worker reports ``("ready", pid)`` or
+``("error", text)`` once; the supervisor sends ``("reload", Config)`` on SIGHUP. Workers never
+outlive the supervisor: PR_SET_PDEATHSIG delivers SIGTERM when it dies, and EOF on the pipe (the
+kernel closes it with the supervisor) stops them even where prctl is unavailable.
+
+The running config. A SIGHUP applies only the live parts (`stun.rate_limit`, `logging`); the rest
+of a new file waits for a restart. The supervisor therefore keeps `running`: the config the
+workers were started with, with the live parts of the latest reload folded in. A respawned
+worker gets exactly that, never the staged file: otherwise one crashed worker would come back
+with a new peer policy while its siblings keep the old one (issue 11 #9).
 
 `spawn` rather than `fork`: the supervisor runs an event loop, and forking a process with a live
 loop (and its selector, signal wake-up fd, metrics server) into a restarted worker is a known
@@ -18,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +45,7 @@ from natkit.addr import Transport
 from natkit.config.model import Config
 from natkit.errors import NatkitError
 
-__all__ = ["Supervisor", "resolve_workers", "worker_main"]
+__all__ = ["Supervisor", "live_applied", "resolve_workers", "worker_main"]
 
 log = logging.getLogger("natkit.stun.workers")
 
@@ -65,8 +75,22 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-def worker_main(index: int, config: Config, array: Any, conn: Connection, parent_pid: int) -> None:
-    """Entry point of a worker process (runs in the spawned child)."""
+def live_applied(running: Config, new: Config) -> Config:
+    """`running` with the parts of `new` that a SIGHUP applies live (rate limits, logging)."""
+    stun = dataclasses.replace(running.stun, rate_limit=new.stun.rate_limit)
+    return dataclasses.replace(running, stun=stun, logging=new.logging)
+
+
+def worker_main(
+    index: int,
+    config: Config,
+    array: Any,
+    conn: Connection,
+    parent_pid: int,
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Entry point of a worker process (runs in the spawned child); `sockets` are the listening
+    sockets the supervisor bound for it (None: bind them here)."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     logs.setup(config.logging.level, config.logging.format, role=f"worker-{index}")
@@ -83,7 +107,7 @@ def worker_main(index: int, config: Config, array: Any, conn: Connection, parent
         # 5-tuple on one worker), so each has its own TURN engine.
         turn = create_engine(config, counters.values)
         server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
-        server.bind()
+        server.bind(sockets)
     except NatkitError as err:
         conn.send(("error", str(err)))
         sys.exit(3)
@@ -143,9 +167,11 @@ class Supervisor:
     def __init__(
         self, config: Config, count: int, array: Any, on_change: Callable[[], None] | None = None
     ) -> None:
-        self.config = config
+        self.running = config
+        """What a (re)spawned worker runs: the start config + live reloads (`live_applied`)."""
         self.array = array
         self._workers = [_Worker(i) for i in range(count)]
+        self._sockets: list[list[socket.socket]] = []
         self._ctx = multiprocessing.get_context("spawn")
         self._stopping = False
         self._on_change = on_change
@@ -159,7 +185,11 @@ class Supervisor:
         ]
 
     async def start(self) -> None:
-        """Spawn every worker and wait until all serve; NatkitError (and none left) otherwise."""
+        """Bind every listener, spawn every worker and wait until all serve; NatkitError (and
+        nothing left) otherwise."""
+        from natkit.stun.sockets import bind_worker_sockets
+
+        self._sockets = bind_worker_sockets(self.running.stun, len(self._workers))
         for worker in self._workers:
             self._spawn(worker)
         readies = [w.ready for w in self._workers if w.ready is not None]
@@ -178,7 +208,16 @@ class Supervisor:
             target=worker_main,
             name=f"natkit-worker-{worker.index}",
             daemon=True,
-            args=(worker.index, self.config, self.array, child_conn, os.getpid()),
+            # The sockets travel as fds (multiprocessing passes them to the spawned child); the
+            # supervisor keeps its copies, so a worker's crash never unbinds its share.
+            args=(
+                worker.index,
+                self.running,
+                self.array,
+                child_conn,
+                os.getpid(),
+                self._sockets[worker.index] if self._sockets else None,
+            ),
         )
         proc.start()
         child_conn.close()
@@ -241,13 +280,15 @@ class Supervisor:
         if not self._stopping:
             self._spawn(worker)
 
-    def reload(self, config: Config) -> None:
-        """Hand a new config to every worker; they apply rate limits and logging."""
-        self.config = config
+    def reload(self, config: Config) -> Config:
+        """Apply the live parts of `config` (rate limits, logging) to every worker and to
+        `running`, which it returns; the rest waits for a restart."""
+        self.running = live_applied(self.running, config)
         for worker in self._workers:
             if worker.conn is not None and not worker.conn.closed:
                 with contextlib.suppress(OSError):
-                    worker.conn.send(("reload", config))
+                    worker.conn.send(("reload", self.running))
+        return self.running
 
     async def stop(self, timeout: float = 5.0) -> None:
         """SIGTERM every worker (they drain), SIGKILL whoever is still there after `timeout`."""
@@ -265,3 +306,7 @@ class Supervisor:
                 log.warning("worker pid %s did not drain in %.0f s; killing it", proc.pid, timeout)
                 proc.kill()
             proc.join(1.0)
+        for socks in self._sockets:
+            for sock in socks:
+                sock.close()
+        self._sockets = []

@@ -7,10 +7,12 @@ and pystun3 (RFC 3489 classifier) must all read correct answers from the server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import struct
 import subprocess
+import time
 from collections.abc import Callable
 
 import pytest
@@ -250,8 +252,18 @@ def test_tcp_connection_cap(natkit_serve: Serve) -> None:
         for conn in keep:  # make sure both are accepted and counted
             conn.sendall(struct.pack("!HHI", 1, 0, 0x2112A442) + bytes(12))
             assert conn.recv(100)[:2] == b"\x01\x01"
+        # Full: the newcomer gets the slot of the oldest idle connection (issue 11 #4), so
+        # idle connections cannot keep new clients out.
         with socket.create_connection((HOST, served.port), timeout=5) as third:
-            assert third.recv(100) == b""
+            third.sendall(struct.pack("!HHI", 1, 0, 0x2112A442) + bytes(12))
+            assert third.recv(100)[:2] == b"\x01\x01"
+            with contextlib.suppress(ConnectionResetError):
+                assert keep[0].recv(100) == b""  # evicted
+        evicted = r'natkit_stun_errors_total\{kind="evicted"\}'
+        deadline = time.monotonic() + 5
+        while served.metric(evicted) < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert served.metric(evicted) == 1
     finally:
         for conn in keep:
             conn.close()

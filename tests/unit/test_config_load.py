@@ -35,7 +35,13 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         "software": "natkit",
         "rate_limit": {"enabled": True, "per_source": 100, "burst": 200, "max_sources": 100_000},
         "tls": {"cert": None, "key": None},
-        "stream": {"max_connections": 1024, "idle_timeout": 30.0, "max_message_size": 4096},
+        "stream": {
+            "max_connections": 1024,
+            "idle_timeout": 30.0,
+            "max_message_size": 4096,
+            "max_connections_per_source": 64,
+            "frame_timeout": 10.0,
+        },
     },
     "turn": {
         "enabled": False,
@@ -49,7 +55,16 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         "coturn": {"binary": "turnserver", "extra": [], "allow_vulnerable": False},
     },
     "diagnose": {"stun": ["stun:127.0.0.1:3478"], "turn": [], "timeout": 3.0},
-    "signal": {"enabled": False, "listen": "127.0.0.1:8765", "ttl": 300.0, "max_sdp_size": 16384},
+    "signal": {
+        "enabled": False,
+        "listen": "127.0.0.1:8765",
+        "ttl": 300.0,
+        "max_sdp_size": 16384,
+        "max_connections": 256,
+        "max_connections_per_source": 32,
+        "max_pairings_per_source": 20,
+        "request_timeout": 5.0,
+    },
     "metrics": {"listen": "127.0.0.1:9641"},
     "logging": {"level": "info", "format": "text"},
 }

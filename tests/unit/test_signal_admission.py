@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from natkit.signal.admission import ConnectionTable, LogLimiter, source_key
+from natkit.admission import ConnectionTable, LogLimiter, source_key
 
 
 def test_a_source_over_its_cap_is_refused_429_others_still_admitted() -> None:
@@ -70,3 +70,17 @@ def test_log_limiter_folds_repeats_into_one_line_per_interval(
         "evicted",
         "refused (and 3 more in the last 10 s)",
     ]
+
+
+def test_busy_connections_are_never_evicted() -> None:
+    # The STUN server's use: a connection relaying for a TURN allocation keeps its slot.
+    table = ConnectionTable(max_connections=3, max_per_source=10)
+    for conn in ("relaying", "idle-1", "idle-2"):
+        assert table.admit(conn, "192.0.2.1").status == 0
+    busy = {"relaying"}.__contains__
+    assert table.admit("new-1", "192.0.2.2", busy).evict == "idle-1"
+    assert table.admit("new-2", "192.0.2.2", busy).evict == "idle-2"
+    assert table.admit("new-3", "192.0.2.2", busy).evict == "new-1"
+    table.serving("new-2")
+    table.serving("new-3")
+    assert table.admit("new-4", "192.0.2.2", busy).status == 503

@@ -1,4 +1,4 @@
-"""Which connections the rendezvous serves, sans-IO: per-source and global caps, idle eviction.
+"""Which connections a server admits, sans-IO: per-source and global caps, idle eviction.
 
 Theory of operation. Every accepted TCP connection asks `ConnectionTable.admit` for a slot. A
 connection is first READING (its request head and body have not fully arrived), then SERVING
@@ -12,8 +12,12 @@ connection is first READING (its request head and body have not fully arrived), 
   an attacker's (a legitimate request arrives within milliseconds of its connect);
 - only when every slot is SERVING (real requests in progress) is the newcomer refused (503).
 
-A refusal is still an HTTP answer: the shell writes it and drains what the client sends, because
-closing a socket with unread input makes the kernel send a reset that destroys the answer.
+For the rendezvous (`natkit.signal.http`) a refusal is still an HTTP answer: the shell writes it
+and drains what the client sends, because closing a socket with unread input makes the kernel
+send a reset that destroys the answer. The STUN server's TCP/TLS listeners use the same table
+(`natkit.stun.server`): READING there means idle or mid-frame, and the `busy` predicate of
+`admit` keeps connections that relay for a TURN allocation. Shared by both services, so it lives
+below them (the layering in DESIGN.md: no arrow points up or sideways).
 
 IPv6 sources are keyed by their /64, as in `natkit.stun.server`: one host commonly owns a whole
 /64, so a per-/128 cap would be no cap at all.
@@ -24,7 +28,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 import logging
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 __all__ = ["Admission", "ConnectionTable", "LogLimiter", "Phase", "source_key"]
@@ -62,13 +66,25 @@ class ConnectionTable:
     def held(self, source: str) -> int:
         return self._per_source.get(source, 0)
 
-    def admit(self, conn: Hashable, source: str) -> Admission:
-        """Give `conn` (from `source`) a slot, possibly by evicting an idle one, or refuse it."""
+    def admit(
+        self, conn: Hashable, source: str, busy: Callable[[Hashable], bool] | None = None
+    ) -> Admission:
+        """Give `conn` (from `source`) a slot, possibly by evicting an idle one, or refuse it.
+
+        `busy`, if given, is asked about each READING candidate before it is evicted: the STUN
+        server keeps a connection that relays for a TURN allocation (`natkit.stun.server`)."""
         if self.held(source) >= self.max_per_source:
             return Admission(429, "too many connections from this address")
         evict = None
         if len(self._conns) >= self.max_connections:
-            evict = next((c for c, (_, ph) in self._conns.items() if ph is Phase.READING), None)
+            evict = next(
+                (
+                    c
+                    for c, (_, ph) in self._conns.items()
+                    if ph is Phase.READING and (busy is None or not busy(c))
+                ),
+                None,
+            )
             if evict is None:
                 return Admission(503, "server busy; retry later")
             self.release(evict)
