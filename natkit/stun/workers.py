@@ -31,6 +31,7 @@ import gc
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -88,9 +89,11 @@ def worker_main(
     conn: Connection,
     parent_pid: int,
     sockets: list[socket.socket] | None = None,
+    nonce_key: bytes | None = None,
 ) -> None:
     """Entry point of a worker process (runs in the spawned child); `sockets` are the listening
-    sockets the supervisor bound for it (None: bind them here)."""
+    sockets the supervisor bound for it (None: bind them here); `nonce_key` is the TURN nonce
+    key every worker shares."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     logs.setup(config.logging.level, config.logging.format, role=f"worker-{index}")
@@ -105,7 +108,7 @@ def worker_main(
         ctx = make_ssl_context(config.stun.tls, config.source) if tls else None
         # Each worker relays for the clients the kernel hashes to it (SO_REUSEPORT keeps a
         # 5-tuple on one worker), so each has its own TURN engine.
-        turn = create_engine(config, counters.values)
+        turn = create_engine(config, counters.values, nonce_key=nonce_key)
         server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
         server.bind(sockets)
     except NatkitError as err:
@@ -168,6 +171,11 @@ class Supervisor:
         self, config: Config, count: int, array: Any, on_change: Callable[[], None] | None = None
     ) -> None:
         self.running = config
+        # One TURN nonce key for every worker, for the supervisor's lifetime: the kernel spreads
+        # a client's 5-tuples over the workers (SO_REUSEPORT), and a nonce one worker issued must
+        # verify on another (else a 438 and a wasted round trip per worker change, or per
+        # respawn).
+        self.nonce_key = secrets.token_bytes(32)
         """What a (re)spawned worker runs: the start config + live reloads (`live_applied`)."""
         self.array = array
         self._workers = [_Worker(i) for i in range(count)]
@@ -217,6 +225,7 @@ class Supervisor:
                 child_conn,
                 os.getpid(),
                 self._sockets[worker.index] if self._sockets else None,
+                self.nonce_key,
             ),
         )
         proc.start()

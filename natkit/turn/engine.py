@@ -134,11 +134,14 @@ def build_relay(
     return Relay(relay_settings(config), authenticator, peer_policy(config), rng)
 
 
-def create_engine(config: Config, counters: list[int] | None = None) -> TurnEngine | None:
+def create_engine(
+    config: Config, counters: list[int] | None = None, *, nonce_key: bytes | None = None
+) -> TurnEngine | None:
     """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
-    `counters` is the worker's metrics row, where the engine counts its refusals."""
+    `counters` is the worker's metrics row, where the engine counts its refusals; `nonce_key`
+    the key shared by every worker (None: a random one of its own)."""
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
     from natkit.turn.builtin import BuiltinTurn
 
-    return BuiltinTurn(config, counters=counters)
+    return BuiltinTurn(config, relay=build_relay(config, nonce_key=nonce_key), counters=counters)

@@ -151,3 +151,25 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
             return True
         time.sleep(0.1)
     return condition()
+
+
+def test_a_nonce_from_one_worker_verifies_on_every_worker(
+    natkit_serve: Callable[..., Served],
+) -> None:
+    """The kernel spreads 5-tuples over the workers; a nonce is bound to the client IP, not the
+    port (natkit.turn.auth), so one client's nonce must verify whichever worker a new 5-tuple of
+    it lands on. With a key per worker about half of these got 438 (and a log line each)."""
+    turn = {**TURN, "quota": {"per_user": 100}}
+    served = natkit_serve(stun={"workers": 2}, turn=turn, logging={"level": "warning"})
+    first = Client(served.port)
+    clients = [Client(served.port) for _ in range(16)]
+    try:
+        assert first.allocate(None) == 401  # the challenge: its nonce is the one to share
+        codes = []
+        for client in clients:
+            client.nonce = first.nonce
+            codes.append(client.allocate(PASSWORD))
+    finally:
+        for client in [first, *clients]:
+            client.close()
+    assert codes == [0] * len(clients), codes
