@@ -8,18 +8,21 @@ between and `now`, and return a list of commands for the caller to carry out, in
   client on one of the server's listeners (`local`; over TCP each frame separately);
 - `handle_peer(relay, data, peer, now)`: a datagram a relay socket received from a peer;
 - `handle_timeout(now)`: call about once a second; frees expired allocations;
-- and two notifications: `connection_lost` (a TCP client went away: its allocation goes too,
-  §7) and `relay_unavailable` (the adapter could not bind an `OpenRelay` address).
+- and notifications: `connection_lost` (a TCP client went away: its allocation goes too,
+  §7), `relay_unavailable` (the adapter could not bind an `OpenRelay` address, or had no file
+  descriptor for it: `exhausted`) and `close` (shutdown: every relay is closed).
 
 Commands: `SendToClient` (on the listener 5-tuple), `SendToPeer` (from a relay socket),
 `OpenRelay` (bind a relay socket; always followed by the Allocate response that announces it —
 if the bind fails, drop the rest of that batch and run `relay_unavailable(...)`'s commands
-instead) and `CloseRelay`. They are NamedTuples: immutable like frozen dataclasses, and several
-times cheaper to build, which matters on the per-packet path.
+instead) and `CloseRelay` (`natkit.turn.commands`). Every `OpenRelay` the core issues is matched
+by exactly one `CloseRelay` when its allocation ends, whatever ends it (`AllocationTable.free`).
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
 (`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or
-when no port is free), lifetimes and the channel rules (`natkit.turn.allocation`). Responses to
+when no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
+permissions and channels per allocation, 508), lifetimes and the channel rules
+(`natkit.turn.allocation`). Responses to
 authenticated requests carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
 
 Relay to relay. Two clients of this server pair their relayed candidates (ICE relay↔relay), so a
@@ -57,7 +60,7 @@ import random
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import cast
 
 from natkit.addr import Address, Transport
 from natkit.stun.attributes import AddressErrorCode, AttrValue, ErrorCode
@@ -66,13 +69,16 @@ from natkit.stun.errors import StunDecodeError
 from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
 from natkit.turn.allocation import (
+    DEFAULT_LIMITS,
     Allocation,
     AllocationTable,
     FiveTuple,
+    Limits,
     PortPool,
     grant_lifetime,
 )
 from natkit.turn.auth import Authenticator, AuthError, Credentials
+from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.peers import PeerPolicy, canonical
 
 __all__ = [
@@ -94,30 +100,6 @@ _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (�
 AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
 
 
-class SendToClient(NamedTuple):
-    data: bytes
-    to: FiveTuple
-
-
-class SendToPeer(NamedTuple):
-    relay: Address
-    data: bytes
-    peer: Address
-
-
-class OpenRelay(NamedTuple):
-    relay: Address
-    owner: FiveTuple
-    dont_fragment: bool
-
-
-class CloseRelay(NamedTuple):
-    relay: Address
-
-
-Command = SendToClient | SendToPeer | OpenRelay | CloseRelay
-
-
 @dataclass(frozen=True, slots=True)
 class RelaySettings:
     """What the core needs from ``turn.*`` (built by `natkit.turn.engine.relay_settings`)."""
@@ -132,6 +114,10 @@ class RelaySettings:
     quota_per_user: int = 10
     quota_total: int = 1000
     software: str = "natkit"
+    limits: Limits = DEFAULT_LIMITS
+    """Permissions and channels per allocation (``turn.limits``)."""
+    peers_per_request: int = 10
+    """XOR-PEER-ADDRESS attributes one CreatePermission may carry (``turn.limits``)."""
 
 
 _Handler = Callable[[Message, FiveTuple, Credentials, float], list["Command"]]
@@ -153,7 +139,7 @@ class Relay:
         self.rng = rng or random.SystemRandom()
         low, high = settings.ports
         pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
-        self.allocations = AllocationTable(pools)
+        self.allocations = AllocationTable(pools, settings.limits)
         self._relay_hosts = _relay_hosts(settings, policy)
         self._opening: dict[Address, tuple[Message, int]] = {}
         self._blocked: list[tuple[float, str, int]] = []
@@ -256,12 +242,7 @@ class Relay:
 
     def handle_timeout(self, now: float) -> list[Command]:
         table = self.allocations
-        commands: list[Command] = []
-        for alloc in table.expired(now):  # §7: the allocation ends with its lifetime
-            table.remove(alloc)
-            commands.append(CloseRelay(alloc.relay))
-        for alloc in table.by_five_tuple.values():
-            alloc.expire(now)
+        commands: list[Command] = list(table.sweep(now))
         if self._blocked and self._blocked[0][0] <= now:
             keep = []
             for until, host, port in self._blocked:
@@ -275,24 +256,35 @@ class Relay:
     def connection_lost(self, five_tuple: FiveTuple, now: float) -> list[Command]:
         """RFC 8656 §7 (TCP/TLS): the allocation lives only as long as its connection."""
         alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None:
-            return []
-        self.allocations.remove(alloc)
-        return [CloseRelay(alloc.relay)]
+        return [] if alloc is None else list(self.allocations.free(alloc))
 
-    def relay_unavailable(self, relay: Address, now: float) -> list[Command]:
-        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2)."""
+    def close(self) -> list[Command]:
+        """Shutdown: a `CloseRelay` for every allocation."""
+        self._opening.clear()
+        return list(self.allocations.close_all())
+
+    def relay_unavailable(
+        self, relay: Address, now: float, *, exhausted: bool = False
+    ) -> list[Command]:
+        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2).
+
+        `exhausted`: the host is out of a resource (file descriptors, buffers), not this port:
+        508 at once (Insufficient Capacity), and the port goes back to the pool unblocked."""
         table = self.allocations
         alloc = table.by_relay.get(relay)
         pending = self._opening.pop(relay, None)
         if alloc is None or pending is None:
             return []
         msg, tries = pending
-        self._blocked.append((now + _BLOCK_SECONDS, relay.host, relay.port))
-        pool = table.pools[relay.host]
-        port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False) if tries < _OPEN_TRIES else None
+        port = None
+        if not exhausted:
+            self._blocked.append((now + _BLOCK_SECONDS, relay.host, relay.port))
+            if tries < _OPEN_TRIES:
+                port = table.pools[relay.host].take(even=msg.get(AttrType.EVEN_PORT) is False)
         if port is None:
-            table.remove(alloc)
+            table.free(alloc)  # its socket was never bound: no CloseRelay to carry out
+            if not exhausted:
+                table.pools[relay.host].hold(relay.port)  # blocked: not offered until released
             return [self._error(msg, alloc.five_tuple, 508, alloc.key)]
         new = Address(relay.host, port)
         table.move(alloc, new, self._advertised(new))
@@ -338,34 +330,30 @@ class Relay:
     def _allocate(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
-        existing = self.allocations.by_five_tuple.get(five_tuple)
-        if existing is not None and existing.expires > now:
+        # An allocation whose lifetime is over (and not yet swept) is freed here, its
+        # CloseRelay first: the new one may be given the same port.
+        existing, closed = self.allocations.live(five_tuple, now)
+        if existing is not None:
             if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
                 return [self._allocate_success(msg, existing, now)]
             return [self._error(msg, five_tuple, 437, creds.key)]
-        if existing is not None:
-            self.allocations.remove(existing)
         code = self._allocate_check(msg, creds)
         if code:
-            return [self._error(msg, five_tuple, code, creds.key)]
+            return [*closed, self._error(msg, five_tuple, code, creds.key)]
         even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
         family = _FAMILIES.get(_int(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)) or 1, 4)
         ip = self.settings.relay_ips[family]
-        port = self.allocations.pools[ip].take(even=even)
-        if port is None:
-            return [self._error(msg, five_tuple, 508, creds.key)]
-        relay = Address(ip, port)
         lifetime = grant_lifetime(_int(msg.get(AttrType.LIFETIME)), *self._lifetimes)
-        alloc = Allocation(
-            five_tuple, relay, self._advertised(relay), creds.username, creds.user, creds.key,
-            now + lifetime, msg.transaction_id, AttrType.DONT_FRAGMENT in msg,
+        created = self.allocations.create(
+            five_tuple, ip, even, self.settings.external_ips.get(family),
+            username=creds.username, user=creds.user, key=creds.key, expires=now + lifetime,
+            transaction_id=msg.transaction_id, dont_fragment=AttrType.DONT_FRAGMENT in msg,
         )  # fmt: skip
-        self.allocations.add(alloc)
-        self._opening[relay] = (msg, 1)
-        return [
-            OpenRelay(relay, five_tuple, alloc.dont_fragment),
-            self._allocate_success(msg, alloc, now),
-        ]
+        if created is None:
+            return [*closed, self._error(msg, five_tuple, 508, creds.key)]
+        alloc, open_relay = created
+        self._opening[alloc.relay] = (msg, 1)
+        return [*closed, open_relay, self._allocate_success(msg, alloc, now)]
 
     def _allocate_check(self, msg: Message, creds: Credentials) -> int:
         """The error code an Allocate gets before any state changes (§7.2), or 0."""
@@ -407,31 +395,32 @@ class Relay:
 
     def _owned(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
-    ) -> Allocation | SendToClient:
-        """The 5-tuple's live allocation, or the 437/441 answer (RFC 8656 §8, §10, §11)."""
-        alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None or alloc.expires <= now:
-            return self._error(msg, five_tuple, 437, creds.key)
+    ) -> Allocation | list[Command]:
+        """The 5-tuple's live allocation, or the 437/441 answer (RFC 8656 §8, §10, §11),
+        after the CloseRelay of an allocation found expired."""
+        alloc, closed = self.allocations.live(five_tuple, now)
+        if alloc is None:
+            return [*closed, self._error(msg, five_tuple, 437, creds.key)]
         if alloc.username != creds.username:
-            return self._error(msg, five_tuple, 441, creds.key)
+            return [self._error(msg, five_tuple, 441, creds.key)]
         return alloc
 
     def _refresh(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
         if family is not None and _FAMILIES.get(_int(family) or 0) != alloc.family:
             return [self._error(msg, five_tuple, 443, creds.key)]  # §8
         requested = _int(msg.get(AttrType.LIFETIME))
         if requested == 0:  # §8: a zero lifetime deletes the allocation now
-            self.allocations.remove(alloc)
+            closed = self.allocations.free(alloc)
             response = self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, 0)])
-            return [response, CloseRelay(alloc.relay)]
+            return [response, *closed]
         lifetime = grant_lifetime(requested, *self._lifetimes)
-        alloc.expires = now + lifetime
+        self.allocations.refresh(alloc, now + lifetime)
         return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
 
     def _peer_error(self, alloc: Allocation, peer: AttrValue | None, port: bool = False) -> int:
@@ -459,24 +448,27 @@ class Relay:
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         peers = [v for t, v in msg.attributes if t == AttrType.XOR_PEER_ADDRESS]
         for peer in peers or [b""]:  # none at all is a 400 too
             code = self._peer_error(alloc, peer)
             if code:  # §10: all or nothing
                 return [self._error(msg, five_tuple, code, creds.key)]
-        for peer in peers:
-            assert isinstance(peer, Address)
-            alloc.permit(peer.host, now)
+        table = self.allocations
+        ips = {cast(Address, peer).host for peer in peers}
+        if len(peers) > self.settings.peers_per_request or not table.can_permit(alloc, ips):
+            return [self._error(msg, five_tuple, 508, creds.key)]  # turn.limits: capacity
+        for ip in ips:
+            table.permit(alloc, ip, now)
         return [self._response(msg, five_tuple, creds.key, [])]
 
     def _channel_bind(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         number = _int(msg.get(AttrType.CHANNEL_NUMBER))
         peer = msg.get(AttrType.XOR_PEER_ADDRESS)
         code = self._peer_error(alloc, peer, port=True)
@@ -487,7 +479,9 @@ class Relay:
         assert isinstance(peer, Address) and number is not None
         if not alloc.can_bind(number, peer):  # §12.2: number or peer already bound otherwise
             return [self._error(msg, five_tuple, 400, creds.key)]
-        alloc.bind(number, peer, now)
+        if not self.allocations.can_bind(alloc, number, peer):
+            return [self._error(msg, five_tuple, 508, creds.key)]  # turn.limits: capacity
+        self.allocations.bind(alloc, number, peer, now)
         return [self._response(msg, five_tuple, creds.key, [])]
 
     def _send(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
