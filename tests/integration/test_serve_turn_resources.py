@@ -11,14 +11,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import ssl
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import HOST, Served, free_port
-from tests.integration.turn_client import TurnClient, code
+from natkit.addr import Address
+from tests.integration.conftest import HOST, Served, free_port, stop_process
+from tests.integration.turn_client import TurnClient, code, relayed
 
 pytestmark = [pytest.mark.integration]
 
@@ -91,3 +96,120 @@ def test_reallocating_right_at_expiry_leaks_no_relay_port(
     assert _wait(lambda: all(_bindable(p) for p in range(low, high + 1))), [
         p for p in range(low, high + 1) if not _bindable(p)
     ]
+
+
+def _certificate(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def _flood(peer: socket.socket, target: tuple[str, int], stop: threading.Event) -> None:
+    """The peer keeps sending toward the relay (bounded: until `stop`, at most 10 s)."""
+    deadline = time.monotonic() + 10
+    payload = bytes(1000)
+    while not stop.is_set() and time.monotonic() < deadline:
+        for _ in range(50):
+            with contextlib.suppress(OSError):
+                peer.sendto(payload, target)
+        time.sleep(0.001)
+
+
+def _allocate_soon(make: Callable[[], TurnClient], timeout: float = 3.0) -> TurnClient:
+    """A client whose Allocate succeeded: the port of a connection just reset is freed when
+    the server has seen the reset."""
+    deadline = time.monotonic() + timeout
+    while True:
+        client = make()
+        answer = client.allocate()
+        if code(answer) == 0 or time.monotonic() > deadline:
+            assert code(answer) == 0, answer
+            return client
+        client.close()
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_a_stream_client_reset_under_a_peer_flood_costs_only_its_allocation(
+    natkit_serve: Callable[..., Served], tmp_path: Path, transport: str
+) -> None:
+    low, high = _free_range(2)  # one port for the bystander, one for the stream clients
+    port = free_port()
+    stun: dict[str, object] = {"listen": [f"udp://{HOST}:{port}", f"tcp://{HOST}:{port}"]}
+    tls = None
+    if transport == "tls":
+        cert, key = _certificate(tmp_path)
+        stun = {"listen": [f"udp://{HOST}:{port}", f"tls://{HOST}:{port}"],
+                "tls": {"cert": str(cert), "key": str(key)}}  # fmt: skip
+        tls = ssl.create_default_context(cafile=str(cert))
+    served = natkit_serve(port=port, stun=stun, turn=_turn(f"{low}-{high}"))
+    peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    peer.bind((HOST, 0))
+    peer.settimeout(5)
+    peer_addr = Address(HOST, peer.getsockname()[1])
+    bystander = TurnClient(port, USER, PASSWORD, REALM)
+    stop = threading.Event()
+    try:
+        by_relay = relayed(bystander.allocate())
+        assert code(bystander.channel_bind(0x4001, peer_addr)) == 0
+        for _ in range(3):
+            victim = _allocate_soon(
+                lambda: TurnClient(port, USER, PASSWORD, REALM, tcp=True, tls=tls)
+            )
+            target = victim.relayed
+            assert target is not None
+            assert code(victim.channel_bind(0x4000, peer_addr)) == 0
+            stop.clear()
+            flood = threading.Thread(target=_flood, args=(peer, target, stop))
+            flood.start()
+            time.sleep(0.5)  # the server's send buffer toward the victim fills
+            victim.reset()
+            time.sleep(0.5)  # the flood goes on after the reset
+            stop.set()
+            flood.join()
+        # The bystander still relays both ways.
+        peer.sendto(b"to bystander", by_relay)
+        deadline = time.monotonic() + 5
+        got = b""
+        while got[4:] != b"to bystander" and time.monotonic() < deadline:
+            got = bystander.recv()
+        assert got[4:16] == b"to bystander"
+        # The stream clients' port is free: a new allocation takes it.
+        _allocate_soon(lambda: TurnClient(port, USER, PASSWORD, REALM, tcp=True, tls=tls)).close()
+    finally:
+        stop.set()
+        bystander.close()
+        peer.close()
+    stop_process(served.proc)
+    assert served.proc.stderr is not None
+    log = served.proc.stderr.read()
+    for bad in ("Traceback", "RuntimeError", "SSL connection is closed", "socket.send() raised"):
+        assert bad not in log, log[-3000:]

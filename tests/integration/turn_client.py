@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import ssl
 import struct
 
 from natkit.addr import Address
@@ -23,14 +24,24 @@ class TurnClient:
     """One 5-tuple (UDP socket or TCP connection) speaking TURN with long-term credentials."""
 
     def __init__(
-        self, port: int, user: str, password: str, realm: str, *, tcp: bool = False
+        self,
+        port: int,
+        user: str,
+        password: str,
+        realm: str,
+        *,
+        tcp: bool = False,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """UDP by default; `tcp` for TCP, plus `tls` (a client context) for TLS."""
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
         self.sock = socket.socket(socket.AF_INET, kind)
         self.sock.settimeout(5)
         self.tcp = tcp
         if tcp:
             self.sock.connect((HOST, port))
+            if tls is not None:
+                self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         else:
             self.sock.bind((HOST, 0))
         self.server = (HOST, port)
@@ -38,6 +49,8 @@ class TurnClient:
         self.key = long_term_key(user, realm, password)
         self.nonce = ""
         self._buffer = b""
+        self.relayed: Address | None = None
+        """XOR-RELAYED-ADDRESS of the last successful Allocate."""
 
     def _send(self, data: bytes) -> None:
         if self.tcp:
@@ -90,7 +103,10 @@ class TurnClient:
         attrs: list[tuple[int, object]] = [(AttrType.REQUESTED_TRANSPORT, 17)]
         if lifetime is not None:
             attrs.append((AttrType.LIFETIME, lifetime))
-        return self.ask(Method.ALLOCATE, attrs)
+        answer = self.ask(Method.ALLOCATE, attrs)
+        if code(answer) == 0:
+            self.relayed = relayed(answer)
+        return answer
 
     def refresh(self, lifetime: int) -> Message:
         return self.ask(Method.REFRESH, [(AttrType.LIFETIME, lifetime)])
