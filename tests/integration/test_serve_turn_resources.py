@@ -12,14 +12,19 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import resource
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from natkit.addr import Address
 from tests.integration.conftest import HOST, Served, free_port, stop_process
@@ -213,3 +218,76 @@ def test_a_stream_client_reset_under_a_peer_flood_costs_only_its_allocation(
     log = served.proc.stderr.read()
     for bad in ("Traceback", "RuntimeError", "SSL connection is closed", "socket.send() raised"):
         assert bad not in log, log[-3000:]
+
+
+def _start_limited(config: dict[str, object], path: Path, nofile: int) -> subprocess.Popen[str]:
+    """natkit serve with RLIMIT_NOFILE soft = hard = `nofile` (nothing left to raise)."""
+    path.write_text(yaml.safe_dump(config))
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "natkit", "serve", "-c", str(path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True, preexec_fn=limit,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    for _ in range(3):  # udp + tcp listeners, metrics
+        if not proc.stdout.readline():
+            break
+    return proc
+
+
+def _open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -> None:
+    low, high = _free_range(10)
+    port, mport = free_port(), free_port()
+    config = {
+        "version": 1,
+        "stun": {"listen": [f"udp://{HOST}:{port}", f"tcp://{HOST}:{port}"], "workers": 1},
+        "metrics": {"listen": f"{HOST}:{mport}"},
+        "logging": {"level": "info"},
+        "turn": _turn(f"{low}-{high}"),
+    }
+    nofile = 64
+    proc = _start_limited(config, tmp_path / "natkit.yaml", nofile)
+    served = Served(proc, tmp_path / "natkit.yaml", port, mport)
+    hogs: list[socket.socket] = []
+    try:
+        assert _wait(lambda: len(served.workers()) >= 1), (proc.poll(), served.workers())
+        worker = max(served.workers(), key=_open_fds)  # not multiprocessing's resource tracker
+        while _open_fds(worker) < nofile and len(hogs) < 2 * nofile:
+            hog = socket.create_connection((HOST, port), timeout=5)
+            hogs.append(hog)
+            _wait(lambda n=len(hogs): _open_fds(worker) >= min(nofile, 20 + n), 0.2)
+        assert _open_fds(worker) >= nofile - 1, _open_fds(worker)
+        client = TurnClient(port, USER, PASSWORD, REALM)
+        try:
+            assert code(client.allocate()) == 508  # not a success without a socket
+        finally:
+            client.close()
+        for hog in hogs:
+            hog.close()
+        hogs.clear()
+        assert _wait(lambda: _open_fds(worker) < nofile - 8)
+        client = TurnClient(port, USER, PASSWORD, REALM)
+        try:
+            assert code(client.allocate()) == 0
+        finally:
+            client.close()
+        series = r'natkit_turn_refusals_total\{code="508",method="allocate",reason="capacity"\}'
+        assert _wait(lambda: served.metric(series) == 1), served.metrics()
+    finally:
+        for hog in hogs:
+            hog.close()
+        stop_process(proc)
+    assert proc.stderr is not None
+    log = proc.stderr.read()
+    assert "Traceback" not in log, log[-3000:]
+    warnings = [line for line in log.splitlines() if "file descriptor limit 64" in line]
+    assert len(warnings) == 1 and "stun.stream.max_connections" in warnings[0], log[-3000:]
+    assert "no relay socket for" in log and "Too many open files" in log, log[-3000:]
