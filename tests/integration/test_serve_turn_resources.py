@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,10 @@ def _open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+def _more_fds(pid: int, than: int) -> bool:
+    return _open_fds(pid) > than
+
+
 def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -> None:
     low, high = _free_range(10)
     port, mport = free_port(), free_port()
@@ -263,7 +268,7 @@ def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -
         while _open_fds(worker) < nofile and len(hogs) < 2 * nofile:
             before = _open_fds(worker)
             hogs.append(socket.create_connection((HOST, port), timeout=5))
-            _wait(lambda: _open_fds(worker) > before, 0.2)  # accepted (until none is left)
+            _wait(partial(_more_fds, worker, before), 0.2)  # accepted (until none is left)
         assert _open_fds(worker) >= nofile - 1, _open_fds(worker)
         client = TurnClient(port, USER, PASSWORD, REALM)
         try:
