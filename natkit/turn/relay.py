@@ -35,22 +35,8 @@ itself) stays unreachable. Inbound packets are not port-checked (that would cost
 packet a lookup): a local service cannot be made to answer, since nothing reaches it. An
 explicit ``turn.peers.allow`` hole for the IP wins, as everywhere in the policy (any port).
 
-Amplification bound. A request without MESSAGE-INTEGRITY may come from a spoofed source, so its
-answer is kept within `AMPLIFICATION_LIMIT` (3.5x) of the request, UDP payload bytes:
-- a request that could not succeed whatever its credentials is not challenged (RFC 8656 §7.2
-  puts authentication first; answering the error it would get after authentication instead
-  changes nothing for a real client): an Allocate without REQUESTED-TRANSPORT, a
-  CreatePermission without XOR-PEER-ADDRESS, a ChannelBind without CHANNEL-NUMBER or
-  XOR-PEER-ADDRESS (400), a Refresh, CreatePermission or ChannelBind from a 5-tuple that has no
-  allocation (437);
-- unsigned answers carry no SOFTWARE, and drop the ERROR-CODE reason phrase (optional, RFC 8489
-  §14.8: for diagnostics only) when it would break the bound.
-Sizes with realm "natkit.local" (16-byte nonce, `natkit.turn.auth`), measured by
-tests/unit/test_turn_amplification.py: the smallest request that is challenged is an Allocate
-with REQUESTED-TRANSPORT, 28 -> 80 bytes (2.9x); an unsigned Refresh on a live allocation
-20 -> 64 (3.2x, reason dropped); the 400 and 437 answers 20 -> 40 and 48 (2.0x, 2.4x). The
-challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes on Allocate
-(44 with the reason dropped) and up to 16 bytes on that Refresh.
+Amplification bound: a request without MESSAGE-INTEGRITY gets an answer within 3.5x its size
+(`natkit.turn.answers` says how, and which requests are not challenged: `_hopeless` here).
 """
 
 from __future__ import annotations
@@ -63,11 +49,12 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from natkit.addr import Address, Transport
-from natkit.stun.attributes import AddressErrorCode, AttrValue, ErrorCode
-from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass, Method
+from natkit.stun.attributes import AddressErrorCode, AttrValue
+from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
+from natkit.turn import answers
 from natkit.turn.allocation import (
     DEFAULT_LIMITS,
     Allocation,
@@ -77,6 +64,7 @@ from natkit.turn.allocation import (
     PortPool,
     grant_lifetime,
 )
+from natkit.turn.answers import AMPLIFICATION_LIMIT
 from natkit.turn.auth import Authenticator, AuthError, Credentials
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.peers import PeerPolicy, canonical
@@ -97,7 +85,6 @@ _FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.
 _OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
 _BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
 _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
-AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
 
 
 @dataclass(frozen=True, slots=True)
@@ -514,13 +501,8 @@ class Relay:
         five_tuple: FiveTuple,
         key: bytes | None,
         attrs: list[tuple[int, AttrValue]],
-        message_class: MessageClass = MessageClass.SUCCESS,
     ) -> SendToClient:
-        if self.settings.software and key is not None:  # unsigned: the amplification bound
-            attrs.append((AttrType.SOFTWARE, self.settings.software))
-        out = Message(msg.method, message_class, msg.transaction_id, attrs)
-        fingerprint = AttrType.FINGERPRINT in msg  # RFC 8489 §7.3: mirror the request
-        return SendToClient(out.encode(integrity_key=key, fingerprint=fingerprint), five_tuple)
+        return answers.response(msg, five_tuple, key, attrs, self.settings.software)
 
     def _error(
         self,
@@ -530,14 +512,7 @@ class Relay:
         key: bytes | None = None,
         extra: list[tuple[int, AttrValue]] | None = None,
     ) -> SendToClient:
-        attrs: list[tuple[int, AttrValue]] = [
-            (AttrType.ERROR_CODE, ErrorCode(code, ERROR_REASONS[code]))
-        ]
-        out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
-        if key is None and len(out.data) > AMPLIFICATION_LIMIT * len(msg.raw):
-            attrs = [(AttrType.ERROR_CODE, ErrorCode(code, ""))]  # the module docstring's bound
-            out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
-        return out
+        return answers.error(msg, five_tuple, code, key, extra or [], self.settings.software)
 
     def _auth_error(
         self, msg: Message, five_tuple: FiveTuple, err: AuthError, now: float
