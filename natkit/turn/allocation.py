@@ -157,13 +157,14 @@ class PortPool:
     """Free relay ports of one IP within LOW-HIGH; random picks (RFC 8656 §7.2 wants relay
     ports hard to guess, RFC 6056), falling back to a scan when the range is nearly full."""
 
-    __slots__ = ("_used", "high", "low", "rng")
+    __slots__ = ("_blocked", "_used", "high", "low", "rng")
 
     def __init__(self, low: int, high: int, rng: random.Random) -> None:
         if not 0 < low <= high <= 65535:
             raise ValueError(f"bad relay port range {low}-{high}")
         self.low, self.high, self.rng = low, high, rng
         self._used: set[int] = set()
+        self._blocked: dict[int, float] = {}  # port → until when it is not offered
 
     @property
     def size(self) -> int:
@@ -189,11 +190,20 @@ class PortPool:
         return None
 
     def release(self, port: int) -> None:
-        self._used.discard(port)
+        if port not in self._blocked:
+            self._used.discard(port)
 
-    def hold(self, port: int) -> None:
-        """Mark `port` used without handing it out (a port that could not be bound)."""
+    def block(self, port: int, until: float) -> None:
+        """`port` could not be bound (another process holds it): not offered before `until`."""
         self._used.add(port)
+        self._blocked[port] = until
+
+    def unblock(self, now: float) -> None:
+        """Offer again the ports whose block is over (the relay's timer calls this)."""
+        if self._blocked:
+            for port in [p for p, until in self._blocked.items() if until <= now]:
+                del self._blocked[port]
+                self._used.discard(port)
 
 
 class Limits(NamedTuple):

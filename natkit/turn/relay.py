@@ -19,29 +19,15 @@ instead) and `CloseRelay` (`natkit.turn.commands`). Every `OpenRelay` the core i
 by exactly one `CloseRelay` when its allocation ends, whatever ends it (`AllocationTable.free`).
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
-(`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or
-when no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
+plus relay to relay (`natkit.turn.relay_peers`, 403), quotas (486 per user, 508 in total or when
+no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
 permissions and channels per allocation, 508), lifetimes and the channel rules
-(`natkit.turn.allocation`). Responses to
-authenticated requests carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
-
-Relay to relay. Two clients of this server pair their relayed candidates (ICE relay↔relay), so a
-peer may be *another allocation's relayed address* on this very server. The policy denies the
-server's own addresses (and the relay IP may sit in a denied range), so this core grants a
-permission to its own relay IPs (`relay_ips`, `external_ips`) — but a permission is per IP
-(RFC 8656 §9), so the port is checked where the client names one: ChannelBind and Send must
-target a port inside the relay range. Everything else on this host (ssh, the TURN listener
-itself) stays unreachable. Inbound packets are not port-checked (that would cost every relayed
-packet a lookup): a local service cannot be made to answer, since nothing reaches it. An
-explicit ``turn.peers.allow`` hole for the IP wins, as everywhere in the policy (any port).
-
-Amplification bound: a request without MESSAGE-INTEGRITY gets an answer within 3.5x its size
-(`natkit.turn.answers` says how, and which requests are not challenged: `_hopeless` here).
+(`natkit.turn.allocation`). Answers and their amplification bound (3.5x for a request without
+MESSAGE-INTEGRITY; `_hopeless` picks the requests not worth a challenge): `natkit.turn.answers`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import struct
 from collections.abc import Callable, Mapping
@@ -67,7 +53,8 @@ from natkit.turn.allocation import (
 from natkit.turn.answers import AMPLIFICATION_LIMIT
 from natkit.turn.auth import Authenticator, AuthError, Credentials
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
-from natkit.turn.peers import PeerPolicy, canonical
+from natkit.turn.peers import PeerPolicy
+from natkit.turn.relay_peers import PeerRules
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -127,9 +114,10 @@ class Relay:
         low, high = settings.ports
         pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
         self.allocations = AllocationTable(pools, settings.limits)
-        self._relay_hosts = _relay_hosts(settings, policy)
+        self.peers = PeerRules(
+            policy, [*settings.relay_ips.values(), *settings.external_ips.values()], settings.ports
+        )
         self._opening: dict[Address, tuple[Message, int]] = {}
-        self._blocked: list[tuple[float, str, int]] = []
         self._methods: dict[int, _Handler] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -228,17 +216,9 @@ class Relay:
         return frame, alloc.five_tuple
 
     def handle_timeout(self, now: float) -> list[Command]:
-        table = self.allocations
-        commands: list[Command] = list(table.sweep(now))
-        if self._blocked and self._blocked[0][0] <= now:
-            keep = []
-            for until, host, port in self._blocked:
-                if until <= now and host in table.pools:
-                    table.pools[host].release(port)
-                else:
-                    keep.append((until, host, port))
-            self._blocked = keep
-        return commands
+        for pool in self.allocations.pools.values():
+            pool.unblock(now)
+        return list(self.allocations.sweep(now))
 
     def connection_lost(self, five_tuple: FiveTuple, now: float) -> list[Command]:
         """RFC 8656 §7 (TCP/TLS): the allocation lives only as long as its connection."""
@@ -263,15 +243,13 @@ class Relay:
         if alloc is None or pending is None:
             return []
         msg, tries = pending
-        port = None
-        if not exhausted:
-            self._blocked.append((now + _BLOCK_SECONDS, relay.host, relay.port))
+        pool, port = table.pools[relay.host], None
+        if not exhausted:  # taken by another process: not offered again for a while
+            pool.block(relay.port, now + _BLOCK_SECONDS)
             if tries < _OPEN_TRIES:
-                port = table.pools[relay.host].take(even=msg.get(AttrType.EVEN_PORT) is False)
+                port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False)
         if port is None:
             table.free(alloc)  # its socket was never bound: no CloseRelay to carry out
-            if not exhausted:
-                table.pools[relay.host].hold(relay.port)  # blocked: not offered until released
             return [self._error(msg, alloc.five_tuple, 508, alloc.key)]
         new = Address(relay.host, port)
         table.move(alloc, new, self._advertised(new))
@@ -411,25 +389,10 @@ class Relay:
         return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
 
     def _peer_error(self, alloc: Allocation, peer: AttrValue | None, port: bool = False) -> int:
-        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused by the policy (§9).
-
-        `port`: the request names a transport address (ChannelBind), not only an IP."""
+        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused (§9, `PeerRules`)."""
         if not isinstance(peer, Address):
             return 400
-        if peer.family != alloc.family:
-            return 443
-        if peer.host in self._relay_hosts:  # relay to relay: see the module docstring
-            return 403 if port and not self._in_range(peer.port) else 0
-        if (
-            self._relay_hosts
-            and str(canonical(ipaddress.ip_address(peer.host))) in self._relay_hosts
-        ):
-            return 403  # our relay IP spelled IPv4-mapped: never a peer (no port check there)
-        return 0 if self.policy.is_allowed(peer.host) else 403
-
-    def _in_range(self, port: int) -> bool:
-        low, high = self.settings.ports
-        return low <= port <= high
+        return 443 if peer.family != alloc.family else self.peers.error(peer, port)
 
     def _create_permission(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -481,7 +444,7 @@ class Relay:
             return []
         if peer.family != alloc.family or not alloc.permitted(peer.host, now):
             return []
-        if peer.host in self._relay_hosts and not self._in_range(peer.port):
+        if not self.peers.port_allowed(peer):
             return []  # a permission to our own relay IP covers only the relay ports
         return [SendToPeer(alloc.relay, payload, peer)]
 
@@ -524,17 +487,6 @@ class Relay:
                 (AttrType.NONCE, self.auth.nonce(five_tuple.client.host, now)),
             ]
         return self._error(msg, five_tuple, err.code, None, extra)
-
-
-def _relay_hosts(settings: RelaySettings, policy: PeerPolicy) -> frozenset[str]:
-    """This server's relay IPs (bound and advertised) as the codec and recvfrom spell them,
-    less those an explicit ``turn.peers.allow`` hole already opens to every port."""
-    hosts = set()
-    for text in [*settings.relay_ips.values(), *settings.external_ips.values()]:
-        ip = canonical(ipaddress.ip_address(text))
-        if not ip.is_unspecified and not policy.allows_explicitly(ip):
-            hosts.add(str(ip))
-    return frozenset(hosts)
 
 
 def _int(value: AttrValue | None) -> int | None:

@@ -196,3 +196,16 @@ def test_limits_are_config_keys_with_a_checked_range() -> None:
     assert config.turn.limits.permissions_per_allocation == 8
     with pytest.raises(ConfigError, match=r"channels_per_allocation.*1-4096"):
         loads("version: 1\nturn: {limits: {channels_per_allocation: 5000}}\n", "n.yaml")
+
+
+def test_a_port_that_could_not_be_bound_is_blocked_for_a_minute() -> None:
+    relay = make_relay(ports=(50000, 50000))
+    client = Client(relay)
+    client.allocate()
+    opened = client.last[0]
+    assert isinstance(opened, OpenRelay)
+    answer = relay.relay_unavailable(opened.relay, client.now)  # the only port: 508
+    assert error_code(parse_message(answer[0].data)) == 508  # type: ignore[union-attr]
+    assert error_code(client.allocate()) == 508  # still blocked
+    relay.handle_timeout(client.now + 60)
+    assert client.allocate().message_class is MessageClass.SUCCESS
