@@ -163,8 +163,6 @@ class BuiltinTurn:
     ) -> None:
         commands = self.relay.handle_client(data, source, local, transport, self.clock())
         if commands:
-            if transport is not Transport.UDP:
-                reply = _guarded(reply)
             # A refusal is always one error response alone: two byte tests for everything else.
             first = commands[0]
             if len(commands) == 1 and type(first) is SendToClient and is_error_response(first.data):
@@ -218,7 +216,10 @@ class BuiltinTurn:
                     # Answers to a client's own request go back the way it came.
                     send = reply or self._senders.get(cmd.to)
                     if send is not None:
-                        send(cmd.data)
+                        try:
+                            send(cmd.data)
+                        except RuntimeError:  # uvloop: the stream client's transport closed
+                            self.send_errors += 1
                 elif isinstance(cmd, OpenRelay):
                     exhausted = self._open_relay(cmd, reply)
                     if exhausted is not None:
@@ -261,8 +262,9 @@ class BuiltinTurn:
             log.debug("relay %s unavailable: %s", cmd.relay, err)
             return False
         self._sockets[cmd.relay] = (sock, cmd.owner)
-        if reply is not None:
-            self._senders[cmd.owner] = reply
+        if reply is not None:  # what the peer reader sends to this client with
+            udp = cmd.owner.transport is Transport.UDP
+            self._senders[cmd.owner] = reply if udp else _guarded(reply)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
         self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
         return None

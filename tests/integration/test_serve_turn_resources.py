@@ -198,7 +198,7 @@ def test_a_stream_client_reset_under_a_peer_flood_costs_only_its_allocation(
             flood.start()
             time.sleep(0.5)  # the server's send buffer toward the victim fills
             victim.reset()
-            time.sleep(0.5)  # the flood goes on after the reset
+            time.sleep(1.0)  # the flood goes on after the reset
             stop.set()
             flood.join()
         # The bystander still relays both ways.
@@ -296,3 +296,22 @@ def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -
     warnings = [line for line in log.splitlines() if "file descriptor limit 64" in line]
     assert len(warnings) == 1 and "stun.stream.max_connections" in warnings[0], log[-3000:]
     assert "no relay socket for" in log and "Too many open files" in log, log[-3000:]
+
+
+def test_a_permission_flood_is_refused_as_capacity(natkit_serve: Callable[..., Served]) -> None:
+    low, high = _free_range(2)
+    limits = {"peers_per_request": 10, "permissions_per_allocation": 12}
+    served = natkit_serve(turn=_turn(f"{low}-{high}", limits=limits))
+    client = TurnClient(served.port, USER, PASSWORD, REALM)
+    try:
+        assert code(client.allocate()) == 0
+        # Only 127.0.0.1 is an allowed peer here (the relay never sends elsewhere): ports differ.
+        many = [Address(HOST, 1000 + i) for i in range(11)]
+        assert code(client.permit(many)) == 508  # 11 XOR-PEER-ADDRESS in one request
+        assert code(client.permit(many[:10])) == 0  # one IP: one permission
+    finally:
+        client.close()
+    series = (
+        r'natkit_turn_refusals_total\{code="508",method="create_permission",reason="capacity"\}'
+    )
+    assert _wait(lambda: served.metric(series) == 1), served.metrics()
