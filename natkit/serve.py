@@ -22,6 +22,7 @@ from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
+from natkit.fdlimit import fd_budget, raise_nofile
 from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
 from natkit.signal.http import SignalServer, serve_signal
 from natkit.stun.sockets import make_ssl_context, plan_listeners
@@ -42,6 +43,9 @@ def serve(config: Config, *, out: TextIO | None = None) -> int:
     logs.setup(config.logging.level, config.logging.format, role="supervisor")
     preflight(config)
     warn_ignored(config)
+    budget = fd_budget(config, raise_nofile())  # before the workers: they inherit the limit
+    if budget:
+        log.warning("%s", budget)
     if config.turn.enabled and config.turn.engine == "coturn":
         # coturn serves STUN and TURN on the same ports itself; natkit only supervises it.
         from natkit.turn import coturn

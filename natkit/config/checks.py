@@ -34,6 +34,7 @@ from natkit.config.model import (
     TurnConfig,
     TurnCoturnConfig,
     TurnLifetimeConfig,
+    TurnLimitsConfig,
     TurnPeersConfig,
     TurnQuotaConfig,
     TurnRelayConfig,
@@ -86,6 +87,12 @@ def _positive(value: float, _: Context) -> float:
 def _at_least_one(value: int, _: Context) -> int:
     if value < 1:
         raise ValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _channels(value: int, _: Context) -> int:
+    if not 1 <= value <= 0x1000:  # RFC 8656 §12: channel numbers 0x4000-0x4FFF
+        raise ValueError(f"must be 1-4096 (the channel numbers of RFC 8656 §12), got {value}")
     return value
 
 
@@ -242,6 +249,9 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (TurnLifetimeConfig, "max"): _positive,
     (TurnQuotaConfig, "per_user"): _at_least_one,
     (TurnQuotaConfig, "total"): _at_least_one,
+    (TurnLimitsConfig, "peers_per_request"): _at_least_one,
+    (TurnLimitsConfig, "permissions_per_allocation"): _at_least_one,
+    (TurnLimitsConfig, "channels_per_allocation"): _channels,
     (DiagnoseTurnServer, "url"): _turn_url,
     (DiagnoseTurnServer, "credential"): _not_empty_secret,
     (DiagnoseTurnServer, "secret"): _not_empty_secret,

@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from natkit.config.model import Config, StreamConfig, StunConfig, TurnLifetimeConfig
+from natkit.config.model import (
+    Config,
+    StreamConfig,
+    StunConfig,
+    TurnLifetimeConfig,
+    TurnLimitsConfig,
+)
 
 __all__ = ["COTURN_IGNORED", "Ignored", "ignored_keys", "ignored_message"]
 
@@ -60,6 +66,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "turn.lifetime.default",
         lambda c: c.turn.lifetime.default != _LIFETIME.default,
         "coturn 4.6 grants 600 s when the client asks none",
+    ),
+    Ignored(
+        "turn.limits",
+        lambda c: c.turn.limits != TurnLimitsConfig(),
+        "coturn 4.6 has no per-allocation permission or channel limit",
     ),
     Ignored(
         "metrics.listen",

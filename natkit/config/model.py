@@ -32,6 +32,7 @@ __all__ = [
     "TurnConfig",
     "TurnCoturnConfig",
     "TurnLifetimeConfig",
+    "TurnLimitsConfig",
     "TurnPeersConfig",
     "TurnQuotaConfig",
     "TurnRelayConfig",
@@ -233,6 +234,19 @@ class TurnQuotaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TurnLimitsConfig:
+    peers_per_request: int = field(
+        default=10, metadata=doc("XOR-PEER-ADDRESS one CreatePermission may carry (then 508).")
+    )
+    permissions_per_allocation: int = field(
+        default=64, metadata=doc("Peer IPs one allocation may hold permissions for (then 508).")
+    )
+    channels_per_allocation: int = field(
+        default=64, metadata=doc("Channels one allocation may bind, at most 4096 (then 508).")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class TurnPeersConfig:
     deny: tuple[str, ...] = field(
         default=DEFAULT_DENIED_PEERS,
@@ -272,6 +286,9 @@ class TurnConfig:
     )
     quota: TurnQuotaConfig = field(
         default_factory=TurnQuotaConfig, metadata=doc("Allocation quotas.")
+    )
+    limits: TurnLimitsConfig = field(
+        default_factory=TurnLimitsConfig, metadata=doc("Per-allocation limits (builtin engine).")
     )
     peers: TurnPeersConfig = field(default_factory=TurnPeersConfig, metadata=doc("Peer policy."))
     coturn: TurnCoturnConfig = field(

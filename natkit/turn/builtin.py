@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
 import socket
@@ -36,9 +37,10 @@ from natkit.metrics import COUNTERS, turn_refusal_index
 from natkit.stun.binding import BindingHandler
 from natkit.stun.server import FramingError, StreamFramer
 from natkit.turn.allocation import FiveTuple
+from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import Reply, build_relay
 from natkit.turn.refusals import RefusalLog, explain, is_error_response
-from natkit.turn.relay import Command, OpenRelay, Relay, SendToClient, SendToPeer
+from natkit.turn.relay import Relay
 
 __all__ = ["BuiltinTurn"]
 
@@ -49,6 +51,8 @@ _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
 _TICK = 1.0
 _IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
+# socket() / bind() failing for want of a resource of the host, not because of the port.
+_EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
 
 def _dont_fragment(sock: socket.socket, family: int) -> None:
@@ -64,6 +68,24 @@ def _sender(sock: socket.socket, addr: tuple[str, int]) -> Reply:
         sock.sendto(data, addr)
 
     return reply
+
+
+def _guarded(reply: Reply) -> Reply:
+    """For a stream client: write only while its transport is open. A peer may keep sending
+    after the client went away (RFC 8656 §7: the allocation ends with the connection, which
+    the listener reports a moment later); uvloop raises RuntimeError on a closed transport and
+    asyncio's TLS transport logs "SSL connection is closed" for every such write."""
+    writer = getattr(reply, "__self__", None)
+    if not isinstance(writer, asyncio.StreamWriter):
+        return reply
+    transport = writer.transport
+    write, closing = transport.write, transport.is_closing
+
+    def send(data: bytes) -> None:
+        if not closing():
+            write(data)
+
+    return send
 
 
 class BuiltinTurn:
@@ -115,7 +137,9 @@ class BuiltinTurn:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sock in self._listeners:
             self._unwatch(sock)
-        for relay in list(self._sockets):
+        self._run(self.relay.close(), None)  # every allocation ends through the table
+        for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
+            log.warning("relay socket %s had no allocation at shutdown", relay)
             self._close_relay(relay)
         self._listeners.clear()
         self._servers.clear()
@@ -143,7 +167,9 @@ class BuiltinTurn:
             first = commands[0]
             if len(commands) == 1 and type(first) is SendToClient and is_error_response(first.data):
                 self._refused(data, first.data, source)
-            self._run(commands, reply)
+            failed = self._run(commands, reply)
+            if failed is not None:  # the 508 that replaced a relay socket we could not open
+                self._refused(data, failed, source)
 
     def _refused(self, request: bytes, response: bytes, source: Address) -> None:
         refusal = explain(request, response, source, self.relay.policy.is_allowed)
@@ -177,7 +203,9 @@ class BuiltinTurn:
 
     # -- commands --------------------------------------------------------------------------
 
-    def _run(self, commands: list[Command], reply: Reply | None) -> None:
+    def _run(self, commands: list[Command], reply: Reply | None) -> bytes | None:
+        """Carry out `commands`; the error response sent instead of them when an `OpenRelay`
+        failed for good (for the refusal count), else None."""
         for cmd in commands:
             try:
                 if isinstance(cmd, SendToPeer):
@@ -188,35 +216,58 @@ class BuiltinTurn:
                     # Answers to a client's own request go back the way it came.
                     send = reply or self._senders.get(cmd.to)
                     if send is not None:
-                        send(cmd.data)
+                        try:
+                            send(cmd.data)
+                        except RuntimeError:  # uvloop: the stream client's transport closed
+                            self.send_errors += 1
                 elif isinstance(cmd, OpenRelay):
-                    if not self._open_relay(cmd, reply):
+                    exhausted = self._open_relay(cmd, reply)
+                    if exhausted is not None:
                         # The rest of this batch announces the relay that failed: replace it.
-                        self._run(self.relay.relay_unavailable(cmd.relay, self.clock()), reply)
-                        return
+                        now = self.clock()
+                        instead = self.relay.relay_unavailable(cmd.relay, now, exhausted=exhausted)
+                        failed = self._run(instead, reply)
+                        last = instead[-1] if instead else None
+                        if failed is None and isinstance(last, SendToClient):
+                            failed = last.data if is_error_response(last.data) else None
+                        return failed
                 else:
                     self._close_relay(cmd.relay)
             except OSError:  # full send buffer, unreachable peer: UDP may drop, so do we
                 self.send_errors += 1
+        return None
 
-    def _open_relay(self, cmd: OpenRelay, reply: Reply | None) -> bool:
+    def _open_relay(self, cmd: OpenRelay, reply: Reply | None) -> bool | None:
+        """Bind the relay socket: None when it is open, else whether the host ran out of a
+        resource (file descriptors: `exhausted`) rather than the port being taken."""
         family = socket.AF_INET6 if cmd.relay.family == 6 else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock: socket.socket | None = None
         try:
+            sock = socket.socket(family, socket.SOCK_DGRAM)
             sock.setblocking(False)
             sock.bind(cmd.relay)
             if cmd.dont_fragment:
                 _dont_fragment(sock, family)
         except OSError as err:
-            sock.close()
+            if sock is not None:
+                sock.close()
+            if err.errno in _EXHAUSTED:
+                # RFC 8656 §7.2: 508 Insufficient Capacity; the operator must hear of it.
+                log.warning(
+                    "no relay socket for %s: %s (answering 508; raise the file descriptor "
+                    "limit, e.g. LimitNOFILE= or ulimit -n)",
+                    cmd.relay, err.strerror or err,
+                )  # fmt: skip
+                return True
             log.debug("relay %s unavailable: %s", cmd.relay, err)
             return False
         self._sockets[cmd.relay] = (sock, cmd.owner)
-        if reply is not None:
-            self._senders[cmd.owner] = reply
+        if reply is not None:  # what the peer reader sends to this client with
+            udp = cmd.owner.transport is Transport.UDP
+            self._senders[cmd.owner] = reply if udp else _guarded(reply)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
         self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
-        return True
+        return None
 
     def _close_relay(self, relay: Address) -> None:
         entry = self._sockets.pop(relay, None)
@@ -250,7 +301,7 @@ class BuiltinTurn:
                     if send is not None:
                         try:
                             send(out[0])
-                        except OSError:
+                        except (OSError, RuntimeError):  # RuntimeError: a closed transport
                             self.send_errors += 1
 
         return on_readable

@@ -19,6 +19,7 @@ from natkit.addr import Address, Transport
 from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError
+from natkit.turn.allocation import Limits
 from natkit.turn.auth import Authenticator
 from natkit.turn.coturn_conf import peer_policy
 from natkit.turn.relay import Relay, RelaySettings
@@ -115,6 +116,8 @@ def relay_settings(config: Config) -> RelaySettings:
         quota_per_user=turn.quota.per_user,
         quota_total=turn.quota.total,
         software=config.stun.software,
+        limits=Limits(turn.limits.permissions_per_allocation, turn.limits.channels_per_allocation),
+        peers_per_request=turn.limits.peers_per_request,
     )
 
 

@@ -46,7 +46,8 @@ REASONS = TURN_REASONS
 """(reason label, error code) of every refusal counted, in metric order (`natkit.metrics`):
 challenge 401 (no MESSAGE-INTEGRITY yet, RFC 8489 §9.2.4), credentials 401 (unknown user, wrong
 password, expired or forged REST credential), peer_policy 403 (RFC 8656 §9, turn.peers),
-quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, no free port, a reservation)."""
+quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, turn.limits, no free port, no
+file descriptor for a relay socket, a reservation)."""
 
 _METHOD_LABELS: dict[int, str] = {
     Method.ALLOCATE: "allocate",
@@ -139,7 +140,10 @@ _DETAILS = {
     "unsupported_transport": "only UDP relays are offered (REQUESTED-TRANSPORT)",
     "family_mismatch": "peer address family differs from the allocation's",
     "quota": "allocation quota per user reached (turn.quota.per_user)",
-    "capacity": "no capacity (turn.quota.total, no free relay port, or a port reservation)",
+    "capacity": (
+        "no capacity (turn.quota.total, turn.limits, no free relay port or file descriptor, "
+        "or a port reservation)"
+    ),
 }
 
 

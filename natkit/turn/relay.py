@@ -8,72 +8,53 @@ between and `now`, and return a list of commands for the caller to carry out, in
   client on one of the server's listeners (`local`; over TCP each frame separately);
 - `handle_peer(relay, data, peer, now)`: a datagram a relay socket received from a peer;
 - `handle_timeout(now)`: call about once a second; frees expired allocations;
-- and two notifications: `connection_lost` (a TCP client went away: its allocation goes too,
-  §7) and `relay_unavailable` (the adapter could not bind an `OpenRelay` address).
+- and notifications: `connection_lost` (a TCP client went away: its allocation goes too,
+  §7), `relay_unavailable` (the adapter could not bind an `OpenRelay` address, or had no file
+  descriptor for it: `exhausted`) and `close` (shutdown: every relay is closed).
 
 Commands: `SendToClient` (on the listener 5-tuple), `SendToPeer` (from a relay socket),
 `OpenRelay` (bind a relay socket; always followed by the Allocate response that announces it —
 if the bind fails, drop the rest of that batch and run `relay_unavailable(...)`'s commands
-instead) and `CloseRelay`. They are NamedTuples: immutable like frozen dataclasses, and several
-times cheaper to build, which matters on the per-packet path.
+instead) and `CloseRelay` (`natkit.turn.commands`). Every `OpenRelay` the core issues is matched
+by exactly one `CloseRelay` when its allocation ends, whatever ends it (`AllocationTable.free`).
 
 Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
-(`natkit.turn.peers`, 403) plus relay-to-relay (below), quotas (486 per user, 508 in total or
-when no port is free), lifetimes and the channel rules (`natkit.turn.allocation`). Responses to
-authenticated requests carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the request had one.
-
-Relay to relay. Two clients of this server pair their relayed candidates (ICE relay↔relay), so a
-peer may be *another allocation's relayed address* on this very server. The policy denies the
-server's own addresses (and the relay IP may sit in a denied range), so this core grants a
-permission to its own relay IPs (`relay_ips`, `external_ips`) — but a permission is per IP
-(RFC 8656 §9), so the port is checked where the client names one: ChannelBind and Send must
-target a port inside the relay range. Everything else on this host (ssh, the TURN listener
-itself) stays unreachable. Inbound packets are not port-checked (that would cost every relayed
-packet a lookup): a local service cannot be made to answer, since nothing reaches it. An
-explicit ``turn.peers.allow`` hole for the IP wins, as everywhere in the policy (any port).
-
-Amplification bound. A request without MESSAGE-INTEGRITY may come from a spoofed source, so its
-answer is kept within `AMPLIFICATION_LIMIT` (3.5x) of the request, UDP payload bytes:
-- a request that could not succeed whatever its credentials is not challenged (RFC 8656 §7.2
-  puts authentication first; answering the error it would get after authentication instead
-  changes nothing for a real client): an Allocate without REQUESTED-TRANSPORT, a
-  CreatePermission without XOR-PEER-ADDRESS, a ChannelBind without CHANNEL-NUMBER or
-  XOR-PEER-ADDRESS (400), a Refresh, CreatePermission or ChannelBind from a 5-tuple that has no
-  allocation (437);
-- unsigned answers carry no SOFTWARE, and drop the ERROR-CODE reason phrase (optional, RFC 8489
-  §14.8: for diagnostics only) when it would break the bound.
-Sizes with realm "natkit.local" (16-byte nonce, `natkit.turn.auth`), measured by
-tests/unit/test_turn_amplification.py: the smallest request that is challenged is an Allocate
-with REQUESTED-TRANSPORT, 28 -> 80 bytes (2.9x); an unsigned Refresh on a live allocation
-20 -> 64 (3.2x, reason dropped); the 400 and 437 answers 20 -> 40 and 48 (2.0x, 2.4x). The
-challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes on Allocate
-(44 with the reason dropped) and up to 16 bytes on that Refresh.
+plus relay to relay (`natkit.turn.relay_peers`, 403), quotas (486 per user, 508 in total or when
+no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
+permissions and channels per allocation, 508), lifetimes and the channel rules
+(`natkit.turn.allocation`). Answers and their amplification bound (3.5x for a request without
+MESSAGE-INTEGRITY; `_hopeless` picks the requests not worth a challenge): `natkit.turn.answers`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import NamedTuple, cast
+from typing import cast
 
 from natkit.addr import Address, Transport
-from natkit.stun.attributes import AddressErrorCode, AttrValue, ErrorCode
-from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass, Method
+from natkit.stun.attributes import AddressErrorCode, AttrValue
+from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
+from natkit.turn import answers
 from natkit.turn.allocation import (
+    DEFAULT_LIMITS,
     Allocation,
     AllocationTable,
     FiveTuple,
+    Limits,
     PortPool,
     grant_lifetime,
 )
+from natkit.turn.answers import AMPLIFICATION_LIMIT
 from natkit.turn.auth import Authenticator, AuthError, Credentials
-from natkit.turn.peers import PeerPolicy, canonical
+from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
+from natkit.turn.peers import PeerPolicy
+from natkit.turn.relay_peers import PeerRules
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -91,31 +72,6 @@ _FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.
 _OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
 _BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
 _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
-AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
-
-
-class SendToClient(NamedTuple):
-    data: bytes
-    to: FiveTuple
-
-
-class SendToPeer(NamedTuple):
-    relay: Address
-    data: bytes
-    peer: Address
-
-
-class OpenRelay(NamedTuple):
-    relay: Address
-    owner: FiveTuple
-    dont_fragment: bool
-
-
-class CloseRelay(NamedTuple):
-    relay: Address
-
-
-Command = SendToClient | SendToPeer | OpenRelay | CloseRelay
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +88,10 @@ class RelaySettings:
     quota_per_user: int = 10
     quota_total: int = 1000
     software: str = "natkit"
+    limits: Limits = DEFAULT_LIMITS
+    """Permissions and channels per allocation (``turn.limits``)."""
+    peers_per_request: int = 10
+    """XOR-PEER-ADDRESS attributes one CreatePermission may carry (``turn.limits``)."""
 
 
 _Handler = Callable[[Message, FiveTuple, Credentials, float], list["Command"]]
@@ -153,10 +113,11 @@ class Relay:
         self.rng = rng or random.SystemRandom()
         low, high = settings.ports
         pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
-        self.allocations = AllocationTable(pools)
-        self._relay_hosts = _relay_hosts(settings, policy)
+        self.allocations = AllocationTable(pools, settings.limits)
+        self.peers = PeerRules(
+            policy, [*settings.relay_ips.values(), *settings.external_ips.values()], settings.ports
+        )
         self._opening: dict[Address, tuple[Message, int]] = {}
-        self._blocked: list[tuple[float, str, int]] = []
         self._methods: dict[int, _Handler] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -255,44 +216,40 @@ class Relay:
         return frame, alloc.five_tuple
 
     def handle_timeout(self, now: float) -> list[Command]:
-        table = self.allocations
-        commands: list[Command] = []
-        for alloc in table.expired(now):  # §7: the allocation ends with its lifetime
-            table.remove(alloc)
-            commands.append(CloseRelay(alloc.relay))
-        for alloc in table.by_five_tuple.values():
-            alloc.expire(now)
-        if self._blocked and self._blocked[0][0] <= now:
-            keep = []
-            for until, host, port in self._blocked:
-                if until <= now and host in table.pools:
-                    table.pools[host].release(port)
-                else:
-                    keep.append((until, host, port))
-            self._blocked = keep
-        return commands
+        for pool in self.allocations.pools.values():
+            pool.unblock(now)
+        return list(self.allocations.sweep(now))
 
     def connection_lost(self, five_tuple: FiveTuple, now: float) -> list[Command]:
         """RFC 8656 §7 (TCP/TLS): the allocation lives only as long as its connection."""
         alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None:
-            return []
-        self.allocations.remove(alloc)
-        return [CloseRelay(alloc.relay)]
+        return [] if alloc is None else list(self.allocations.free(alloc))
 
-    def relay_unavailable(self, relay: Address, now: float) -> list[Command]:
-        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2)."""
+    def close(self) -> list[Command]:
+        """Shutdown: a `CloseRelay` for every allocation."""
+        self._opening.clear()
+        return list(self.allocations.close_all())
+
+    def relay_unavailable(
+        self, relay: Address, now: float, *, exhausted: bool = False
+    ) -> list[Command]:
+        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2).
+
+        `exhausted`: the host is out of a resource (file descriptors, buffers), not this port:
+        508 at once (Insufficient Capacity), and the port goes back to the pool unblocked."""
         table = self.allocations
         alloc = table.by_relay.get(relay)
         pending = self._opening.pop(relay, None)
         if alloc is None or pending is None:
             return []
         msg, tries = pending
-        self._blocked.append((now + _BLOCK_SECONDS, relay.host, relay.port))
-        pool = table.pools[relay.host]
-        port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False) if tries < _OPEN_TRIES else None
+        pool, port = table.pools[relay.host], None
+        if not exhausted:  # taken by another process: not offered again for a while
+            pool.block(relay.port, now + _BLOCK_SECONDS)
+            if tries < _OPEN_TRIES:
+                port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False)
         if port is None:
-            table.remove(alloc)
+            table.free(alloc)  # its socket was never bound: no CloseRelay to carry out
             return [self._error(msg, alloc.five_tuple, 508, alloc.key)]
         new = Address(relay.host, port)
         table.move(alloc, new, self._advertised(new))
@@ -338,34 +295,30 @@ class Relay:
     def _allocate(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
-        existing = self.allocations.by_five_tuple.get(five_tuple)
-        if existing is not None and existing.expires > now:
+        # An allocation whose lifetime is over (and not yet swept) is freed here, its
+        # CloseRelay first: the new one may be given the same port.
+        existing, closed = self.allocations.live(five_tuple, now)
+        if existing is not None:
             if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
                 return [self._allocate_success(msg, existing, now)]
             return [self._error(msg, five_tuple, 437, creds.key)]
-        if existing is not None:
-            self.allocations.remove(existing)
         code = self._allocate_check(msg, creds)
         if code:
-            return [self._error(msg, five_tuple, code, creds.key)]
+            return [*closed, self._error(msg, five_tuple, code, creds.key)]
         even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
         family = _FAMILIES.get(_int(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)) or 1, 4)
         ip = self.settings.relay_ips[family]
-        port = self.allocations.pools[ip].take(even=even)
-        if port is None:
-            return [self._error(msg, five_tuple, 508, creds.key)]
-        relay = Address(ip, port)
         lifetime = grant_lifetime(_int(msg.get(AttrType.LIFETIME)), *self._lifetimes)
-        alloc = Allocation(
-            five_tuple, relay, self._advertised(relay), creds.username, creds.user, creds.key,
-            now + lifetime, msg.transaction_id, AttrType.DONT_FRAGMENT in msg,
+        created = self.allocations.create(
+            five_tuple, ip, even, self.settings.external_ips.get(family),
+            username=creds.username, user=creds.user, key=creds.key, expires=now + lifetime,
+            transaction_id=msg.transaction_id, dont_fragment=AttrType.DONT_FRAGMENT in msg,
         )  # fmt: skip
-        self.allocations.add(alloc)
-        self._opening[relay] = (msg, 1)
-        return [
-            OpenRelay(relay, five_tuple, alloc.dont_fragment),
-            self._allocate_success(msg, alloc, now),
-        ]
+        if created is None:
+            return [*closed, self._error(msg, five_tuple, 508, creds.key)]
+        alloc, open_relay = created
+        self._opening[alloc.relay] = (msg, 1)
+        return [*closed, open_relay, self._allocate_success(msg, alloc, now)]
 
     def _allocate_check(self, msg: Message, creds: Credentials) -> int:
         """The error code an Allocate gets before any state changes (§7.2), or 0."""
@@ -407,76 +360,65 @@ class Relay:
 
     def _owned(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
-    ) -> Allocation | SendToClient:
-        """The 5-tuple's live allocation, or the 437/441 answer (RFC 8656 §8, §10, §11)."""
-        alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None or alloc.expires <= now:
-            return self._error(msg, five_tuple, 437, creds.key)
+    ) -> Allocation | list[Command]:
+        """The 5-tuple's live allocation, or the 437/441 answer (RFC 8656 §8, §10, §11),
+        after the CloseRelay of an allocation found expired."""
+        alloc, closed = self.allocations.live(five_tuple, now)
+        if alloc is None:
+            return [*closed, self._error(msg, five_tuple, 437, creds.key)]
         if alloc.username != creds.username:
-            return self._error(msg, five_tuple, 441, creds.key)
+            return [self._error(msg, five_tuple, 441, creds.key)]
         return alloc
 
     def _refresh(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
         if family is not None and _FAMILIES.get(_int(family) or 0) != alloc.family:
             return [self._error(msg, five_tuple, 443, creds.key)]  # §8
         requested = _int(msg.get(AttrType.LIFETIME))
         if requested == 0:  # §8: a zero lifetime deletes the allocation now
-            self.allocations.remove(alloc)
+            closed = self.allocations.free(alloc)
             response = self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, 0)])
-            return [response, CloseRelay(alloc.relay)]
+            return [response, *closed]
         lifetime = grant_lifetime(requested, *self._lifetimes)
-        alloc.expires = now + lifetime
+        self.allocations.refresh(alloc, now + lifetime)
         return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
 
     def _peer_error(self, alloc: Allocation, peer: AttrValue | None, port: bool = False) -> int:
-        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused by the policy (§9).
-
-        `port`: the request names a transport address (ChannelBind), not only an IP."""
+        """400 malformed, 443 family mismatch (§10, §12.2), 403 refused (§9, `PeerRules`)."""
         if not isinstance(peer, Address):
             return 400
-        if peer.family != alloc.family:
-            return 443
-        if peer.host in self._relay_hosts:  # relay to relay: see the module docstring
-            return 403 if port and not self._in_range(peer.port) else 0
-        if (
-            self._relay_hosts
-            and str(canonical(ipaddress.ip_address(peer.host))) in self._relay_hosts
-        ):
-            return 403  # our relay IP spelled IPv4-mapped: never a peer (no port check there)
-        return 0 if self.policy.is_allowed(peer.host) else 403
-
-    def _in_range(self, port: int) -> bool:
-        low, high = self.settings.ports
-        return low <= port <= high
+        return 443 if peer.family != alloc.family else self.peers.error(peer, port)
 
     def _create_permission(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         peers = [v for t, v in msg.attributes if t == AttrType.XOR_PEER_ADDRESS]
         for peer in peers or [b""]:  # none at all is a 400 too
             code = self._peer_error(alloc, peer)
             if code:  # §10: all or nothing
                 return [self._error(msg, five_tuple, code, creds.key)]
-        for peer in peers:
-            assert isinstance(peer, Address)
-            alloc.permit(peer.host, now)
+        table = self.allocations
+        ips = {cast(Address, peer).host for peer in peers}
+        if len(peers) > self.settings.peers_per_request or not table.can_permit(alloc, ips):
+            return [self._error(msg, five_tuple, 508, creds.key)]  # turn.limits: capacity
+        for ip in ips:
+            table.permit(alloc, ip, now)
         return [self._response(msg, five_tuple, creds.key, [])]
 
     def _channel_bind(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
     ) -> list[Command]:
         alloc = self._owned(msg, five_tuple, creds, now)
-        if isinstance(alloc, SendToClient):
-            return [alloc]
+        if not isinstance(alloc, Allocation):
+            return alloc
         number = _int(msg.get(AttrType.CHANNEL_NUMBER))
         peer = msg.get(AttrType.XOR_PEER_ADDRESS)
         code = self._peer_error(alloc, peer, port=True)
@@ -487,7 +429,9 @@ class Relay:
         assert isinstance(peer, Address) and number is not None
         if not alloc.can_bind(number, peer):  # §12.2: number or peer already bound otherwise
             return [self._error(msg, five_tuple, 400, creds.key)]
-        alloc.bind(number, peer, now)
+        if not self.allocations.can_bind(alloc, number, peer):
+            return [self._error(msg, five_tuple, 508, creds.key)]  # turn.limits: capacity
+        self.allocations.bind(alloc, number, peer, now)
         return [self._response(msg, five_tuple, creds.key, [])]
 
     def _send(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
@@ -500,7 +444,7 @@ class Relay:
             return []
         if peer.family != alloc.family or not alloc.permitted(peer.host, now):
             return []
-        if peer.host in self._relay_hosts and not self._in_range(peer.port):
+        if not self.peers.port_allowed(peer):
             return []  # a permission to our own relay IP covers only the relay ports
         return [SendToPeer(alloc.relay, payload, peer)]
 
@@ -520,13 +464,8 @@ class Relay:
         five_tuple: FiveTuple,
         key: bytes | None,
         attrs: list[tuple[int, AttrValue]],
-        message_class: MessageClass = MessageClass.SUCCESS,
     ) -> SendToClient:
-        if self.settings.software and key is not None:  # unsigned: the amplification bound
-            attrs.append((AttrType.SOFTWARE, self.settings.software))
-        out = Message(msg.method, message_class, msg.transaction_id, attrs)
-        fingerprint = AttrType.FINGERPRINT in msg  # RFC 8489 §7.3: mirror the request
-        return SendToClient(out.encode(integrity_key=key, fingerprint=fingerprint), five_tuple)
+        return answers.response(msg, five_tuple, key, attrs, self.settings.software)
 
     def _error(
         self,
@@ -536,14 +475,7 @@ class Relay:
         key: bytes | None = None,
         extra: list[tuple[int, AttrValue]] | None = None,
     ) -> SendToClient:
-        attrs: list[tuple[int, AttrValue]] = [
-            (AttrType.ERROR_CODE, ErrorCode(code, ERROR_REASONS[code]))
-        ]
-        out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
-        if key is None and len(out.data) > AMPLIFICATION_LIMIT * len(msg.raw):
-            attrs = [(AttrType.ERROR_CODE, ErrorCode(code, ""))]  # the module docstring's bound
-            out = self._response(msg, five_tuple, key, attrs + (extra or []), MessageClass.ERROR)
-        return out
+        return answers.error(msg, five_tuple, code, key, extra or [], self.settings.software)
 
     def _auth_error(
         self, msg: Message, five_tuple: FiveTuple, err: AuthError, now: float
@@ -555,17 +487,6 @@ class Relay:
                 (AttrType.NONCE, self.auth.nonce(five_tuple.client.host, now)),
             ]
         return self._error(msg, five_tuple, err.code, None, extra)
-
-
-def _relay_hosts(settings: RelaySettings, policy: PeerPolicy) -> frozenset[str]:
-    """This server's relay IPs (bound and advertised) as the codec and recvfrom spell them,
-    less those an explicit ``turn.peers.allow`` hole already opens to every port."""
-    hosts = set()
-    for text in [*settings.relay_ips.values(), *settings.external_ips.values()]:
-        ip = canonical(ipaddress.ip_address(text))
-        if not ip.is_unspecified and not policy.allows_explicitly(ip):
-            hosts.add(str(ip))
-    return frozenset(hosts)
 
 
 def _int(value: AttrValue | None) -> int | None:

@@ -51,6 +51,11 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         "relay": {"address": None, "external_address": None, "ports": "49152-65535"},
         "lifetime": {"default": 600, "max": 3600},
         "quota": {"per_user": 10, "total": 1000},
+        "limits": {
+            "peers_per_request": 10,
+            "permissions_per_allocation": 64,
+            "channels_per_allocation": 64,
+        },
         "peers": {"deny": list(natkit.config.DEFAULT_DENIED_PEERS), "allow": []},
         "coturn": {"binary": "turnserver", "extra": [], "allow_vulnerable": False},
     },

@@ -11,9 +11,11 @@ from natkit.turn.allocation import (
     Allocation,
     AllocationTable,
     FiveTuple,
+    Limits,
     PortPool,
     grant_lifetime,
 )
+from natkit.turn.commands import CloseRelay
 
 PEER = Address("8.8.8.8", 1)
 
@@ -33,27 +35,42 @@ def test_grant_lifetime(requested: int | None, default: int, maximum: int, grant
     assert grant_lifetime(requested, default, maximum) == granted
 
 
+def table_with(limits: Limits | None = None) -> AllocationTable:
+    return AllocationTable({"192.0.2.1": PortPool(50000, 50009, random.Random(1))}, limits)
+
+
+def create(table: AllocationTable, port: int = 1, user: str = "alice", expires: float = 600.0):  # type: ignore[no-untyped-def]
+    ft = FiveTuple(Address("198.51.100.1", port), Address("192.0.2.1", 3478), Transport.UDP)
+    created = table.create(
+        ft, "192.0.2.1", False, None, username=user, user=user, key=b"k", expires=expires
+    )
+    assert created is not None
+    return created[0]
+
+
 def test_permission_lifetime() -> None:
-    alloc = allocation()
-    alloc.permit("8.8.8.8", 0.0)
+    table = table_with()
+    alloc = create(table)
+    table.permit(alloc, "8.8.8.8", 0.0)
     assert alloc.permitted("8.8.8.8", 299.9) and not alloc.permitted("8.8.8.8", 300.0)
-    alloc.expire(300.0)
+    table.sweep(300.0)
     assert alloc.permissions == {}
 
 
 def test_channel_lifetime_and_quarantine() -> None:
-    alloc = allocation()
+    table = table_with()
+    alloc = create(table, expires=10_000.0)
     assert alloc.can_bind(0x4000, PEER)
-    alloc.bind(0x4000, PEER, 0.0)
+    table.bind(alloc, 0x4000, PEER, 0.0)
     assert alloc.channel_peer(0x4000, 299.0) == PEER
     assert alloc.channel_peer(0x4000, 300.0) is None  # permission expired first
-    alloc.permit(PEER.host, 300.0)
+    table.permit(alloc, PEER.host, 300.0)
     assert alloc.channel_peer(0x4000, 599.0) == PEER
     assert alloc.channel_peer(0x4000, 600.0) is None
-    alloc.expire(899.0)
+    table.sweep(899.0)
     assert not alloc.can_bind(0x4000, Address("1.1.1.1", 1))
     assert alloc.can_bind(0x4000, PEER)
-    alloc.expire(900.0)
+    table.sweep(900.0)
     assert alloc.channels == {} and alloc.peer_channels == {}
     assert alloc.can_bind(0x4000, Address("1.1.1.1", 1))
 
@@ -73,17 +90,15 @@ def test_port_pool_is_random_complete_and_even_aware() -> None:
 
 
 def test_table_indexes_and_counts() -> None:
-    pool = PortPool(50000, 50009, random.Random(1))
-    table = AllocationTable({"192.0.2.1": pool})
-    a, b = allocation(pool.take() or 0), allocation(pool.take() or 0)
-    table.add(a)
-    table.add(b)
+    table = table_with()
+    a, b = create(table, 1), create(table, 2)
     assert len(table) == 2 and table.per_user == {"alice": 2}
     assert table.by_relay[a.relay] is a and table.by_five_tuple[b.five_tuple] is b
-    moved = Address("192.0.2.1", 50009)
+    moved = Address("192.0.2.1", table.pools["192.0.2.1"].take() or 0)
     table.move(a, moved, moved)
     assert table.by_relay[moved] is a
-    table.remove(a)
-    table.remove(a)  # idempotent
+    assert table.free(a) == [CloseRelay(moved)]
+    assert table.free(a) == []  # idempotent: one CloseRelay per allocation
     assert len(table) == 1 and table.per_user == {"alice": 1}
-    assert table.expired(599.0) == [] and table.expired(600.0) == [b]
+    assert table.sweep(599.0) == [] and table.sweep(600.0) == [CloseRelay(b.relay)]
+    assert len(table) == 0 and table.per_user == {}

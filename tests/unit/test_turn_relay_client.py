@@ -15,6 +15,7 @@ from natkit.stun.attributes import AttrValue, ErrorCode
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.integrity import long_term_key
 from natkit.stun.message import Message, parse_message
+from natkit.turn.allocation import DEFAULT_LIMITS, Limits
 from natkit.turn.auth import Authenticator
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import Command, Relay, RelaySettings, SendToClient
@@ -39,6 +40,8 @@ def make_relay(
     allow: tuple[str, ...] = (),
     relay_ips: dict[int, str] | None = None,
     seed: int = 1,
+    limits: Limits = DEFAULT_LIMITS,
+    peers_per_request: int = 10,
 ) -> Relay:
     settings = RelaySettings(
         relay_ips=relay_ips if relay_ips is not None else {4: RELAY4, 6: RELAY6},
@@ -48,6 +51,8 @@ def make_relay(
         quota_per_user=per_user,
         quota_total=total,
         software="natkit-test",
+        limits=limits,
+        peers_per_request=peers_per_request,
     )
     auth = Authenticator(
         REALM, users=USERS, secret=SECRET, nonce_lifetime=nonce_lifetime, nonce_key=b"k" * 32

@@ -1,0 +1,69 @@
+"""The TURN core's answers: responses and error responses as `SendToClient`, sans-IO.
+
+Responses to authenticated requests carry SOFTWARE and MESSAGE-INTEGRITY; FINGERPRINT when the
+request had one (RFC 8489 §7.3).
+
+Amplification bound. A request without MESSAGE-INTEGRITY may come from a spoofed source, so its
+answer is kept within `AMPLIFICATION_LIMIT` (3.5x) of the request, UDP payload bytes:
+- a request that could not succeed whatever its credentials is not challenged
+  (`natkit.turn.relay`, `Relay._hopeless`; RFC 8656 §7.2 puts authentication first; answering
+  the error it would get after authentication instead changes nothing for a real client): an
+  Allocate without REQUESTED-TRANSPORT, a CreatePermission without XOR-PEER-ADDRESS, a
+  ChannelBind without CHANNEL-NUMBER or XOR-PEER-ADDRESS (400), a Refresh, CreatePermission or
+  ChannelBind from a 5-tuple that has no allocation (437);
+- unsigned answers carry no SOFTWARE, and drop the ERROR-CODE reason phrase (optional, RFC 8489
+  §14.8: for diagnostics only) when it would break the bound.
+Sizes with realm "natkit.local" (16-byte nonce, `natkit.turn.auth`), measured by
+tests/unit/test_turn_amplification.py: the smallest request that is challenged is an Allocate
+with REQUESTED-TRANSPORT, 28 -> 80 bytes (2.9x); an unsigned Refresh on a live allocation
+20 -> 64 (3.2x, reason dropped); the 400 and 437 answers 20 -> 40 and 48 (2.0x, 2.4x). The
+challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes on Allocate
+(44 with the reason dropped) and up to 16 bytes on that Refresh.
+"""
+
+from __future__ import annotations
+
+from natkit.stun.attributes import AttrValue, ErrorCode
+from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass
+from natkit.stun.message import Message
+from natkit.turn.allocation import FiveTuple
+from natkit.turn.commands import SendToClient
+
+__all__ = ["AMPLIFICATION_LIMIT", "error", "response"]
+
+AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
+
+
+def response(
+    msg: Message,
+    to: FiveTuple,
+    key: bytes | None,
+    attrs: list[tuple[int, AttrValue]],
+    software: str,
+    message_class: MessageClass = MessageClass.SUCCESS,
+) -> SendToClient:
+    """The answer to `msg` with `attrs`, signed with `key` (None: unsigned, no SOFTWARE)."""
+    if software and key is not None:  # unsigned: the amplification bound
+        attrs.append((AttrType.SOFTWARE, software))
+    out = Message(msg.method, message_class, msg.transaction_id, attrs)
+    fingerprint = AttrType.FINGERPRINT in msg  # RFC 8489 §7.3: mirror the request
+    return SendToClient(out.encode(integrity_key=key, fingerprint=fingerprint), to)
+
+
+def error(
+    msg: Message,
+    to: FiveTuple,
+    code: int,
+    key: bytes | None,
+    extra: list[tuple[int, AttrValue]],
+    software: str,
+) -> SendToClient:
+    """An error response; unsigned ones drop the reason phrase when over the bound."""
+    attrs: list[tuple[int, AttrValue]] = [
+        (AttrType.ERROR_CODE, ErrorCode(code, ERROR_REASONS[code]))
+    ]
+    out = response(msg, to, key, attrs + extra, software, MessageClass.ERROR)
+    if key is None and len(out.data) > AMPLIFICATION_LIMIT * len(msg.raw):
+        attrs = [(AttrType.ERROR_CODE, ErrorCode(code, ""))]  # the module docstring's bound
+        out = response(msg, to, key, attrs + extra, software, MessageClass.ERROR)
+    return out
