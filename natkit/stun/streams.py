@@ -40,7 +40,13 @@ class StreamConn:
         self.allocated = False
 
     def write(self, data: bytes) -> None:
-        """The TURN engine's reply path for this connection (answers and relayed peer data)."""
+        """The TURN engine's reply path for this connection (answers and relayed peer data).
+        A peer may keep sending after the client went away (RFC 8656 §7: the allocation ends
+        with the connection, which the reader reports a moment later): writes to a closing
+        transport are dropped, since uvloop raises RuntimeError and asyncio's TLS transport
+        logs "SSL connection is closed" for each."""
+        if self.writer.transport.is_closing():
+            return
         if data[:2] == b"\x01\x03":  # RFC 8656 §7.3: an Allocate success response
             self.allocated = True
         self.last_active = self.clock()
