@@ -4,8 +4,13 @@ An open TURN relay is a proxy into the operator's own network (RFC 8656 §21.3):
 for a permission to 127.0.0.1 or 10.0.0.5 and reaches services never meant to be public. So the
 policy refuses (403, RFC 8656 §9.2) every range in ``turn.peers.deny`` (default: loopback,
 private, CGNAT, link-local, multicast, unspecified, …) and the server's own addresses, and
-``turn.peers.allow`` opens holes deliberately. **allow wins** over deny and over own addresses:
-a hole is an explicit operator decision (a lab relaying to 127.0.0.1 needs exactly that).
+``turn.peers.allow`` opens holes deliberately. **allow wins** over deny: a hole is an explicit
+operator decision. Own addresses are the configured ones (listeners, relay, alternate) and
+every address on this host's interfaces (`natkit.hostaddr`; with wildcard listeners no listener
+names them, yet a relay to any of them reaches ssh, the signal port, the TURN port itself). An
+allow *range* does not open an own address inside it (a LAN opened for a lab must not open the
+host on it); an allow entry naming the address itself (a /32 or /128) does: a test relaying to
+its own 127.0.0.1 needs exactly that.
 
 Addresses that carry an IPv4 address inside IPv6 are judged by the IPv4 address too, because
 that is where the packet may end up:
