@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from bench import cli_bench, diagnose_bench, lab_bench, stun_bench, turn_bench
+from bench import alloc_bench, cli_bench, diagnose_bench, lab_bench, stun_bench, turn_bench
 
 
 def _lab(argv: list[str]) -> int:
@@ -26,6 +26,7 @@ def _lab(argv: list[str]) -> int:
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "stun": stun_bench.main,
     "turn": turn_bench.main,
+    "alloc": alloc_bench.main,
     "lab": _lab,
     "diagnose": diagnose_bench.main,
     "cli": cli_bench.main,

@@ -5,21 +5,18 @@ server-reflexive (aioice asks one STUN server, IPv4 only) and relayed (one TURN 
 retransmits for ~30 s; here the gathering is cut at the budget and whatever was gathered by then
 is reported, with a note.
 
-Interfaces come from ifaddr (aioice's own dependency). VPN/tunnel interfaces are flagged by the
-kernel's link type (/sys/class/net/NAME/type: tun/wireguard are ARPHRD_NONE, ppp, ipip, gre, sit)
-and by well-known names (tun*, wg*, tailscale*, …): traffic to the STUN server may leave through
-them, and the peer then sees the VPN's exit. Several default routes mean several uplinks.
+Interfaces come from `natkit.hostaddr` (re-exported here): VPN/tunnel interfaces are flagged,
+since traffic to the STUN server may leave through them and the peer then sees the VPN's exit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
-import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
+
+from natkit.hostaddr import Interface, default_route_interfaces, interfaces
 
 __all__ = [
     "Candidate",
@@ -29,19 +26,6 @@ __all__ = [
     "gather",
     "interfaces",
 ]
-
-_TUNNEL_LINK_TYPES = {
-    65534: "tun",
-    512: "ppp",
-    768: "ipip",
-    769: "ip6ip6",
-    776: "sit",
-    778: "gre",
-    823: "ip6gre",
-}
-_TUNNEL_NAMES = re.compile(
-    r"^(tun|tap|wg|utun|ppp|ipsec|vti|tailscale|zt|nordlynx|proton|gpd|cscotun|vpn)", re.I
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +50,6 @@ class GatherResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class Interface:
-    name: str
-    addresses: tuple[str, ...]
-    tunnel: bool
-    """Looks like a VPN or tunnel (link type or name)."""
-    loopback: bool
-    default_route: bool
 
 
 def _candidate(c: Any) -> Candidate:
@@ -137,50 +111,3 @@ async def gather(
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 0.5)
     return result
-
-
-def default_route_interfaces() -> set[str]:
-    """Interfaces holding a default route (IPv4 and IPv6), from /proc."""
-    names: set[str] = set()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
-            cols = line.split()
-            if len(cols) > 7 and cols[1] == "00000000" and cols[7] == "00000000":
-                names.add(cols[0])
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
-            cols = line.split()
-            if len(cols) == 10 and cols[0] == "0" * 32 and cols[1] == "00" and cols[9] != "lo":
-                names.add(cols[9])
-    return names
-
-
-def _is_tunnel(name: str) -> bool:
-    with contextlib.suppress(OSError, ValueError):
-        kind = int(Path(f"/sys/class/net/{name}/type").read_text())
-        if kind in _TUNNEL_LINK_TYPES:
-            return True
-    return bool(_TUNNEL_NAMES.match(name))
-
-
-def interfaces() -> list[Interface]:
-    """Local interfaces with their addresses (link-local IPv6 left out), flagged."""
-    import ifaddr
-
-    defaults = default_route_interfaces()
-    out = []
-    for adapter in ifaddr.get_adapters():
-        addrs = []
-        for ip in adapter.ips:
-            text = ip.ip if isinstance(ip.ip, str) else ip.ip[0]
-            with contextlib.suppress(ValueError):
-                if not ipaddress.ip_address(text).is_link_local:
-                    addrs.append(f"{text}/{ip.network_prefix}")
-        name = str(adapter.nice_name)
-        loopback = name == "lo" or (
-            all(ipaddress.ip_interface(a).ip.is_loopback for a in addrs) and bool(addrs)
-        )
-        if not addrs:
-            continue
-        out.append(Interface(name, tuple(addrs), _is_tunnel(name), loopback, name in defaults))
-    return out

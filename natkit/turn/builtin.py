@@ -38,7 +38,7 @@ from natkit.stun.binding import BindingHandler
 from natkit.stun.server import FramingError, StreamFramer
 from natkit.turn.allocation import FiveTuple
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
-from natkit.turn.engine import Reply, build_relay
+from natkit.turn.engine import HostAddressRefresh, Reply, build_relay
 from natkit.turn.refusals import RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 
@@ -107,6 +107,7 @@ class BuiltinTurn:
         self.refusal_log = RefusalLog(log)
         self.relay = relay or build_relay(config, rng=rng)
         self.clock = clock
+        self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
         self._senders: dict[FiveTuple, Reply] = {}
         self._listeners: list[socket.socket] = []
@@ -153,6 +154,7 @@ class BuiltinTurn:
             self._sync_unix_time()
             try:
                 self._run(self.relay.handle_timeout(self.clock()), None)
+                self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
 

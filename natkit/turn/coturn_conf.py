@@ -25,13 +25,14 @@ import os
 import re
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from natkit.addr import Transport
 from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError, DependencyError
+from natkit.hostaddr import host_addresses
 from natkit.turn.peers import (
     MAPPED_V4_RANGE,
     PeerPolicy,
@@ -130,11 +131,20 @@ def _own_addresses(cfg: Config) -> list[str]:
     return own
 
 
-def peer_policy(cfg: Config, extra_own: Sequence[str] = ()) -> PeerPolicy:
-    """The peer policy of `cfg` (both engines); `extra_own` adds addresses found at run time."""
+def peer_policy(
+    cfg: Config, extra_own: Sequence[str] = (), host: Collection[str] | None = None
+) -> PeerPolicy:
+    """The peer policy of `cfg` (both engines); `extra_own` adds addresses found at run time.
+
+    `host` is every address of this host (default: enumerated now, `host_addresses`): a
+    wildcard listener names none of them, yet a relay to any of them reaches this host's own
+    services (ssh, the signal port, the TURN port itself). The builtin refreshes them while it
+    runs (`natkit.turn.engine.HostAddressRefresh`); coturn gets them rendered at start and HUP.
+    """
+    found = host_addresses() if host is None else host
     try:
         return PeerPolicy(
-            cfg.turn.peers.deny, cfg.turn.peers.allow, [*_own_addresses(cfg), *extra_own]
+            cfg.turn.peers.deny, cfg.turn.peers.allow, [*_own_addresses(cfg), *extra_own], found
         )
     except ValueError as err:
         raise _config_error(cfg, "turn.peers", str(err)) from None
@@ -245,16 +255,18 @@ def render(
     *,
     runtime_dir: str | None = None,
     extra_own: Sequence[str] = (),
+    host: Collection[str] | None = None,
 ) -> str:
     """The turnserver.conf text for `cfg` on coturn `version`.
 
     `runtime_dir` (set by the supervisor) receives coturn's SQLite user database; without it the
-    file leaves ``userdb`` at coturn's default. Raises ConfigError for what coturn cannot express
+    file leaves ``userdb`` at coturn's default; `host` is this host's addresses (`peer_policy`).
+    Raises ConfigError for what coturn cannot express
     and VulnerableCoturnError as described in the module docstring.
     """
     turn = cfg.turn
     validate(cfg)  # the load-time rules, for a Config built in Python
-    policy = peer_policy(cfg, extra_own)
+    policy = peer_policy(cfg, extra_own, host)
     sections = [
         [
             f"# turnserver.conf rendered by natkit for coturn {_fmt(version)}: do not edit,",

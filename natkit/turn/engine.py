@@ -11,6 +11,7 @@ that sends on the same socket (UDP: to the source; TCP/TLS: on the same connecti
 from __future__ import annotations
 
 import ipaddress
+import logging
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -19,12 +20,16 @@ from natkit.addr import Address, Transport
 from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError
+from natkit.hostaddr import host_addresses, interfaces
 from natkit.turn.allocation import Limits
 from natkit.turn.auth import Authenticator
 from natkit.turn.coturn_conf import peer_policy
+from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import Relay, RelaySettings
 
 __all__ = [
+    "HOST_REFRESH_INTERVAL",
+    "HostAddressRefresh",
     "Reply",
     "TurnEngine",
     "build_relay",
@@ -35,6 +40,10 @@ __all__ = [
 ]
 
 Reply = Callable[[bytes], object]  # return value ignored (sendto returns a count)
+
+log = logging.getLogger("natkit.turn.engine")
+
+HOST_REFRESH_INTERVAL = 30.0  # seconds between enumerations of this host's addresses
 
 
 class TurnEngine(Protocol):
@@ -59,6 +68,45 @@ class TurnEngine(Protocol):
         """A TCP/TLS client connection closed (RFC 8656 §7: its allocation goes with it)."""
 
 
+class HostAddressRefresh:
+    """Keeps a peer policy's host addresses current while serving: wildcard listeners name no
+    address, so the own-address rule needs the interfaces' addresses, and DHCP, SLAAC or a VPN
+    change them. Call it from a timer with `now`; it enumerates at most every
+    `interval` seconds (~0.4 ms each) and swaps the set in only when it changed."""
+
+    def __init__(
+        self,
+        policy: PeerPolicy,
+        *,
+        interval: float = HOST_REFRESH_INTERVAL,
+        enumerate_: Callable[[], tuple[str, ...]] = host_addresses,
+        now: float = 0.0,
+    ) -> None:
+        self.policy = policy
+        self.interval = interval
+        self.enumerate = enumerate_
+        self.due = now + interval
+        self.current: tuple[str, ...] | None = None
+
+    def __call__(self, now: float) -> bool:
+        """Refresh if due; True when the policy's host set was replaced."""
+        if now < self.due:
+            return False
+        self.due = now + self.interval
+        try:
+            found = self.enumerate()
+        except OSError as err:  # keep the last set: refusing less would be the wrong way
+            log.warning("cannot list this host's addresses (own-address rule kept): %s", err)
+            return False
+        if found == self.current:
+            return False
+        if self.current is not None:
+            log.info("this host's addresses changed: %s", ", ".join(found))
+        self.current = found
+        self.policy.replace_host_addresses(found)
+        return True
+
+
 def parse_ports(config: Config) -> tuple[int, int]:
     """``turn.relay.ports`` as (low, high): parsed once, at load (`PortRange`)."""
     ports = config.turn.relay.port_range
@@ -68,8 +116,6 @@ def parse_ports(config: Config) -> tuple[int, int]:
 def host_relay_ips() -> dict[int, str]:
     """With only wildcard listeners: per family, this host's address on the interface holding
     the default route, else on any other non-loopback interface (what a peer could reach)."""
-    from natkit.diag.gather import interfaces
-
     found: dict[int, str] = {}
     ranked = sorted(interfaces(), key=lambda i: (i.loopback, i.tunnel, not i.default_route))
     for iface in ranked:

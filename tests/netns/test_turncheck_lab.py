@@ -169,9 +169,11 @@ def coturn_config(allow_server: bool) -> dict[str, Any]:
     config["signal"]["enabled"] = False
     config["turn"]["engine"] = "coturn"
     config["logging"]["level"] = "info"  # coturn's log lines, for a failure's message
-    if not allow_server:  # the lab's NAT WAN addresses (203.0.113.100 up), not the server's own
-        ranges = [r for r in LAB_PEER_RANGES if r != "203.0.113.0/24"]
-        config["turn"]["peers"]["allow"] = ["203.0.113.96/27", *ranges]
+    ranges = [r for r in LAB_PEER_RANGES if r != "203.0.113.0/24"]
+    # The lab's NAT WAN addresses (203.0.113.100 up), not the server's own; with allow_server
+    # the server's address too, named exactly: a range around it would not open it.
+    allow = ["203.0.113.96/27", *ranges]
+    config["turn"]["peers"]["allow"] = [*allow, f"{SERVER}/32"] if allow_server else allow
     return config
 
 
@@ -184,7 +186,7 @@ def test_coturn_behind_a_symmetric_nat(nat_lab: Any, tmp_path: Path, allow_serve
         got = run_all(lab, {"udp": check(UDP), "tcp": check(TCP),
                             "wrong-secret": check(UDP, secret="nope")})  # fmt: skip
     assert failed(got["wrong-secret"])[:2] == ("allocate", 401)
-    if allow_server:  # allowed-peer-ip wins over the rendered denied own address
+    if allow_server:  # an allowed-peer-ip naming it wins over the rendered denied own address
         assert_relays(got["udp"])
         assert_relays(got["tcp"])
         return

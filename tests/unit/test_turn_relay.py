@@ -483,3 +483,14 @@ def test_garbage_and_unknown_traffic_is_ignored() -> None:
     assert error_code(client.response()) == 400
     stranger = Client(client.relay, address=Address("198.51.100.9", 1))
     assert stranger.send_raw(build_channel_data(0x4000, b"x")) == []
+
+
+def test_allow_range_around_the_relay_ip_keeps_it_port_checked() -> None:
+    # Issue 11 item 6: a range opened for a LAN does not open this host inside it; the relay IP
+    # then stays reachable only at relay ports (relay to relay), every other own address not at
+    # all, while the rest of the range is open.
+    a, b = two_allocations(allow=("192.0.2.0/24",))
+    assert bind(a, 0x4000, Address(RELAY4, 3478)) == 403
+    assert bind(a, 0x4001, b.relayed()) is None
+    other = a.request(Method.CREATE_PERMISSION, [(A.XOR_PEER_ADDRESS, Address("192.0.2.77", 1))])
+    assert other.message_class is MessageClass.SUCCESS
