@@ -90,10 +90,12 @@ def worker_main(
     parent_pid: int,
     sockets: list[socket.socket] | None = None,
     nonce_key: bytes | None = None,
+    quota: Any = None,
 ) -> None:
     """Entry point of a worker process (runs in the spawned child); `sockets` are the listening
     sockets the supervisor bound for it (None: bind them here); `nonce_key` is the TURN nonce
-    key every worker shares."""
+    key every worker shares, `quota` the server-wide TURN quota table
+    (`natkit.turn.shared_quota.SharedQuota`)."""
     _die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     logs.setup(config.logging.level, config.logging.format, role=f"worker-{index}")
@@ -108,7 +110,9 @@ def worker_main(
         ctx = make_ssl_context(config.stun.tls, config.source) if tls else None
         # Each worker relays for the clients the kernel hashes to it (SO_REUSEPORT keeps a
         # 5-tuple on one worker), so each has its own TURN engine.
-        turn = create_engine(config, counters.values, nonce_key=nonce_key)
+        turn = create_engine(
+            config, counters.values, nonce_key=nonce_key, worker=index, quota=quota
+        )
         server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
         server.bind(sockets)
     except NatkitError as err:
@@ -155,6 +159,15 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
     counters.flush()
 
 
+def _turn_quota(config: Config, count: int) -> Any:
+    if not config.turn.enabled or config.turn.engine != "builtin":
+        return None
+    from natkit.turn.shared_quota import SharedQuota, table_slots
+
+    quota = config.turn.quota
+    return SharedQuota(count, table_slots(quota.total), quota.per_user, quota.total)
+
+
 class _Worker:
     def __init__(self, index: int) -> None:
         self.index = index
@@ -178,6 +191,9 @@ class Supervisor:
         self.nonce_key = secrets.token_bytes(32)
         """What a (re)spawned worker runs: the start config + live reloads (`live_applied`)."""
         self.array = array
+        self.quota = _turn_quota(config, count)
+        """TURN quotas shared by every worker (None: no builtin TURN); a dead worker's share is
+        zeroed before it is respawned."""
         self._workers = [_Worker(i) for i in range(count)]
         self._sockets: list[list[socket.socket]] = []
         self._ctx = multiprocessing.get_context("spawn")
@@ -226,6 +242,7 @@ class Supervisor:
                 os.getpid(),
                 self._sockets[worker.index] if self._sockets else None,
                 self.nonce_key,
+                self.quota,
             ),
         )
         proc.start()
@@ -283,6 +300,10 @@ class Supervisor:
             delay,
         )
         worker.proc = None
+        if self.quota is not None:  # its allocations died with it (and their relay sockets)
+            freed = self.quota.release_worker(worker.index)
+            if freed:
+                log.warning("worker %d: released its %d TURN allocation(s)", worker.index, freed)
         loop.call_later(delay, self._respawn, worker)
 
     def _respawn(self, worker: _Worker) -> None:

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 from natkit.addr import Address, Transport
 from natkit.turn.commands import CloseRelay, OpenRelay
+from natkit.turn.shared_quota import Quota
 
 __all__ = [
     "CHANNEL_LIFETIME",
@@ -224,8 +225,12 @@ _COMPACT_MIN = 1024  # below this many heap entries, dead ones are left to the s
 class AllocationTable:
     """Every allocation of one relay, indexed by 5-tuple and by relayed address."""
 
-    def __init__(self, pools: dict[str, PortPool], limits: Limits | None = None) -> None:
+    def __init__(
+        self, pools: dict[str, PortPool], limits: Limits | None = None, quota: Quota | None = None
+    ) -> None:
         self.pools = pools
+        self.quota = quota
+        """Server-wide quota bookkeeping (`natkit.turn.shared_quota`): released in `free`."""
         """Port pool per relay IP."""
         self.limits = limits or DEFAULT_LIMITS
         self.by_five_tuple: dict[FiveTuple, Allocation] = {}
@@ -273,6 +278,8 @@ class AllocationTable:
             self.per_user[allocation.user] = count
         else:
             del self.per_user[allocation.user]
+        if self.quota is not None:
+            self.quota.release(allocation.user)
         pool = self.pools.get(allocation.relay.host)
         if pool is not None:
             pool.release(allocation.relay.port)

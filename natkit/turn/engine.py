@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
 import random
 from collections.abc import Callable
 from typing import Protocol
@@ -26,6 +27,7 @@ from natkit.turn.auth import Authenticator
 from natkit.turn.coturn_conf import peer_policy
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import Relay, RelaySettings
+from natkit.turn.shared_quota import SharedQuota
 
 __all__ = [
     "HOST_REFRESH_INTERVAL",
@@ -37,6 +39,8 @@ __all__ = [
     "host_relay_ips",
     "parse_ports",
     "relay_settings",
+    "worker_count",
+    "worker_ports",
 ]
 
 Reply = Callable[[bytes], object]  # return value ignored (sendto returns a count)
@@ -128,10 +132,37 @@ def host_relay_ips() -> dict[int, str]:
     return found
 
 
-def relay_settings(config: Config) -> RelaySettings:
+def worker_count(config: Config) -> int:
+    """``stun.workers`` resolved ("auto": one per CPU), as `natkit.stun.workers` does."""
+    workers = config.stun.workers
+    return max(1, os.cpu_count() or 1) if workers == "auto" else max(1, int(workers))
+
+
+def worker_ports(config: Config, worker: int, workers: int) -> tuple[int, int]:
+    """Worker `worker`'s contiguous 1/`workers` slice of ``turn.relay.ports`` (the last takes
+    the remainder). Contiguous rather than every N-th port: a slice is one range an operator can
+    read in `ss` output or a firewall rule, and a pool is a plain LOW-HIGH either way. A range
+    with fewer ports than workers is a ConfigError (a worker would have none)."""
+    low, high = parse_ports(config)
+    size = high - low + 1
+    if size < workers:
+        raise ConfigError(
+            f"turn.relay.ports {config.turn.relay.ports} has {size} port(s) for {workers} "
+            "workers: each worker needs its own slice; widen the range or lower stun.workers",
+            file=config.source,
+            path="turn.relay.ports",
+        )
+    share = size // workers
+    first = low + worker * share
+    return first, high if worker == workers - 1 else first + share - 1
+
+
+def relay_settings(config: Config, worker: int = 0, workers: int | None = None) -> RelaySettings:
     """Relay IPs per family: ``turn.relay.address`` for its family, else the first concrete
-    listener IP of each family, else (only wildcard listeners) this host's own address."""
+    listener IP of each family, else (only wildcard listeners) this host's own address.
+    `worker` of `workers` (default 1: a relay alone) allocates from its own port slice."""
     turn = config.turn
+    pool_ports = worker_ports(config, worker, workers or 1)
     relay_ips: dict[int, str] = {}
     if turn.relay.address:
         relay_ips[ipaddress.ip_address(turn.relay.address).version] = turn.relay.address
@@ -157,6 +188,7 @@ def relay_settings(config: Config) -> RelaySettings:
         relay_ips=relay_ips,
         external_ips=external,
         ports=parse_ports(config),
+        pool_ports=pool_ports,
         lifetime_default=turn.lifetime.default,
         lifetime_max=turn.lifetime.max,
         quota_per_user=turn.quota.per_user,
@@ -168,9 +200,15 @@ def relay_settings(config: Config) -> RelaySettings:
 
 
 def build_relay(
-    config: Config, *, rng: random.Random | None = None, nonce_key: bytes | None = None
+    config: Config,
+    *,
+    rng: random.Random | None = None,
+    nonce_key: bytes | None = None,
+    worker: int = 0,
+    quota: SharedQuota | None = None,
 ) -> Relay:
-    """The sans-IO core for `config` (ConfigError for what it cannot serve)."""
+    """The sans-IO core for `config` (ConfigError for what it cannot serve); `worker` picks
+    the port slice, `quota` is the supervisor's server-wide table (None: this relay alone)."""
     validate(config)  # the load-time rules, for a Config built in Python: no open relay, ...
     auth = config.turn.auth
     authenticator = Authenticator(
@@ -180,11 +218,19 @@ def build_relay(
         nonce_lifetime=auth.nonce_lifetime,
         nonce_key=nonce_key,
     )
-    return Relay(relay_settings(config), authenticator, peer_policy(config), rng)
+    worker_ports(config, 0, worker_count(config))  # `serve` calls this first: fail at start
+    settings = relay_settings(config, worker, None if quota is None else quota.workers)
+    view = None if quota is None else quota.view(worker)
+    return Relay(settings, authenticator, peer_policy(config), rng, view)
 
 
 def create_engine(
-    config: Config, counters: list[int] | None = None, *, nonce_key: bytes | None = None
+    config: Config,
+    counters: list[int] | None = None,
+    *,
+    nonce_key: bytes | None = None,
+    worker: int = 0,
+    quota: SharedQuota | None = None,
 ) -> TurnEngine | None:
     """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
     `counters` is the worker's metrics row, where the engine counts its refusals; `nonce_key`
@@ -193,4 +239,5 @@ def create_engine(
         return None
     from natkit.turn.builtin import BuiltinTurn
 
-    return BuiltinTurn(config, relay=build_relay(config, nonce_key=nonce_key), counters=counters)
+    relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota)
+    return BuiltinTurn(config, relay=relay, counters=counters)

@@ -55,6 +55,7 @@ from natkit.turn.auth import Authenticator, AuthError, Credentials
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay_peers import PeerRules
+from natkit.turn.shared_quota import LocalQuota, Quota
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -83,6 +84,9 @@ class RelaySettings:
     external_ips: Mapping[int, str] = field(default_factory=dict)
     """IP version → the IP advertised in XOR-RELAYED-ADDRESS (1:1 NAT), else the relay IP."""
     ports: tuple[int, int] = (49152, 65535)
+    """``turn.relay.ports``: every worker's relay ports (the peer rules' "our relay ports")."""
+    pool_ports: tuple[int, int] | None = None
+    """The slice of `ports` this worker allocates from (`worker_ports`); None: all of them."""
     lifetime_default: int = 600
     lifetime_max: int = 3600
     quota_per_user: int = 10
@@ -106,14 +110,18 @@ class Relay:
         auth: Authenticator,
         policy: PeerPolicy,
         rng: random.Random | None = None,
+        quota: Quota | None = None,
     ) -> None:
         self.settings = settings
         self.auth = auth
         self.policy = policy
         self.rng = rng or random.SystemRandom()
-        low, high = settings.ports
+        # This worker's own slice of the relay ports (`pool_ports`): no two workers ever pick
+        # the same port, so a bind failure means another process holds it.
+        low, high = settings.pool_ports or settings.ports
         pools = {ip: PortPool(low, high, self.rng) for ip in settings.relay_ips.values()}
-        self.allocations = AllocationTable(pools, settings.limits)
+        self.quota: Quota = quota or LocalQuota(settings.quota_per_user, settings.quota_total)
+        self.allocations = AllocationTable(pools, settings.limits, self.quota)
         self.peers = PeerRules(
             policy, [*settings.relay_ips.values(), *settings.external_ips.values()], settings.ports
         )
@@ -302,7 +310,8 @@ class Relay:
             if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
                 return [self._allocate_success(msg, existing, now)]
             return [self._error(msg, five_tuple, 437, creds.key)]
-        code = self._allocate_check(msg, creds)
+        # The quota last: `acquire` counts the allocation (server-wide), `free` gives it back.
+        code = self._allocate_check(msg, creds) or self.quota.acquire(creds.user)
         if code:
             return [*closed, self._error(msg, five_tuple, code, creds.key)]
         even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
@@ -315,6 +324,7 @@ class Relay:
             transaction_id=msg.transaction_id, dont_fragment=AttrType.DONT_FRAGMENT in msg,
         )  # fmt: skip
         if created is None:
+            self.quota.release(creds.user)
             return [*closed, self._error(msg, five_tuple, 508, creds.key)]
         alloc, open_relay = created
         self._opening[alloc.relay] = (msg, 1)
@@ -341,10 +351,6 @@ class Relay:
             return 508  # port reservations (R bit, RESERVATION-TOKEN) are not offered
         if _FAMILIES.get(_int(family) or 1, 4) not in self.settings.relay_ips:
             return 440
-        if self.allocations.per_user.get(creds.user, 0) >= self.settings.quota_per_user:
-            return 486
-        if len(self.allocations) >= self.settings.quota_total:
-            return 508
         return 0
 
     def _allocate_success(self, msg: Message, alloc: Allocation, now: float) -> SendToClient:

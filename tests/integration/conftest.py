@@ -73,6 +73,14 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def _is_resource_tracker(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"resource_tracker" in f.read()
+    except OSError:
+        return False
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -105,7 +113,9 @@ class Served:
         return total
 
     def workers(self) -> list[int]:
-        return children(self.proc.pid)
+        """Worker pids: children but multiprocessing's resource tracker (the TURN quota lock's
+        semaphore starts one)."""
+        return [pid for pid in children(self.proc.pid) if not _is_resource_tracker(pid)]
 
 
 def has_ipv6_loopback() -> bool:
