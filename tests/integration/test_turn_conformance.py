@@ -71,10 +71,11 @@ def make_config(engine: str, *, auth: str = USERS, peers: str = "{}", per_user: 
 
 
 @contextlib.contextmanager
-def running_serve(cfg: Config, workdir: Path) -> Iterator[None]:
-    """`natkit serve` with the builtin engine, as an operator runs it; always stopped."""
+def running_serve(cfg: Config, workdir: Path, workers: int = 1) -> Iterator[None]:
+    """`natkit serve` with the builtin engine, as an operator runs it; always stopped.
+    With 2 workers the kernel spreads the suite's 5-tuples over both (quotas are server-wide)."""
     data = to_dict(cfg, redact=False)
-    data["stun"]["workers"] = 1  # quotas are per worker: one worker keeps them exact
+    data["stun"]["workers"] = workers
     data["metrics"]["listen"] = None
     path = workdir / "natkit.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -88,9 +89,9 @@ def running_serve(cfg: Config, workdir: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running(engine: str, cfg: Config, workdir: Path) -> Iterator[None]:
+def running(engine: str, cfg: Config, workdir: Path, workers: int = 1) -> Iterator[None]:
     if engine == "builtin":
-        with running_serve(cfg, workdir):
+        with running_serve(cfg, workdir, workers):
             yield
         return
     from natkit.turn import coturn
@@ -119,40 +120,54 @@ class Server:
         return (HOST, self.port)
 
 
-@pytest.fixture(scope="module", params=["builtin", "coturn"])
-def engine(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(scope="module", params=["builtin", "builtin-workers2", "coturn"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    """An engine, and for the builtin how many `stun.workers` serve it."""
     if request.param == "coturn" and shutil.which("turnserver") is None:
         pytest.skip("coturn's turnserver is not installed (apt-get install coturn)")
     return str(request.param)
 
 
-def _server(engine: str, factory: pytest.TempPathFactory, **kwargs: Any) -> Iterator[Server]:
+@pytest.fixture(scope="module")
+def engine(flavor: str) -> str:
+    return flavor.partition("-")[0]
+
+
+@pytest.fixture(scope="module")
+def workers(flavor: str) -> int:
+    return 2 if flavor.endswith("-workers2") else 1
+
+
+Factory = pytest.TempPathFactory
+
+
+def _server(engine: str, workers: int, factory: Factory, **kwargs: Any) -> Iterator[Server]:
     cfg = make_config(engine, **kwargs)
-    with running(engine, cfg, factory.mktemp(engine)):
+    with running(engine, cfg, factory.mktemp(engine), workers):
         yield Server(engine, cfg)
 
 
 @pytest.fixture(scope="module")
-def lab(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(engine, tmp_path_factory, peers=LAB_PEERS)
+def lab(engine: str, workers: int, tmp_path_factory: Factory) -> Iterator[Server]:
+    yield from _server(engine, workers, tmp_path_factory, peers=LAB_PEERS)
 
 
 @pytest.fixture(scope="module")
-def quota(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def quota(engine: str, workers: int, tmp_path_factory: Factory) -> Iterator[Server]:
     # Its own server: coturn counts a UDP allocation against the quota for a while after
     # Refresh(0), so a small quota on a shared server would leak into other tests.
-    yield from _server(engine, tmp_path_factory, per_user=2)
+    yield from _server(engine, workers, tmp_path_factory, per_user=2)
 
 
 @pytest.fixture(scope="module")
-def default_policy(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    yield from _server(engine, tmp_path_factory)
+def default_policy(engine: str, workers: int, tmp_path_factory: Factory) -> Iterator[Server]:
+    yield from _server(engine, workers, tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
-def rest(engine: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+def rest(engine: str, workers: int, tmp_path_factory: Factory) -> Iterator[Server]:
     auth = f"{{secret: {SECRET}, nonce_lifetime: {NONCE_LIFETIME}}}"
-    yield from _server(engine, tmp_path_factory, auth=auth, peers=LAB_PEERS)
+    yield from _server(engine, workers, tmp_path_factory, auth=auth, peers=LAB_PEERS)
 
 
 def check(url: str, **kwargs: Any) -> TurnCheckReport:
@@ -375,10 +390,12 @@ def bind_error(server: Server, peer: tuple[str, int]) -> int | None:
     return asyncio.run(run())
 
 
-def test_servers_own_address_is_403_even_without_a_deny_list(engine: str, tmp_path: Path) -> None:
+def test_servers_own_address_is_403_even_without_a_deny_list(
+    engine: str, workers: int, tmp_path: Path
+) -> None:
     cfg = make_config(engine, peers="{deny: []}")
     server = Server(engine, cfg)
-    with running(engine, cfg, tmp_path):
+    with running(engine, cfg, tmp_path, workers):
         if engine == "coturn":
             assert probe(server, HOST) == 403
         else:  # its own relay IP: permitted, yet the TURN port itself stays unreachable
