@@ -115,6 +115,16 @@ def _check_relay_ports(config: Config) -> None:
         taken.append(
             (f"stun.alternate {config.stun.alternate}", config.stun.alternate_address.port)
         )
+    workers = config.stun.workers
+    size = ports.high - ports.low + 1
+    if config.turn.engine == "builtin" and isinstance(workers, int) and size < workers:
+        # Each worker relays from its own slice (`natkit.turn.engine.worker_ports`); "auto"
+        # depends on the host's CPUs and is checked when `natkit serve` starts.
+        raise Problem(
+            "turn.relay.ports",
+            f"{ports} has {size} port(s) for stun.workers: {workers}: each worker needs its "
+            "own slice of the range; widen it or lower stun.workers",
+        )
     for what, port in taken:
         if port in ports:
             raise Problem(
