@@ -12,7 +12,9 @@ current (REST API expiries are Unix times; lifetimes use the monotonic clock).
 TURN without `natkit serve`, for tests and for the benchmark.
 
 With ``stun.workers`` > 1 every worker has its own `BuiltinTurn`: SO_REUSEPORT keeps a client's
-5-tuple on one worker, so allocations work, but quotas count per worker.
+5-tuple on one worker. Each worker relays from its own slice of ``turn.relay.ports`` (a port it
+cannot bind is another process's), and the quotas are counted server-wide in the supervisor's
+shared table (`natkit.turn.shared_quota`).
 
 Every error answer is a refusal (`natkit.turn.refusals`): counted in the worker's metrics row
 (``natkit_turn_refusals_total{code,method,reason}``, summed over workers by the supervisor) and
