@@ -18,7 +18,7 @@ import pytest
 
 from natkit.stun.constants import Method
 from natkit.stun.integrity import long_term_key
-from tests.integration.conftest import Served
+from tests.integration.conftest import Served, free_port
 from tests.integration.test_coturn import relay_range
 from tests.integration.turn_client import TurnClient, code
 
@@ -69,6 +69,8 @@ def clients(request: pytest.FixtureRequest) -> Iterator[Callable[[int, int], Tur
             if spare[worker]:
                 return spare[worker].pop()
             client = TurnClient(port, "mapper", USERS["mapper"], REALM)
+            # A respawned worker answers what queued on its socket once it has started.
+            client.sock.settimeout(20)
             opened.append(client)
             spare[_worker_of(client)].append(client)
         pytest.fail(f"64 client sockets and none on worker {worker}")
@@ -79,7 +81,10 @@ def clients(request: pytest.FixtureRequest) -> Iterator[Callable[[int, int], Tur
 
 
 def _start(natkit_serve: Callable[..., Served], per_user: int, total: int) -> Served:
-    return natkit_serve(stun={"workers": 2}, turn=_turn(per_user, total))
+    port = free_port()
+    while LOW <= port <= HIGH:  # a listener inside the relay range is a config error
+        port = free_port()
+    return natkit_serve(stun={"workers": 2}, turn=_turn(per_user, total), port=port)
 
 
 def test_per_user_quota_is_exact_across_workers(
