@@ -130,14 +130,26 @@ class SharedQuota:
 
     def release_worker(self, worker: int) -> int:
         """Zero `worker`'s share (it died, and its allocations with it); returns how many
-        allocations that freed."""
-        with self.lock:
+        allocations that freed. Called by the supervisor once `worker` has exited."""
+        if not self.lock.acquire(timeout=_LOCK_TIMEOUT):
+            # Held far beyond any critical section (microseconds): by the worker that just died,
+            # which never will release it. A multiprocessing Lock may be released by any
+            # process; the dead worker's half-done update only touched its own column, zeroed
+            # below.
+            log.warning("worker %d died holding the TURN quota lock: released", worker)
+            self.lock.release()
+            if not self.lock.acquire(timeout=_LOCK_TIMEOUT):
+                log.error("TURN quota lock still held after worker %d died", worker)
+                return 0
+        try:
             freed = int(self.totals[worker])
             self.totals[worker] = 0
             for slot in range(self.slots):
                 if self.keys[slot] > _TOMBSTONE:
                     self.counts[slot * self.workers + worker] = 0
                     self._forget_if_unused(slot)
+        finally:
+            self.lock.release()
         return freed
 
 

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import random
+import signal
+import time
+from typing import Any
 
 import pytest
 
@@ -44,6 +49,35 @@ def test_a_dead_workers_share_is_released() -> None:
     assert shared.release_worker(0) == 1
     assert shared.active() == 1
     assert w1.acquire("alice") == 0 and w1.acquire("alice") == 486
+
+
+def _hold_forever(lock: Any) -> None:
+    lock.acquire()
+    time.sleep(60)
+
+
+def test_a_worker_killed_holding_the_lock_does_not_wedge_the_table() -> None:
+    """SIGKILL inside the critical section: the supervisor's release_worker frees the lock
+    (it used to block forever, and every later Allocate got 508)."""
+    shared = SharedQuota(2, 64, per_user=2, total=100)
+    view = shared.view(1)
+    assert view.acquire("alice") == 0
+    holder = multiprocessing.get_context("spawn").Process(target=_hold_forever, args=(shared.lock,))
+    holder.start()
+    try:
+        deadline = time.monotonic() + 10
+        while shared.lock.acquire(block=False):  # wait until the child holds it
+            shared.lock.release()
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(holder.pid or 0, signal.SIGKILL)
+        holder.join(5)
+        assert shared.release_worker(1) == 1
+        assert shared.view(0).acquire("alice") == 0  # the table works again
+    finally:
+        if holder.is_alive():
+            holder.kill()
+        holder.join()
 
 
 def test_full_table_is_508_and_ended_users_free_their_slots() -> None:
