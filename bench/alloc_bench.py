@@ -33,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.stun_bench import group_cpu
-from bench.turn_bench import child, free_port, wait_udp
+from bench.turn_bench import child, wait_udp
 from natkit.config import loads
 from natkit.stun import AttrType, Message, MessageClass, Method, parse_message
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.integrity import long_term_key
+from natkit.testing import free_port
 from natkit.turn.credentials import mint
 
 HOST = "127.0.0.1"

@@ -33,6 +33,8 @@ from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from natkit.testing import free_port
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 LOADGEN = HERE / "bin" / "loadgen"
@@ -50,21 +52,6 @@ def build_c(name: str) -> Path:
         sys.exit("bench: gcc is needed to build the load generator (apt-get install gcc)")
     subprocess.run([cc, "-O2", "-Wall", "-pthread", "-o", str(binary), str(src)], check=True)
     return binary
-
-
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 (the kernel picks it)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port: int = u.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                    t.bind((HOST, port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 def wait_stun(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 10.0) -> None:

@@ -44,6 +44,7 @@ from natkit.addr import Address, Transport
 from natkit.config import loads
 from natkit.stun import AttrType, Message, MessageClass, Method, parse_message
 from natkit.stun.integrity import long_term_key
+from natkit.testing import free_port
 
 HERE = Path(__file__).resolve().parent
 TURNLOAD = HERE / "bin" / "turnload"
@@ -65,17 +66,6 @@ turn:
   quota: {{per_user: 1000, total: 2000}}
   peers: {{allow: ["127.0.0.1/32"]}}
 """
-
-
-def free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((HOST, 0))
-            port: int = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t, suppress(OSError):
-                t.bind((HOST, port))
-                return port
-    raise RuntimeError("no free port")
 
 
 def bench_config(engine: str, port: int, size: int = 500, workers: int = 1) -> str:

@@ -2,6 +2,8 @@
 
 `Address` is an (ip, port) pair with a parsed IP; `ListenURI` is a ``udp://``, ``tcp://`` or
 ``tls://`` URI with IPv6 literals in brackets (RFC 3986 §3.2.2), e.g. ``udp://[::]:3478``.
+`Candidate` is one ICE candidate (RFC 8445 §5.1) as `natkit diagnose` gathers it and
+`natkit p2p` reports it: one class for both layers.
 """
 
 from __future__ import annotations
@@ -9,9 +11,17 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-__all__ = ["Address", "IPAddress", "ListenURI", "Transport", "format_hostport", "parse_hostport"]
+__all__ = [
+    "Address",
+    "Candidate",
+    "IPAddress",
+    "ListenURI",
+    "Transport",
+    "format_hostport",
+    "parse_hostport",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -116,3 +126,37 @@ class ListenURI:
 
     def __str__(self) -> str:
         return f"{self.transport.value}://{format_hostport(self.host, self.port)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One ICE candidate: type, transport and address, with priority and foundation (RFC 8445
+    §5.1.2, §5.1.1.3) and the related address of a reflexive or relayed one (§5.1.1.2)."""
+
+    type: str
+    """host, srflx, prflx or relay (prflx never appears while gathering)."""
+    protocol: str
+    address: str
+    port: int
+    priority: int = 0
+    foundation: str = ""
+    related_address: str | None = None
+    related_port: int | None = None
+
+    @classmethod
+    def from_aioice(cls, c: Any) -> Candidate:
+        """From an `aioice.Candidate` (the ICE agent both diagnose and p2p run)."""
+        return cls(
+            type=str(c.type),
+            protocol=str(c.transport).lower(),
+            address=str(c.host),
+            port=int(c.port),
+            priority=int(c.priority),
+            foundation=str(c.foundation),
+            related_address=c.related_address,
+            related_port=c.related_port,
+        )
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{self.type} {self.protocol} {host}:{self.port}"

@@ -1,4 +1,5 @@
-"""Suite-wide rules: netns tests need root; under CI=true a netns test that skips is a failure."""
+"""Suite-wide rules: netns tests need root; under CI=true a lab (netns) or coturn test that skips
+is a failure: CI must run both halves of the conformance suite, never drop one silently."""
 
 from __future__ import annotations
 
@@ -28,11 +29,22 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    if IN_CI and report.skipped and "netns" in item.keywords:
+    if IN_CI and report.skipped and (kind := _must_run(item, report)):
         report.outcome = "failed"
         report.longrepr = (
-            f"CI=true: lab test {item.nodeid} skipped instead of running: {report.longrepr}"
+            f"CI=true: {kind} test {item.nodeid} skipped instead of running: {report.longrepr}"
         )
+
+
+def _must_run(item: pytest.Item, report: pytest.TestReport) -> str | None:
+    """Why a skip of `item` is a failure under CI (None: it may skip). The reason text catches
+    a coturn skip in a test nobody marked."""
+    if "netns" in item.keywords:
+        return "lab"
+    reason = str(report.longrepr).lower()
+    if item.get_closest_marker("coturn") or "coturn" in reason or "turnserver" in reason:
+        return "coturn"
+    return None
 
 
 @pytest.fixture

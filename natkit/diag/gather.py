@@ -16,6 +16,7 @@ import contextlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from natkit.addr import Candidate
 from natkit.hostaddr import Interface, default_route_interfaces, interfaces
 
 __all__ = [
@@ -28,19 +29,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    type: str
-    """host, srflx, relay (prflx never appears while gathering)."""
-    protocol: str
-    address: str
-    port: int
-    priority: int
-    foundation: str
-    related_address: str | None = None
-    related_port: int | None = None
-
-
 @dataclass(slots=True)
 class GatherResult:
     candidates: list[Candidate] = field(default_factory=list)
@@ -50,19 +38,6 @@ class GatherResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _candidate(c: Any) -> Candidate:
-    return Candidate(
-        type=str(c.type),
-        protocol=str(c.transport),
-        address=str(c.host),
-        port=int(c.port),
-        priority=int(c.priority),
-        foundation=str(c.foundation),
-        related_address=c.related_address,
-        related_port=c.related_port,
-    )
 
 
 async def gather(
@@ -106,7 +81,7 @@ async def gather(
         except Exception as err:  # aioice raises plain exceptions for TURN failures
             result.error = f"aioice: {type(err).__name__}: {err}"
             found = list(conn.local_candidates)
-        result.candidates = [_candidate(c) for c in found]
+        result.candidates = [Candidate.from_aioice(c) for c in found]
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(conn.close(), 0.5)

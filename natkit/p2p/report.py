@@ -12,29 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Candidate", "P2PResult", "pair_kind", "render_text", "to_json"]
+from natkit.addr import Candidate
+
+__all__ = ["Candidate", "P2PResult", "candidate_json", "pair_kind", "render_text", "to_json"]
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """One ICE candidate as reported: type (host/srflx/prflx/relay), transport and address."""
-
-    type: str
-    protocol: str
-    address: str
-    port: int
-
-    def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{self.type} {self.protocol} {host}:{self.port}"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "type": self.type,
-            "protocol": self.protocol,
-            "address": self.address,
-            "port": self.port,
-        }
+def candidate_json(c: Candidate) -> dict[str, Any]:
+    """A candidate in p2p's JSON (version 1): type, protocol, address, port."""
+    return {"type": c.type, "protocol": c.protocol, "address": c.address, "port": c.port}
 
 
 def pair_kind(local: Candidate, remote: Candidate) -> str:
@@ -80,7 +65,11 @@ def to_json(result: P2PResult) -> dict[str, Any]:
     selected = None
     if result.selected:
         local, remote = result.selected
-        selected = {"kind": result.kind, "local": local.to_json(), "remote": remote.to_json()}
+        selected = {
+            "kind": result.kind,
+            "local": candidate_json(local),
+            "remote": candidate_json(remote),
+        }
     return {
         "version": 1,
         "role": result.role,
@@ -95,12 +84,12 @@ def to_json(result: P2PResult) -> dict[str, Any]:
         "duration_s": round(result.duration_s, 3),
         "ice_states": [{"t": round(t, 3), "state": s} for t, s in result.ice_states],
         "tried_pairs": [
-            {"local": lc.to_json(), "remote": rc.to_json(), "state": s}
+            {"local": candidate_json(lc), "remote": candidate_json(rc), "state": s}
             for lc, rc, s in result.tried_pairs
         ],
         "candidates": {
-            "local": [c.to_json() for c in result.local_candidates],
-            "remote": [c.to_json() for c in result.remote_candidates],
+            "local": [candidate_json(c) for c in result.local_candidates],
+            "remote": [candidate_json(c) for c in result.remote_candidates],
         },
         "error": result.error,
         "advice": result.advice,

@@ -326,8 +326,7 @@ def _ice_connection(pc: RTCPeerConnection) -> Any:
         return None
 
 
-def _candidate(c: Any) -> Candidate:
-    return Candidate(str(c.type), str(c.transport).lower(), str(c.host), int(c.port))
+_candidate = Candidate.from_aioice
 
 
 def _advice(result: P2PResult, options: P2POptions) -> str:

@@ -32,7 +32,7 @@ from natkit.addr import Transport
 from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError, DependencyError
-from natkit.hostaddr import host_addresses
+from natkit.turn.peer_config import peer_policy
 from natkit.turn.peers import (
     MAPPED_V4_RANGE,
     PeerPolicy,
@@ -120,34 +120,6 @@ def _fmt(version: Version) -> str:
 
 def _config_error(cfg: Config, path: str, problem: str) -> ConfigError:
     return ConfigError(problem, file=cfg.source, path=path)
-
-
-def _own_addresses(cfg: Config) -> list[str]:
-    """This server's addresses: relaying to them would loop into its own services."""
-    own = [uri.host for uri in cfg.stun.listen]
-    if cfg.stun.alternate_address is not None:
-        own.append(cfg.stun.alternate_address.host)
-    own += [a for a in (cfg.turn.relay.address, cfg.turn.relay.external_address) if a]
-    return own
-
-
-def peer_policy(
-    cfg: Config, extra_own: Sequence[str] = (), host: Collection[str] | None = None
-) -> PeerPolicy:
-    """The peer policy of `cfg` (both engines); `extra_own` adds addresses found at run time.
-
-    `host` is every address of this host (default: enumerated now, `host_addresses`): a
-    wildcard listener names none of them, yet a relay to any of them reaches this host's own
-    services (ssh, the signal port, the TURN port itself). The builtin refreshes them while it
-    runs (`natkit.turn.engine.HostAddressRefresh`); coturn gets them rendered at start and HUP.
-    """
-    found = host_addresses() if host is None else host
-    try:
-        return PeerPolicy(
-            cfg.turn.peers.deny, cfg.turn.peers.allow, [*_own_addresses(cfg), *extra_own], found
-        )
-    except ValueError as err:
-        raise _config_error(cfg, "turn.peers", str(err)) from None
 
 
 def _listener_lines(cfg: Config, version: Version) -> list[str]:

@@ -24,7 +24,7 @@ from natkit.errors import ConfigError
 from natkit.hostaddr import host_addresses, interfaces
 from natkit.turn.allocation import Limits
 from natkit.turn.auth import Authenticator
-from natkit.turn.coturn_conf import peer_policy
+from natkit.turn.peer_config import peer_policy
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import Relay, RelaySettings
 from natkit.turn.shared_quota import SharedQuota

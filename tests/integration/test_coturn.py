@@ -6,12 +6,8 @@ Everything stays on 127.0.0.1; ports are picked free at run time. Skipped when c
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,102 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from natkit.config import Config, loads
-from natkit.diag.turncheck import TurnCheckReport, check_turn
-from natkit.turn import coturn
 from natkit.turn.credentials import mint
+from tests.integration.coturn_harness import check, lab_config, start
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.coturn,
     pytest.mark.skipif(
         shutil.which("turnserver") is None,
         reason="coturn's turnserver is not installed (apt-get install coturn)",
     ),
 ]
-
-# A lab/test config. The check relays a packet back to itself on loopback, which natkit's
-# default policy and coturn both refuse: `peers.allow` opens exactly that hole (never do this
-# on a public server).
-LAB_CONFIG = """
-version: 1
-stun:
-  listen: ["udp://127.0.0.1:{port}", "tcp://127.0.0.1:{port}"]
-turn:
-  enabled: true
-  engine: coturn
-  realm: natkit.test
-  auth: {auth}
-  relay: {{address: 127.0.0.1, ports: "{low}-{high}"}}
-  peers: {{allow: ["127.0.0.1/32"]}}
-"""
-USERS = "{users: {alice: wonderland}}"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` (coturn listens on both)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    for _ in range(50):
-        with socket.socket(family, socket.SOCK_STREAM) as tcp:
-            tcp.bind((host, 0))
-            port = int(tcp.getsockname()[1])
-            low, high = relay_range()
-            if low <= port <= high:  # refused at load: the relay range would collide
-                continue
-            with socket.socket(family, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-def relay_range() -> tuple[int, int]:
-    low = 40000 + (os.getpid() * 131) % 20000
-    return low, low + 200
-
-
-def lab_config(auth: str = USERS, port: int | None = None) -> Config:
-    low, high = relay_range()
-    text = LAB_CONFIG.format(port=port or free_port(), auth=auth, low=low, high=high)
-    return loads(text, "lab.yaml")
-
-
-def wait_listening(host: str, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"turnserver exited {proc.returncode}:\n{log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"turnserver not listening on {port}:\n{log.read_text()[-2000:]}")
-
-
-@contextlib.contextmanager
-def running_coturn(text: str, host: str, port: int, workdir: Path) -> Iterator[Path]:
-    """Run turnserver with the rendered `text`; always stopped, even on failure."""
-    conf = workdir / "turnserver.conf"
-    coturn.write_private(str(conf), text)
-    log = workdir / "turnserver.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(["turnserver", "-c", str(conf)], stdout=out, stderr=out)
-    try:
-        wait_listening(host, port, proc, log)
-        yield log
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def start(cfg: Config, tmp_path: Path) -> contextlib.AbstractContextManager[Path]:
-    text = coturn.render(cfg, coturn.detect_version(), runtime_dir=str(tmp_path))
-    uri = cfg.stun.listen[0]
-    return running_coturn(text, uri.host, uri.port, tmp_path)
 
 
 @pytest.fixture
@@ -123,10 +34,6 @@ def server(tmp_path: Path) -> Iterator[str]:
     cfg = lab_config()
     with start(cfg, tmp_path):
         yield f"127.0.0.1:{cfg.stun.listen[0].port}"
-
-
-def check(url: str, **kwargs: object) -> TurnCheckReport:
-    return asyncio.run(check_turn(url, timeout=5, **kwargs))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("query", ["", "?transport=tcp"])

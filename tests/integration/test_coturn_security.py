@@ -18,9 +18,9 @@ import pytest
 from natkit.config import Config, loads
 from natkit.turn import coturn
 from tests.integration.conftest import has_ipv6_loopback
-from tests.integration.test_coturn import check, free_port, relay_range, running_coturn
+from tests.integration.coturn_harness import check, free_port, relay_range, running_coturn
 
-pytestmark: list[pytest.MarkDecorator] = [pytest.mark.integration]
+pytestmark: list[pytest.MarkDecorator] = [pytest.mark.integration, pytest.mark.coturn]
 
 
 if not has_ipv6_loopback():

@@ -16,10 +16,11 @@ import pytest
 
 from natkit.errors import DependencyError
 from natkit.turn import coturn
-from tests.integration.test_coturn import LAB_CONFIG, USERS, check, free_port, relay_range
+from tests.integration.coturn_harness import LAB_CONFIG, USERS, check, free_port, relay_range
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.coturn,
     pytest.mark.skipif(
         shutil.which("turnserver") is None,
         reason="coturn's turnserver is not installed (apt-get install coturn)",
@@ -113,7 +114,7 @@ def test_child_dies_with_natkit(tmp_path: Path) -> None:
 
 
 def test_missing_binary() -> None:
-    from tests.integration.test_coturn import lab_config
+    from tests.integration.coturn_harness import lab_config
 
     cfg = lab_config()
     cfg = dataclasses.replace(

@@ -266,6 +266,7 @@ def coturn(tmp_path: Path) -> Iterator[int]:
         stop_process(proc)
 
 
+@pytest.mark.coturn
 def test_coturn_is_open_and_relay_works(coturn: int) -> None:
     report, code, _ = diagnose(
         "--stun",
@@ -283,6 +284,7 @@ def test_coturn_is_open_and_relay_works(coturn: int) -> None:
     assert code == 0 and report["duration_s"] <= 3.0
 
 
+@pytest.mark.coturn
 def test_coturn_wrong_credentials_is_a_clear_line(coturn: int) -> None:
     report, code, _ = diagnose(
         "--stun",

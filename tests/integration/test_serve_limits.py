@@ -142,9 +142,10 @@ def test_second_natkit_on_the_port_is_refused_and_the_first_keeps_everything(
     assert _answered(first.port, 40) == 40
 
 
+@pytest.mark.coturn
 @pytest.mark.skipif(shutil.which("turnserver") is None, reason="coturn is not installed")
 def test_port_held_by_coturn_is_refused(tmp_path: Path) -> None:
-    from tests.integration.test_coturn import lab_config, start
+    from tests.integration.coturn_harness import lab_config, start
 
     cfg = lab_config()
     port = cfg.stun.listen[0].port

@@ -152,7 +152,8 @@ def test_serve_runs_the_rendezvous_and_sigterm_leaves_nothing(
     served = natkit_serve(turn=TURN_ON, signal={"enabled": True, "listen": f"{HOST}:{signal_port}"})
     # serve prints every `listening` line, then `signal`, then `metrics`.
     url = f"http://{HOST}:{signal_port}"
-    assert served.lines[-1] == f"signal {url}", served.lines
+    metrics = f"metrics http://{HOST}:{served.metrics_port}/metrics"
+    assert served.lines[-2:] == [f"signal {url}", metrics], served.lines
     status, pairing = _http("POST", f"{url}/v1/pair")
     assert status == 201 and pairing["ttl"] > 0
     code = pairing["code"]

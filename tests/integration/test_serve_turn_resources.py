@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from natkit.addr import Address
+from natkit.testing import self_signed_certificate
 from tests.integration.conftest import HOST, Served, free_port, stop_process
 from tests.integration.turn_client import TurnClient, code, relayed
 
@@ -104,40 +105,6 @@ def test_reallocating_right_at_expiry_leaks_no_relay_port(
     ]
 
 
-def _certificate(tmp_path: Path) -> tuple[Path, Path]:
-    import datetime
-
-    x509 = pytest.importorskip("cryptography.x509")
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_path, key_path
-
-
 def _flood(peer: socket.socket, target: tuple[str, int], stop: threading.Event) -> None:
     """The peer keeps sending toward the relay (bounded: until `stop`, at most 10 s)."""
     deadline = time.monotonic() + 10
@@ -172,7 +139,7 @@ def test_a_stream_client_reset_under_a_peer_flood_costs_only_its_allocation(
     stun: dict[str, object] = {"listen": [f"udp://{HOST}:{port}", f"tcp://{HOST}:{port}"]}
     tls = None
     if transport == "tls":
-        cert, key = _certificate(tmp_path)
+        cert, key = self_signed_certificate(tmp_path)
         stun = {"listen": [f"udp://{HOST}:{port}", f"tls://{HOST}:{port}"],
                 "tls": {"cert": str(cert), "key": str(key)}}  # fmt: skip
         tls = ssl.create_default_context(cafile=str(cert))

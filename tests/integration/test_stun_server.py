@@ -14,10 +14,12 @@ import struct
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aioice import stun as aioice_stun
 
+from natkit.testing import self_signed_certificate
 from tests.integration.conftest import HOST, Served, free_port
 
 pytestmark = pytest.mark.integration
@@ -114,12 +116,14 @@ def _turnutils(*args: str) -> str:
     return done.stdout + done.stderr
 
 
+@pytest.mark.coturn
 def test_turnutils_stunclient(natkit_serve: Serve) -> None:
     served = natkit_serve()
     out = _turnutils("-p", str(served.port), HOST)
     assert "UDP reflexive addr: 127.0.0.1:" in out, out
 
 
+@pytest.mark.coturn
 def test_turnutils_stunclient_rfc5780(natkit_serve: Serve) -> None:
     port, alt_port = free_port(), free_port("127.0.0.2")
     served = natkit_serve(
@@ -167,40 +171,10 @@ def test_alternate_needs_specific_primary_ip(natkit_serve: Serve, tmp_path: obje
     assert len(err) == 1 and err[0].startswith("natkit: error: ") and "specific" in err[0], err
 
 
-def test_tls(natkit_serve: Serve, tmp_path: object) -> None:
-    import datetime
+def test_tls(natkit_serve: Serve, tmp_path: Path) -> None:
     import ssl
 
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        pytest.skip("the cryptography package is needed to make a test certificate")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"  # type: ignore[operator]
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_path, key_path = self_signed_certificate(tmp_path)
     port = free_port()
     served = natkit_serve(
         port=port,

@@ -29,7 +29,7 @@ from natkit.config import Config, loads, to_dict
 from natkit.diag.turncheck import TurnCheckReport, check_turn
 from natkit.turn.credentials import mint
 from tests.integration.conftest import has_ipv6_loopback, reap, start_serve
-from tests.integration.test_coturn import free_port, relay_range, running_coturn
+from tests.integration.coturn_harness import free_port, relay_range, running_coturn
 
 pytestmark = [pytest.mark.integration]
 
@@ -120,7 +120,11 @@ class Server:
         return (HOST, self.port)
 
 
-@pytest.fixture(scope="module", params=["builtin", "builtin-workers2", "coturn"])
+COTURN = pytest.param("coturn", marks=pytest.mark.coturn)
+"""Every coturn case carries the `coturn` marker: under CI=true its skip is a failure."""
+
+
+@pytest.fixture(scope="module", params=["builtin", "builtin-workers2", COTURN])
 def flavor(request: pytest.FixtureRequest) -> str:
     """An engine, and for the builtin how many `stun.workers` serve it."""
     if request.param == "coturn" and shutil.which("turnserver") is None:
@@ -359,14 +363,21 @@ def probe(server: Server, peer: str) -> int | None:
 DENIED = ["127.0.0.1", "10.1.2.3", "0.0.0.0", "::1", "::ffff:127.0.0.1"]
 
 
-@pytest.mark.parametrize("peer", DENIED)
+def _denied_cases() -> list[Any]:
+    """(flavor, peer) pairs that apply. 127.0.0.1 and ::1 are the builtin relay's own relay IPs
+    here: permitted, but only toward its relay port range, which
+    test_own_relay_ip_is_reachable_only_in_the_relay_range covers; so they are not generated
+    for the builtin (rather than skipped). IPv6 peers need an IPv6 loopback."""
+    peers = [p for p in DENIED if IPV6 or ":" not in p]
+    builtin = [
+        (f, p) for f in ("builtin", "builtin-workers2") for p in peers if p not in (HOST, "::1")
+    ]
+    coturn = [pytest.param("coturn", p, marks=pytest.mark.coturn) for p in peers]
+    return [*builtin, *coturn]
+
+
+@pytest.mark.parametrize(("flavor", "peer"), _denied_cases(), indirect=["flavor"], scope="module")
 def test_denied_peers_are_403(default_policy: Server, peer: str) -> None:
-    if ":" in peer and not IPV6:
-        pytest.skip("no IPv6 loopback here")
-    if default_policy.engine == "builtin" and peer in (HOST, "::1"):
-        # 127.0.0.1 and ::1 are the builtin relay's own relay IPs here: permitted, but only
-        # toward its relay port range (test_own_relay_ip_is_reachable_only_in_the_relay_range).
-        pytest.skip("the relay IP itself: see test_own_relay_ip_is_reachable_only_in_...")
     assert probe(default_policy, peer) == 403
 
 
@@ -403,9 +414,10 @@ def test_servers_own_address_is_403_even_without_a_deny_list(
             assert bind_error(server, (HOST, server.port)) == 403
 
 
+# Builtin only: coturn denies its own addresses outright (natkit renders them denied), which
+# test_servers_own_address_is_403_even_without_a_deny_list covers.
+@pytest.mark.parametrize("flavor", ["builtin", "builtin-workers2"], indirect=True)
 def test_own_relay_ip_is_reachable_only_in_the_relay_range(default_policy: Server) -> None:
-    if default_policy.engine == "coturn":
-        pytest.skip("coturn denies its own addresses outright (natkit renders them denied)")
     low, high = relay_range()
     assert bind_error(default_policy, (HOST, default_policy.port)) == 403  # the TURN listener
     assert bind_error(default_policy, (HOST, low - 1)) == 403

@@ -28,12 +28,12 @@ from natkit.config import load
 from natkit.hostaddr import interfaces
 from natkit.turn import coturn
 from tests.integration.conftest import free_port, has_ipv6_loopback, start_serve, stop_process
-from tests.integration.test_coturn import check, relay_range, running_coturn
+from tests.integration.coturn_harness import check, relay_range, running_coturn
 from tests.unit.test_turn_peers_embedded import BYPASSES, PUBLIC_EMBEDDED
 
 pytestmark = [pytest.mark.integration]
 
-ENGINES = ["builtin", "coturn"]
+ENGINES = ["builtin", pytest.param("coturn", marks=pytest.mark.coturn)]
 USER, PASSWORD = "alice", "wonderland"
 
 
