@@ -19,7 +19,7 @@ import pytest
 from natkit.stun.constants import Method
 from natkit.stun.integrity import long_term_key
 from tests.integration.conftest import Served, free_port
-from tests.integration.test_coturn import relay_range
+from tests.integration.coturn_harness import relay_range
 from tests.integration.turn_client import TurnClient, code
 
 pytestmark = [pytest.mark.integration]
