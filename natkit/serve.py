@@ -99,8 +99,13 @@ async def _run(config: Config, out: TextIO) -> None:
         text = render(counters.totals(), supervisor.live())
         return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
 
+    readiness = {"ready": False}  # listeners bound and not draining (/readyz)
+
+    def ready() -> bool:
+        return readiness["ready"] and bool(supervisor.live())
+
     if config.metrics.listen:
-        metrics = MetricsServer(config.metrics.listen, scrape)
+        metrics = MetricsServer(config.metrics.listen, scrape, ready)
         try:
             await metrics.start()
         except OSError as err:
@@ -127,7 +132,9 @@ async def _run(config: Config, out: TextIO) -> None:
             print(f"signal {rendezvous.url}", file=out, flush=True)
         if metrics is not None:
             print(f"metrics http://{config.metrics.listen}/metrics", file=out, flush=True)
+        readiness["ready"] = True
         await stop.wait()
+        readiness["ready"] = False
         log.info("stopping: draining workers")
     finally:
         if rendezvous is not None:

@@ -145,9 +145,12 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
     gc.freeze()
     conn.send(("ready", os.getpid()))
     log.debug("worker %d serving", index)
+    sync_gauges = getattr(server.turn, "sync_gauges", None)  # TURN gauges (natkit.metrics)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL)
+        if sync_gauges is not None:
+            sync_gauges()
         counters.flush()
     await server.close(drain=2.0)
     if server.turn is not None:

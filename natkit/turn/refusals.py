@@ -28,10 +28,12 @@ from natkit.stun.constants import AttrType, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.message import parse_message
 from natkit.stun.ratelimit import RateLimiter
+from natkit.turn.allocation import Allocation
 
 __all__ = [
     "METHODS",
     "REASONS",
+    "AllocationLog",
     "Refusal",
     "RefusalLog",
     "explain",
@@ -174,4 +176,37 @@ class RefusalLog:
             refusal.detail,
             more,
             extra={"code": refusal.code, "method": refusal.method, "reason": refusal.reason},
+        )
+
+
+class AllocationLog:
+    """One info line per allocation created, expired or deleted, rate-limited like `RefusalLog`
+    (per event: an allocation flood cannot flood the log) and saying how many it held back."""
+
+    EVENTS = ("created", "expired", "deleted")
+
+    def __init__(self, logger: logging.Logger, rate: float = 1.0, burst: int = 10) -> None:
+        self.logger = logger
+        self._limit = RateLimiter(rate, burst, max_sources=len(self.EVENTS))
+        self._held: dict[str, int] = {}
+
+    def __call__(self, event: str, alloc: Allocation, now: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        if not self._limit.allow(event, now):
+            self._held[event] = self._held.get(event, 0) + 1
+            return
+        held = self._held.pop(event, 0)
+        more = f" ({held} more allocations {event} not logged)" if held else ""
+        five = alloc.five_tuple
+        client = f"{five.client} over {five.transport} ({'user ' + repr(alloc.user)})"
+        when = f", lifetime {max(0, round(alloc.expires - now))} s" if event == "created" else ""
+        self.logger.info(
+            "TURN allocation %s: relay %s for %s%s%s",
+            event,
+            alloc.relay,
+            client,
+            when,
+            more,
+            extra={"event": event},
         )
