@@ -89,6 +89,8 @@ TURN_REASONS: tuple[tuple[str, int], ...] = (
     ("family_mismatch", 443),
     ("quota", 486),
     ("capacity", 508),
+    ("alternate_server", 300),
+    ("draining", 508),
 )
 """(reason, error code) of every TURN error answer counted (`natkit.turn.refusals` explains
 each answer as one of them)."""
@@ -113,6 +115,7 @@ _TURN_OUTCOMES = _TURN_RELAYED + 4
 COUNTERS = _TURN_OUTCOMES + len(TURN_OUTCOMES)
 """Width of one worker's row."""
 TURN_GAUGES = range(_TURN_ALLOCATIONS, TURN_CHANNELS + 1)
+_ALLOCATION_GAUGES = range(_TURN_ALLOCATIONS, TURN_PERMISSIONS)
 """Gauges a restarted worker starts from zero (it holds no allocation)."""
 
 _REASON_INDEX = {reason: i for i, (reason, _) in enumerate(TURN_REASONS)}
@@ -177,6 +180,12 @@ class WorkerCounters:
 
     def flush(self) -> None:
         self._array[self._base : self._base + COUNTERS] = self.values
+
+    def turn_allocations_total(self) -> int:
+        """Allocations active over every worker, as last flushed (a draining worker keeps its
+        listeners open while any sibling still relays: the kernel may hash anyone to it)."""
+        array, rows = self._array, len(self._array) // COUNTERS
+        return sum(array[r * COUNTERS + i] for r in range(rows) for i in _ALLOCATION_GAUGES)
 
 
 def rss_bytes(pid: int | str = "self") -> int:

@@ -139,7 +139,9 @@ async def _run(config: Config, out: TextIO) -> None:
     finally:
         if rendezvous is not None:
             await rendezvous.stop()
-        await supervisor.stop()
+        # Workers drain TURN for up to turn.drain_timeout, then their streams for 2 s.
+        drain = config.turn.drain_timeout + 5.0 if config.turn.enabled else 5.0
+        await supervisor.stop(timeout=drain)
         if metrics is not None:
             await metrics.close()
 

@@ -152,10 +152,26 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
         if sync_gauges is not None:
             sync_gauges()
         counters.flush()
+    await _drain_turn(server, counters, sync_gauges)
     await server.close(drain=2.0)
     if server.turn is not None:
         await server.turn.close()
     counters.flush()
+
+
+async def _drain_turn(server: Any, counters: Any, sync: Any) -> None:
+    """TURN's graceful drain (`BuiltinTurn.drain`, up to turn.drain_timeout) before the
+    listeners close, metrics still flushed meanwhile."""
+    drain = getattr(server.turn, "drain", None)
+    if drain is None:
+        return
+    task = asyncio.ensure_future(drain(elsewhere=counters.turn_allocations_total))
+    while not task.done():
+        await asyncio.wait({task}, timeout=_FLUSH_INTERVAL)
+        if sync is not None:
+            sync()
+        counters.flush()
+    task.result()
 
 
 class _Worker:

@@ -30,7 +30,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from natkit.addr import Address, ListenURI, Transport
+from natkit.addr import Address, ListenURI, Transport, parse_hostport
 from natkit.config.model import Config
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
@@ -61,6 +61,7 @@ log.addFilter(RateLimitFilter())  # a per-datagram bug must not become a log flo
 _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
 _TICK = 1.0
+_SETTLE = 0.6  # > the workers' metrics flush interval (natkit.stun.workers)
 _REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
 _CREATED = turn_outcome_index("created")
 _REFRESHED = turn_outcome_index("refreshed")
@@ -121,6 +122,8 @@ class BuiltinTurn:
         self.refusal_log = RefusalLog(log)
         self.allocation_log = AllocationLog(log)
         self.relay = relay or build_relay(config, rng=rng)
+        if config.turn.alternate_server is not None:
+            self.relay.alternate = Address(*parse_hostport(config.turn.alternate_server))
         self.clock = clock
         self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
@@ -161,6 +164,35 @@ class BuiltinTurn:
         self._listeners.clear()
         self._servers.clear()
 
+    async def drain(
+        self, timeout: float | None = None, elsewhere: Callable[[], int] | None = None
+    ) -> None:
+        """Graceful drain (SIGTERM): refuse new allocations (300 with ``turn.alternate_server``,
+        else 508) and keep relaying for the existing ones until they end (Refresh 0, expiry,
+        connection closed) or `timeout` (``turn.drain_timeout``) passes. The listeners stay
+        open: the clients' ChannelData, Refreshes and STUN Bindings keep arriving on them, also
+        while `elsewhere()` (allocations of the other workers) is not 0."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.turn.drain_timeout if timeout is None else timeout
+        self.relay.draining = True
+        count = len(self.relay.allocations)
+        if count:
+            log.info("draining: %d allocations keep relaying for up to %.0f s", count, timeout)
+        deadline = loop.time() + timeout
+        # The siblings' counts reach shared memory at their next flush (0.5 s): wait that long
+        # before trusting a 0 from them.
+        settled = loop.time() + _SETTLE
+
+        def relaying() -> bool:
+            if self.relay.allocations:
+                return True
+            return elsewhere is not None and (loop.time() < settled or elsewhere() > 0)
+
+        while relaying() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.relay.allocations:
+            log.info("drain timeout: ending %d allocations", len(self.relay.allocations))
+
     def _sync_unix_time(self) -> None:
         self.relay.auth.unix_offset = time.time() - self.clock()
 
@@ -193,7 +225,8 @@ class BuiltinTurn:
                 self._refused(data, failed, source)
 
     def _refused(self, request: bytes, response: bytes, source: Address) -> None:
-        refusal = explain(request, response, source, self.relay.policy.is_allowed)
+        policy, draining = self.relay.policy, self.relay.draining
+        refusal = explain(request, response, source, policy.is_allowed, draining=draining)
         if refusal is not None:
             self.counters[turn_refusal_index(refusal.reason, refusal.method)] += 1
             self.refusal_log(refusal, self.clock())
