@@ -166,4 +166,4 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)
-    log.info("SIGHUP: reloaded rate limits and logging from %s", new.source)
+    log.info("SIGHUP: reloaded rate limits, logging and TLS certificates from %s", new.source)

@@ -115,10 +115,12 @@ def worker_main(
         conn.send(("error", str(err)))
         sys.exit(3)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_worker_loop(index, server, counters, conn))
+        runner.run(_worker_loop(index, server, counters, conn, ctx))
 
 
-async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection) -> None:
+async def _worker_loop(
+    index: int, server: Any, counters: Any, conn: Connection, ctx: Any = None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -135,6 +137,8 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
             logs.setup(new.logging.level, new.logging.format)
             server.reconfigure(new.stun.rate_limit)
             log.info("reloaded rate limits and logging")
+            if ctx is not None:  # SIGHUP after a certificate renewal: new handshakes use it
+                _reload_tls(ctx, new)
 
     loop.add_reader(conn.fileno(), on_message)
     if server.turn is not None:
@@ -157,6 +161,17 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
     if server.turn is not None:
         await server.turn.close()
     counters.flush()
+
+
+def _reload_tls(ctx: Any, config: Config) -> None:
+    from natkit.stun.sockets import reload_certificate
+
+    try:
+        reload_certificate(ctx, config.stun.tls, config.source)
+    except NatkitError as err:
+        log.error("SIGHUP: TLS certificate not reloaded, keeping the one served: %s", err)
+        return
+    log.info("reloaded the TLS certificate %s", config.stun.tls.cert)
 
 
 async def _drain_turn(server: Any, counters: Any, sync: Any) -> None:
