@@ -27,7 +27,14 @@ __all__ = [
     "FAMILIES",
     "RESULTS",
     "TRANSPORTS",
+    "TURN_BYTES_TO_CLIENT",
+    "TURN_BYTES_TO_PEER",
+    "TURN_CHANNELS",
     "TURN_METHODS",
+    "TURN_OUTCOMES",
+    "TURN_PACKETS_TO_CLIENT",
+    "TURN_PACKETS_TO_PEER",
+    "TURN_PERMISSIONS",
     "TURN_REASONS",
     "MetricsServer",
     "SharedCounters",
@@ -38,6 +45,8 @@ __all__ = [
     "render_signal",
     "request_index",
     "rss_bytes",
+    "turn_allocation_index",
+    "turn_outcome_index",
     "turn_refusal_index",
 ]
 
@@ -80,12 +89,34 @@ TURN_REASONS: tuple[tuple[str, int], ...] = (
     ("family_mismatch", 443),
     ("quota", 486),
     ("capacity", 508),
+    ("alternate_server", 300),
+    ("draining", 508),
 )
 """(reason, error code) of every TURN error answer counted (`natkit.turn.refusals` explains
 each answer as one of them)."""
 _TURN_REFUSALS = CONNECTIONS + 1
-COUNTERS = _TURN_REFUSALS + len(TURN_REASONS) * len(TURN_METHODS)
+_TURN_ALLOCATIONS = _TURN_REFUSALS + len(TURN_REASONS) * len(TURN_METHODS)
+"""Gauges: allocations active by (transport, family) of the client's 5-tuple."""
+TURN_PERMISSIONS = _TURN_ALLOCATIONS + len(TRANSPORTS) * len(FAMILIES)
+"""Gauge: permissions installed (expired ones until the sweep drops them)."""
+TURN_CHANNELS = TURN_PERMISSIONS + 1
+"""Gauge: channel bindings (including those in their RFC 8656 §12 quarantine)."""
+TURN_DIRECTIONS = ("client_to_peer", "peer_to_client")
+_TURN_RELAYED = TURN_CHANNELS + 1
+TURN_PACKETS_TO_PEER = _TURN_RELAYED
+TURN_BYTES_TO_PEER = _TURN_RELAYED + 1
+TURN_PACKETS_TO_CLIENT = _TURN_RELAYED + 2
+TURN_BYTES_TO_CLIENT = _TURN_RELAYED + 3
+TURN_OUTCOMES = ("created", "refreshed", "expired", "deleted")
+"""created: a relay socket bound and announced; refreshed: a Refresh with a lifetime > 0;
+expired: the lifetime ran out (RFC 8656 §7); deleted: Refresh 0, the TCP/TLS connection closed,
+a replaced allocation or shutdown."""
+_TURN_OUTCOMES = _TURN_RELAYED + 4
+COUNTERS = _TURN_OUTCOMES + len(TURN_OUTCOMES)
 """Width of one worker's row."""
+TURN_GAUGES = range(_TURN_ALLOCATIONS, TURN_CHANNELS + 1)
+_ALLOCATION_GAUGES = range(_TURN_ALLOCATIONS, TURN_PERMISSIONS)
+"""Gauges a restarted worker starts from zero (it holds no allocation)."""
 
 _REASON_INDEX = {reason: i for i, (reason, _) in enumerate(TURN_REASONS)}
 
@@ -93,6 +124,14 @@ _REASON_INDEX = {reason: i for i, (reason, _) in enumerate(TURN_REASONS)}
 def turn_refusal_index(reason: str, method: str) -> int:
     """Counter of one (reason, method) pair; the code label follows from the reason."""
     return _TURN_REFUSALS + _REASON_INDEX[reason] * len(TURN_METHODS) + TURN_METHODS.index(method)
+
+
+def turn_allocation_index(transport: str, family: int) -> int:
+    return _TURN_ALLOCATIONS + TRANSPORTS.index(transport) * len(FAMILIES) + FAMILIES.index(family)
+
+
+def turn_outcome_index(outcome: str) -> int:
+    return _TURN_OUTCOMES + TURN_OUTCOMES.index(outcome)
 
 
 def request_index(transport: str, family: int, result: str) -> int:
@@ -135,10 +174,18 @@ class WorkerCounters:
         self._base = worker * COUNTERS
         self.values: list[int] = list(array[self._base : self._base + COUNTERS])
         self.values[CONNECTIONS] = 0  # a gauge: a restarted worker holds no connections
+        for i in TURN_GAUGES:
+            self.values[i] = 0
         self.flush()
 
     def flush(self) -> None:
         self._array[self._base : self._base + COUNTERS] = self.values
+
+    def turn_allocations_total(self) -> int:
+        """Allocations active over every worker, as last flushed (a draining worker keeps its
+        listeners open while any sibling still relays: the kernel may hash anyone to it)."""
+        array, rows = self._array, len(self._array) // COUNTERS
+        return sum(array[r * COUNTERS + i] for r in range(rows) for i in _ALLOCATION_GAUGES)
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -223,6 +270,45 @@ def _render_turn(
                     f'natkit_turn_refusals_total{{code="{code}",method="{method}",'
                     f'reason="{reason}"}} {value}'
                 )
+    _render_turn_state(totals, head, out)
+
+
+def _render_turn_state(
+    totals: Sequence[int], head: Callable[[str, str, str], None], out: list[str]
+) -> None:
+    head(
+        "natkit_turn_allocations",
+        "gauge",
+        "TURN allocations active, by the client's transport and address family (builtin engine).",
+    )
+    for t in TRANSPORTS:
+        for f in FAMILIES:
+            value = totals[turn_allocation_index(t, f)]
+            out.append(
+                f'natkit_turn_allocations{{transport="{t}",family="{_family_label(f)}"}} {value}'
+            )
+    head("natkit_turn_permissions", "gauge", "TURN permissions installed over all allocations.")
+    out.append(f"natkit_turn_permissions {totals[TURN_PERMISSIONS]}")
+    head("natkit_turn_channels", "gauge", "TURN channel bindings over all allocations.")
+    out.append(f"natkit_turn_channels {totals[TURN_CHANNELS]}")
+    head("natkit_turn_relayed_packets_total", "counter", "Datagrams relayed, by direction.")
+    head_bytes = "natkit_turn_relayed_bytes_total"
+    packets = (TURN_PACKETS_TO_PEER, TURN_PACKETS_TO_CLIENT)
+    for direction, index in zip(TURN_DIRECTIONS, packets, strict=True):
+        out.append(f'natkit_turn_relayed_packets_total{{direction="{direction}"}} {totals[index]}')
+    head(head_bytes, "counter", "Application bytes relayed (no TURN framing), by direction.")
+    byte_counts = (TURN_BYTES_TO_PEER, TURN_BYTES_TO_CLIENT)
+    for direction, index in zip(TURN_DIRECTIONS, byte_counts, strict=True):
+        out.append(f'{head_bytes}{{direction="{direction}"}} {totals[index]}')
+    head(
+        "natkit_turn_allocation_outcomes_total",
+        "counter",
+        "TURN allocations created, refreshed, expired and deleted (refusals: "
+        "natkit_turn_refusals_total).",
+    )
+    for outcome in TURN_OUTCOMES:
+        value = totals[turn_outcome_index(outcome)]
+        out.append(f'natkit_turn_allocation_outcomes_total{{outcome="{outcome}"}} {value}')
 
 
 def render_signal(stats: Mapping[str, int]) -> str:
@@ -241,11 +327,17 @@ def render_signal(stats: Mapping[str, int]) -> str:
 
 
 class MetricsServer:
-    """GET /metrics over HTTP/1.0-style one-shot connections; anything else is a 404."""
+    """GET /metrics, /healthz and /readyz over HTTP/1.0-style one-shot connections; anything
+    else is a 404. /healthz is 200 while the process answers (liveness); /readyz is 200 while
+    `ready()` holds (listeners bound, allocations accepted) and 503 otherwise, e.g. during a
+    drain, so a load balancer sends new clients elsewhere (Kubernetes probe semantics)."""
 
-    def __init__(self, listen: str, body: Callable[[], str]) -> None:
+    def __init__(
+        self, listen: str, body: Callable[[], str], ready: Callable[[], bool] | None = None
+    ) -> None:
         self.host, self.port = parse_hostport(listen, default_port=9641)
         self._body = body
+        self._ready = ready or (lambda: True)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -262,14 +354,7 @@ class MetricsServer:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
             method, _, rest = head.partition(b" ")
             path = rest.split(b" ", 1)[0].split(b"?", 1)[0]
-            if method == b"GET" and path == b"/metrics":
-                status, ctype, payload = (
-                    "200 OK",
-                    "text/plain; version=0.0.4",
-                    self._body().encode(),
-                )
-            else:
-                status, ctype, payload = "404 Not Found", "text/plain", b"try /metrics\n"
+            status, ctype, payload = self._answer(method, path)
             writer.write(
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                 f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
@@ -280,3 +365,16 @@ class MetricsServer:
             pass  # a broken scrape only concerns the scraper
         finally:
             writer.close()
+
+    def _answer(self, method: bytes, path: bytes) -> tuple[str, str, bytes]:
+        if method != b"GET":
+            return "404 Not Found", "text/plain", b"try GET /metrics, /healthz or /readyz\n"
+        if path == b"/metrics":
+            return "200 OK", "text/plain; version=0.0.4", self._body().encode()
+        if path == b"/healthz":
+            return "200 OK", "text/plain", b"ok\n"
+        if path == b"/readyz":
+            if self._ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready (starting or draining)\n"
+        return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"

@@ -99,8 +99,13 @@ async def _run(config: Config, out: TextIO) -> None:
         text = render(counters.totals(), supervisor.live())
         return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
 
+    readiness = {"ready": False}  # listeners bound and not draining (/readyz)
+
+    def ready() -> bool:
+        return readiness["ready"] and bool(supervisor.live())
+
     if config.metrics.listen:
-        metrics = MetricsServer(config.metrics.listen, scrape)
+        metrics = MetricsServer(config.metrics.listen, scrape, ready)
         try:
             await metrics.start()
         except OSError as err:
@@ -127,12 +132,16 @@ async def _run(config: Config, out: TextIO) -> None:
             print(f"signal {rendezvous.url}", file=out, flush=True)
         if metrics is not None:
             print(f"metrics http://{config.metrics.listen}/metrics", file=out, flush=True)
+        readiness["ready"] = True
         await stop.wait()
+        readiness["ready"] = False
         log.info("stopping: draining workers")
     finally:
         if rendezvous is not None:
             await rendezvous.stop()
-        await supervisor.stop()
+        # Workers drain TURN for up to turn.drain_timeout, then their streams for 2 s.
+        drain = config.turn.drain_timeout + 5.0 if config.turn.enabled else 5.0
+        await supervisor.stop(timeout=drain)
         if metrics is not None:
             await metrics.close()
 
@@ -157,4 +166,4 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)
-    log.info("SIGHUP: reloaded rate limits and logging from %s", new.source)
+    log.info("SIGHUP: reloaded rate limits, logging and TLS certificates from %s", new.source)

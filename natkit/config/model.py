@@ -294,6 +294,17 @@ class TurnConfig:
     coturn: TurnCoturnConfig = field(
         default_factory=TurnCoturnConfig, metadata=doc("coturn engine.")
     )
+    alternate_server: str | None = field(
+        default=None,
+        metadata=doc(
+            "IP:PORT a draining server sends new Allocates to (300 ALTERNATE-SERVER); "
+            "null: 508 while draining."
+        ),
+    )
+    drain_timeout: float = field(
+        default=30.0,
+        metadata=doc("On SIGTERM, seconds existing allocations keep relaying before exit."),
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -192,12 +192,23 @@ def make_ssl_context(tls: TlsConfig, source: str | None = None) -> ssl.SSLContex
         )
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    reload_certificate(ctx, tls, source)
+    return ctx
+
+
+def reload_certificate(ctx: ssl.SSLContext, tls: TlsConfig, source: str | None = None) -> None:
+    """(Re)load `stun.tls` into `ctx`. On a live context (SIGHUP after a renewal) new handshakes
+    use the new certificate while established connections keep theirs. The files are tried on
+    a scratch context first: a failed load on the live one could leave a new certificate beside
+    the old key. OpenSSL keeps one certificate per key type in a context: a renewal that changes
+    the key type (RSA to ECDSA) adds the new one beside the old, which clients may still be
+    offered; that change needs a restart."""
     try:
-        ctx.load_cert_chain(tls.cert, tls.key)
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls.cert or "", tls.key)
+        ctx.load_cert_chain(tls.cert or "", tls.key)
     except (OSError, ssl.SSLError) as err:
         raise ConfigError(
             f"cannot load certificate {tls.cert} / key {tls.key}: {err}",
             file=source,
             path="stun.tls",
         ) from None
-    return ctx

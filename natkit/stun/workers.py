@@ -119,10 +119,12 @@ def worker_main(
         conn.send(("error", str(err)))
         sys.exit(3)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_worker_loop(index, server, counters, conn))
+        runner.run(_worker_loop(index, server, counters, conn, ctx))
 
 
-async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection) -> None:
+async def _worker_loop(
+    index: int, server: Any, counters: Any, conn: Connection, ctx: Any = None
+) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
@@ -139,6 +141,8 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
             logs.setup(new.logging.level, new.logging.format)
             server.reconfigure(new.stun.rate_limit)
             log.info("reloaded rate limits and logging")
+            if ctx is not None:  # SIGHUP after a certificate renewal: new handshakes use it
+                _reload_tls(ctx, new)
 
     loop.add_reader(conn.fileno(), on_message)
     if server.turn is not None:
@@ -149,10 +153,14 @@ async def _worker_loop(index: int, server: Any, counters: Any, conn: Connection)
     gc.freeze()
     conn.send(("ready", os.getpid()))
     log.debug("worker %d serving", index)
+    sync_gauges = getattr(server.turn, "sync_gauges", None)  # TURN gauges (natkit.metrics)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL)
+        if sync_gauges is not None:
+            sync_gauges()
         counters.flush()
+    await _drain_turn(server, counters, sync_gauges)
     await server.close(drain=2.0)
     if server.turn is not None:
         await server.turn.close()
@@ -166,6 +174,32 @@ def _turn_quota(config: Config, count: int) -> Any:
 
     quota = config.turn.quota
     return SharedQuota(count, table_slots(quota.total), quota.per_user, quota.total)
+
+
+def _reload_tls(ctx: Any, config: Config) -> None:
+    from natkit.stun.sockets import reload_certificate
+
+    try:
+        reload_certificate(ctx, config.stun.tls, config.source)
+    except NatkitError as err:
+        log.error("SIGHUP: TLS certificate not reloaded, keeping the one served: %s", err)
+        return
+    log.info("reloaded the TLS certificate %s", config.stun.tls.cert)
+
+
+async def _drain_turn(server: Any, counters: Any, sync: Any) -> None:
+    """TURN's graceful drain (`BuiltinTurn.drain`, up to turn.drain_timeout) before the
+    listeners close, metrics still flushed meanwhile."""
+    drain = getattr(server.turn, "drain", None)
+    if drain is None:
+        return
+    task = asyncio.ensure_future(drain(elsewhere=counters.turn_allocations_total))
+    while not task.done():
+        await asyncio.wait({task}, timeout=_FLUSH_INTERVAL)
+        if sync is not None:
+            sync()
+        counters.flush()
+    task.result()
 
 
 class _Worker:

@@ -23,13 +23,14 @@ challenge grows with the realm: it stays within 3.5x for realms up to 28 bytes o
 
 from __future__ import annotations
 
+from natkit.addr import Address
 from natkit.stun.attributes import AttrValue, ErrorCode
 from natkit.stun.constants import ERROR_REASONS, AttrType, MessageClass
 from natkit.stun.message import Message
 from natkit.turn.allocation import FiveTuple
 from natkit.turn.commands import SendToClient
 
-__all__ = ["AMPLIFICATION_LIMIT", "error", "response"]
+__all__ = ["AMPLIFICATION_LIMIT", "drain", "error", "response"]
 
 AMPLIFICATION_LIMIT = 3.5  # largest answer / request, in bytes, for unauthenticated requests
 
@@ -67,3 +68,14 @@ def error(
         attrs = [(AttrType.ERROR_CODE, ErrorCode(code, ""))]  # the module docstring's bound
         out = response(msg, to, key, attrs + extra, software, MessageClass.ERROR)
     return out
+
+
+def drain(
+    msg: Message, to: FiveTuple, key: bytes, alternate: Address | None, software: str
+) -> SendToClient:
+    """A draining server's answer to a new Allocate: 300 Try Alternate with ALTERNATE-SERVER
+    (RFC 8489 §10), signed like every answer to an authenticated request (a client should not
+    follow an unsigned redirect), else 508 Insufficient Capacity (RFC 8656 §7.2)."""
+    if alternate is None:
+        return error(msg, to, 508, key, [], software)
+    return error(msg, to, 300, key, [(AttrType.ALTERNATE_SERVER, alternate)], software)

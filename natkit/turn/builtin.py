@@ -32,16 +32,27 @@ import socket
 import time
 from collections.abc import Callable
 
-from natkit.addr import Address, ListenURI, Transport
+from natkit.addr import Address, ListenURI, Transport, parse_hostport
 from natkit.config.model import Config
 from natkit.logs import RateLimitFilter
-from natkit.metrics import COUNTERS, turn_refusal_index
+from natkit.metrics import (
+    COUNTERS,
+    TURN_BYTES_TO_CLIENT,
+    TURN_BYTES_TO_PEER,
+    TURN_CHANNELS,
+    TURN_PACKETS_TO_CLIENT,
+    TURN_PACKETS_TO_PEER,
+    TURN_PERMISSIONS,
+    turn_allocation_index,
+    turn_outcome_index,
+    turn_refusal_index,
+)
 from natkit.stun.binding import BindingHandler
 from natkit.stun.server import FramingError, StreamFramer
-from natkit.turn.allocation import FiveTuple
+from natkit.turn.allocation import Allocation, FiveTuple
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, Reply, build_relay
-from natkit.turn.refusals import RefusalLog, explain, is_error_response
+from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 
 __all__ = ["BuiltinTurn"]
@@ -52,6 +63,10 @@ log.addFilter(RateLimitFilter())  # a per-datagram bug must not become a log flo
 _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
 _TICK = 1.0
+_SETTLE = 0.6  # > the workers' metrics flush interval (natkit.stun.workers)
+_REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
+_CREATED = turn_outcome_index("created")
+_REFRESHED = turn_outcome_index("refreshed")
 _IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
 # socket() / bind() failing for want of a resource of the host, not because of the port.
 _EXHAUSTED = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
@@ -107,10 +122,14 @@ class BuiltinTurn:
         self.config = config
         self.counters = counters if counters is not None else [0] * COUNTERS
         self.refusal_log = RefusalLog(log)
+        self.allocation_log = AllocationLog(log)
         self.relay = relay or build_relay(config, rng=rng)
+        if config.turn.alternate_server is not None:
+            self.relay.alternate = Address(*parse_hostport(config.turn.alternate_server))
         self.clock = clock
         self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
+        self._opened: dict[Address, Allocation] = {}  # to tell an expiry from a deletion
         self._senders: dict[FiveTuple, Reply] = {}
         self._listeners: list[socket.socket] = []
         self._servers: list[asyncio.Server] = []
@@ -147,6 +166,35 @@ class BuiltinTurn:
         self._listeners.clear()
         self._servers.clear()
 
+    async def drain(
+        self, timeout: float | None = None, elsewhere: Callable[[], int] | None = None
+    ) -> None:
+        """Graceful drain (SIGTERM): refuse new allocations (300 with ``turn.alternate_server``,
+        else 508) and keep relaying for the existing ones until they end (Refresh 0, expiry,
+        connection closed) or `timeout` (``turn.drain_timeout``) passes. The listeners stay
+        open: the clients' ChannelData, Refreshes and STUN Bindings keep arriving on them, also
+        while `elsewhere()` (allocations of the other workers) is not 0."""
+        loop = asyncio.get_running_loop()
+        timeout = self.config.turn.drain_timeout if timeout is None else timeout
+        self.relay.draining = True
+        count = len(self.relay.allocations)
+        if count:
+            log.info("draining: %d allocations keep relaying for up to %.0f s", count, timeout)
+        deadline = loop.time() + timeout
+        # The siblings' counts reach shared memory at their next flush (0.5 s): wait that long
+        # before trusting a 0 from them.
+        settled = loop.time() + _SETTLE
+
+        def relaying() -> bool:
+            if self.relay.allocations:
+                return True
+            return elsewhere is not None and (loop.time() < settled or elsewhere() > 0)
+
+        while relaying() and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        if self.relay.allocations:
+            log.info("drain timeout: ending %d allocations", len(self.relay.allocations))
+
     def _sync_unix_time(self) -> None:
         self.relay.auth.unix_offset = time.time() - self.clock()
 
@@ -169,14 +217,18 @@ class BuiltinTurn:
         if commands:
             # A refusal is always one error response alone: two byte tests for everything else.
             first = commands[0]
-            if len(commands) == 1 and type(first) is SendToClient and is_error_response(first.data):
-                self._refused(data, first.data, source)
+            if len(commands) == 1 and type(first) is SendToClient:
+                if is_error_response(first.data):
+                    self._refused(data, first.data, source)
+                elif first.data[:2] == _REFRESH_SUCCESS:  # Refresh 0 also carries a CloseRelay
+                    self.counters[_REFRESHED] += 1
             failed = self._run(commands, reply)
             if failed is not None:  # the 508 that replaced a relay socket we could not open
                 self._refused(data, failed, source)
 
     def _refused(self, request: bytes, response: bytes, source: Address) -> None:
-        refusal = explain(request, response, source, self.relay.policy.is_allowed)
+        policy, draining = self.relay.policy, self.relay.draining
+        refusal = explain(request, response, source, policy.is_allowed, draining=draining)
         if refusal is not None:
             self.counters[turn_refusal_index(refusal.reason, refusal.method)] += 1
             self.refusal_log(refusal, self.clock())
@@ -196,6 +248,10 @@ class BuiltinTurn:
                     entry[0].sendto(route[1], route[2])
                 except OSError:  # a full buffer or an ICMP error: UDP may drop, so do we
                     self.send_errors += 1
+                    return
+                counters = self.counters  # two list increments: the whole cost of the metric
+                counters[TURN_PACKETS_TO_PEER] += 1
+                counters[TURN_BYTES_TO_PEER] += len(route[1])
 
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         five_tuple = FiveTuple(source, local, transport)
@@ -216,6 +272,8 @@ class BuiltinTurn:
                     entry = self._sockets.get(cmd.relay)
                     if entry is not None:
                         entry[0].sendto(cmd.data, cmd.peer)
+                        self.counters[TURN_PACKETS_TO_PEER] += 1
+                        self.counters[TURN_BYTES_TO_PEER] += len(cmd.data)
                 elif isinstance(cmd, SendToClient):
                     # Answers to a client's own request go back the way it came.
                     send = reply or self._senders.get(cmd.to)
@@ -266,6 +324,11 @@ class BuiltinTurn:
             log.debug("relay %s unavailable: %s", cmd.relay, err)
             return False
         self._sockets[cmd.relay] = (sock, cmd.owner)
+        alloc = self.relay.allocations.by_relay.get(cmd.relay)
+        if alloc is not None:
+            self._opened[cmd.relay] = alloc
+            self.counters[_CREATED] += 1
+            self.allocation_log("created", alloc, self.clock())
         if reply is not None:  # what the peer reader sends to this client with
             udp = cmd.owner.transport is Transport.UDP
             self._senders[cmd.owner] = reply if udp else _guarded(reply)
@@ -280,6 +343,31 @@ class BuiltinTurn:
         sock, owner = entry
         self._senders.pop(owner, None)
         self._unwatch(sock)
+        alloc = self._opened.pop(relay, None)
+        if alloc is not None:
+            now = self.clock()
+            outcome = "expired" if alloc.expires <= now else "deleted"
+            self.counters[turn_outcome_index(outcome)] += 1
+            self.allocation_log(outcome, alloc, now)
+
+    def sync_gauges(self) -> None:
+        """Write the allocation, permission and channel gauges into the metrics row; the worker
+        calls it before each flush (a walk over the allocations, never per packet)."""
+        counts: dict[tuple[Transport, int], int] = {}
+        permissions = channels = 0
+        for alloc in self.relay.allocations.by_five_tuple.values():
+            key = (alloc.five_tuple.transport, alloc.family)
+            counts[key] = counts.get(key, 0) + 1
+            permissions += len(alloc.permissions)
+            channels += len(alloc.channels)
+        row = self.counters
+        for transport in Transport:
+            for family in (4, 6):
+                row[turn_allocation_index(transport.value, family)] = counts.get(
+                    (transport, family), 0
+                )
+        row[TURN_PERMISSIONS] = permissions
+        row[TURN_CHANNELS] = channels
 
     def _unwatch(self, sock: socket.socket) -> None:
         if self._loop is not None and sock.fileno() >= 0:
@@ -288,7 +376,7 @@ class BuiltinTurn:
 
     def _peer_reader(self, sock: socket.socket, relay: Address) -> Callable[[], None]:
         recvfrom, route, clock = sock.recvfrom, self.relay.peer_data, self.clock
-        senders = self._senders
+        senders, counters = self._senders, self.counters
 
         def on_readable() -> None:
             now = clock()
@@ -307,6 +395,9 @@ class BuiltinTurn:
                             send(out[0])
                         except (OSError, RuntimeError):  # RuntimeError: a closed transport
                             self.send_errors += 1
+                            continue
+                        counters[TURN_PACKETS_TO_CLIENT] += 1
+                        counters[TURN_BYTES_TO_CLIENT] += len(data)
 
         return on_readable
 

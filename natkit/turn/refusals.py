@@ -28,10 +28,12 @@ from natkit.stun.constants import AttrType, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.message import parse_message
 from natkit.stun.ratelimit import RateLimiter
+from natkit.turn.allocation import Allocation
 
 __all__ = [
     "METHODS",
     "REASONS",
+    "AllocationLog",
     "Refusal",
     "RefusalLog",
     "explain",
@@ -47,7 +49,8 @@ REASONS = TURN_REASONS
 challenge 401 (no MESSAGE-INTEGRITY yet, RFC 8489 §9.2.4), credentials 401 (unknown user, wrong
 password, expired or forged REST credential), peer_policy 403 (RFC 8656 §9, turn.peers),
 quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, turn.limits, no free port, no
-file descriptor for a relay socket, a reservation)."""
+file descriptor for a relay socket, a reservation), alternate_server 300 and draining 508 (a new
+Allocate during a graceful drain, with and without turn.alternate_server)."""
 
 _METHOD_LABELS: dict[int, str] = {
     Method.ALLOCATE: "allocate",
@@ -56,7 +59,8 @@ _METHOD_LABELS: dict[int, str] = {
     Method.CHANNEL_BIND: "channel_bind",
 }
 
-_BY_CODE = {code: reason for reason, code in REASONS if reason != "challenge"}
+# "draining" shares 508 with "capacity": the adapter, which knows it drains, relabels it.
+_BY_CODE = {code: reason for reason, code in REASONS if reason not in ("challenge", "draining")}
 
 
 class Refusal(NamedTuple):
@@ -84,10 +88,13 @@ def explain(
     client: Address,
     allowed: Callable[[str], bool],
     unix_now: Callable[[], float] = time.time,
+    *,
+    draining: bool = False,
 ) -> Refusal | None:
     """The refusal `response` answers `request` with; None if it is not an error response.
 
-    `allowed(ip)` is the peer policy (to name the refused peers of a 403)."""
+    `allowed(ip)` is the peer policy (to name the refused peers of a 403); `draining` tells a
+    508 of a graceful drain from one for want of capacity."""
     try:
         answer = parse_message(response)
     except StunDecodeError:
@@ -117,7 +124,7 @@ def explain(
         shown = ", ".join(peers[:3]) + (f" and {len(peers) - 3} more" if len(peers) > 3 else "")
         what = f"peer {shown} refused by the peer policy (turn.peers)" if peers else "forbidden"
         return Refusal(code, method, "peer_policy", f"{who}: {what}")
-    reason = _BY_CODE.get(code, "bad_request")
+    reason = "draining" if draining and code == 508 else _BY_CODE.get(code, "bad_request")
     return Refusal(code, method, reason, f"{who}: {_DETAILS.get(reason, error.reason)}")
 
 
@@ -140,6 +147,8 @@ _DETAILS = {
     "unsupported_transport": "only UDP relays are offered (REQUESTED-TRANSPORT)",
     "family_mismatch": "peer address family differs from the allocation's",
     "quota": "allocation quota per user reached (turn.quota.per_user)",
+    "alternate_server": "server draining: sent to turn.alternate_server (300 Try Alternate)",
+    "draining": "server draining: no new allocations (set turn.alternate_server to redirect)",
     "capacity": (
         "no capacity (turn.quota.total, turn.limits, no free relay port or file descriptor, "
         "or a port reservation)"
@@ -174,4 +183,37 @@ class RefusalLog:
             refusal.detail,
             more,
             extra={"code": refusal.code, "method": refusal.method, "reason": refusal.reason},
+        )
+
+
+class AllocationLog:
+    """One info line per allocation created, expired or deleted, rate-limited like `RefusalLog`
+    (per event: an allocation flood cannot flood the log) and saying how many it held back."""
+
+    EVENTS = ("created", "expired", "deleted")
+
+    def __init__(self, logger: logging.Logger, rate: float = 1.0, burst: int = 10) -> None:
+        self.logger = logger
+        self._limit = RateLimiter(rate, burst, max_sources=len(self.EVENTS))
+        self._held: dict[str, int] = {}
+
+    def __call__(self, event: str, alloc: Allocation, now: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
+        if not self._limit.allow(event, now):
+            self._held[event] = self._held.get(event, 0) + 1
+            return
+        held = self._held.pop(event, 0)
+        more = f" ({held} more allocations {event} not logged)" if held else ""
+        five = alloc.five_tuple
+        client = f"{five.client} over {five.transport} ({'user ' + repr(alloc.user)})"
+        when = f", lifetime {max(0, round(alloc.expires - now))} s" if event == "created" else ""
+        self.logger.info(
+            "TURN allocation %s: relay %s for %s%s%s",
+            event,
+            alloc.relay,
+            client,
+            when,
+            more,
+            extra={"event": event},
         )

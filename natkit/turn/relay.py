@@ -126,6 +126,8 @@ class Relay:
             policy, [*settings.relay_ips.values(), *settings.external_ips.values()], settings.ports
         )
         self._opening: dict[Address, tuple[Message, int]] = {}
+        self.draining = False  # a graceful drain: new Allocates get `answers.drain`
+        self.alternate: Address | None = None  # its ALTERNATE-SERVER (None: 508)
         self._methods: dict[int, _Handler] = {
             Method.ALLOCATE: self._allocate,
             Method.REFRESH: self._refresh,
@@ -310,6 +312,9 @@ class Relay:
             if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
                 return [self._allocate_success(msg, existing, now)]
             return [self._error(msg, five_tuple, 437, creds.key)]
+        if self.draining:
+            software = self.settings.software
+            return [*closed, answers.drain(msg, five_tuple, creds.key, self.alternate, software)]
         # The quota last: `acquire` counts the allocation (server-wide), `free` gives it back.
         code = self._allocate_check(msg, creds) or self.quota.acquire(creds.user)
         if code:

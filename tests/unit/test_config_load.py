@@ -58,6 +58,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         },
         "peers": {"deny": list(natkit.config.DEFAULT_DENIED_PEERS), "allow": []},
         "coturn": {"binary": "turnserver", "extra": [], "allow_vulnerable": False},
+        "alternate_server": None,
+        "drain_timeout": 30.0,
     },
     "diagnose": {"stun": ["stun:127.0.0.1:3478"], "turn": [], "timeout": 3.0},
     "signal": {

@@ -109,3 +109,27 @@ def test_refusal_series_render_once_non_zero() -> None:
     assert series == [
         'natkit_turn_refusals_total{code="403",method="channel_bind",reason="peer_policy"} 4'
     ]
+
+
+def test_the_allocation_log_is_rate_limited_per_event(caplog: pytest.LogCaptureFixture) -> None:
+    from natkit.addr import Transport
+    from natkit.turn.allocation import Allocation, FiveTuple
+    from natkit.turn.refusals import AllocationLog
+
+    five = FiveTuple(Address("127.0.0.1", 4000), Address("127.0.0.1", 3478), Transport.UDP)
+    alloc = Allocation(five, Address("127.0.0.1", 50000), Address("127.0.0.1", 50000), "alice",
+                       "alice", b"k" * 16, expires=700.0)  # fmt: skip
+    log = AllocationLog(logging.getLogger("test.allocations"), rate=1.0, burst=3)
+    with caplog.at_level(logging.INFO, logger="test.allocations"):
+        for _ in range(50):  # an allocation flood within one instant
+            log("created", alloc, 100.0)
+        log("expired", alloc, 100.0)  # its own budget
+        log("created", alloc, 101.0)  # a second later: one token back
+    lines = [r.getMessage() for r in caplog.records if r.name == "test.allocations"]
+    assert len(lines) == 5, lines
+    assert lines[0] == (
+        "TURN allocation created: relay 127.0.0.1:50000 for 127.0.0.1:4000 over udp "
+        "(user 'alice'), lifetime 600 s"
+    )
+    assert lines[3].startswith("TURN allocation expired: relay 127.0.0.1:50000")
+    assert lines[4].endswith("(47 more allocations created not logged)")
