@@ -21,6 +21,7 @@ from natkit.config.model import (
     Config,
     StreamConfig,
     StunConfig,
+    TurnConfig,
     TurnLifetimeConfig,
     TurnLimitsConfig,
 )
@@ -39,6 +40,7 @@ class Ignored:
 _STUN = StunConfig()
 _LIFETIME = TurnLifetimeConfig()
 _STREAM = StreamConfig()
+_DRAIN_TIMEOUT = TurnConfig().drain_timeout
 
 COTURN_IGNORED: tuple[Ignored, ...] = (
     Ignored("stun.enabled", lambda c: not c.stun.enabled, "coturn always answers STUN"),
@@ -71,6 +73,16 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "turn.limits",
         lambda c: c.turn.limits != TurnLimitsConfig(),
         "coturn 4.6 has no per-allocation permission or channel limit",
+    ),
+    Ignored(
+        "turn.alternate_server",
+        lambda c: c.turn.alternate_server is not None,
+        "natkit does not render coturn's alternate-server; set it in coturn if needed",
+    ),
+    Ignored(
+        "turn.drain_timeout",
+        lambda c: c.turn.drain_timeout != _DRAIN_TIMEOUT,
+        "coturn ends its allocations at SIGTERM (natkit forwards the signal)",
     ),
     Ignored(
         "metrics.listen",

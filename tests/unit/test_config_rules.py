@@ -165,7 +165,10 @@ def test_coturn_ignored_keys_are_named_exactly() -> None:
     every = dataclasses.replace(
         every,
         turn=dataclasses.replace(
-            every.turn, lifetime=dataclasses.replace(every.turn.lifetime, default=300)
+            every.turn,
+            lifetime=dataclasses.replace(every.turn.lifetime, default=300),
+            alternate_server="192.0.2.7:3478",
+            drain_timeout=5.0,
         ),
     )
     assert [i.key for i in ignored_keys(every)] == [
@@ -175,6 +178,8 @@ def test_coturn_ignored_keys_are_named_exactly() -> None:
         "stun.stream",
         "stun.software",
         "turn.lifetime.default",
+        "turn.alternate_server",
+        "turn.drain_timeout",
         "signal.enabled",
     ]
     quiet = loads("version: 1\n" + COTURN + "stun: {rate_limit: {enabled: false}}\n"
