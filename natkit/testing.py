@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +54,7 @@ __all__ = [
     "serve",
     "start_serve",
     "stop_process",
+    "wait_until",
 ]
 
 RELAY_PORTS = range(49152, 65536)
@@ -93,6 +94,19 @@ def free_port(
                 continue
             return port
     raise RuntimeError(f"no free {kind} port on {host} outside {list(avoid)}")
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float = 5.0, interval: float = 0.05
+) -> bool:
+    """Poll `condition` until it is true or `timeout` seconds pass; its last answer (a server's
+    counters, workers and sockets change shortly after the event a test caused)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return bool(condition())
 
 
 def children(pid: int) -> list[int]:

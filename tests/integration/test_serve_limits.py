@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from natkit.diag.turncheck import check_turn
+from natkit.testing import wait_until
 from tests.integration.conftest import (
     HOST,
     Served,
@@ -31,15 +32,6 @@ from tests.integration.conftest import (
 pytestmark = pytest.mark.integration
 
 Serve = Callable[..., Served]
-
-
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _http_status(sock: socket.socket) -> int:
@@ -215,7 +207,7 @@ def test_respawned_worker_runs_the_running_config_not_the_staged_one(
         "peers": {"allow": [f"{HOST}/32"]},
     }
     served = natkit_serve(stun={"workers": 2}, turn=turn)
-    assert _wait_for(lambda: len(_worker_pids(served.proc.pid)) == 2)
+    assert wait_until(lambda: len(_worker_pids(served.proc.pid)) == 2, 10)
     assert _loopback_peer_permitted(served.port)
     # Stage a new port and a new peer policy (restart-only) and a new rate limit (live).
     new_port = free_port()
@@ -228,9 +220,9 @@ def test_respawned_worker_runs_the_running_config_not_the_staged_one(
     time.sleep(1.0)
     victim = _worker_pids(served.proc.pid)[0]
     os.kill(victim, signal.SIGKILL)
-    assert _wait_for(lambda: len([p for p in _worker_pids(served.proc.pid) if p != victim]) == 2), (
-        "worker not respawned"
-    )
+    assert wait_until(
+        lambda: len([p for p in _worker_pids(served.proc.pid) if p != victim]) == 2, 10
+    ), "worker not respawned"
     time.sleep(0.5)
     # Each check comes from a fresh source port: the kernel hashes them over both workers, so
     # 10 of them reach the respawned one with probability 1 - 2**-10.

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from natkit.testing import wait_until
 from tests.integration.conftest import HOST, Served, binding_request, free_port
 
 pytestmark = [pytest.mark.integration]
@@ -50,15 +51,6 @@ def _binding_over(conn: ssl.SSLSocket) -> bool:
     return head[8:20] == tid
 
 
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
-
-
 def test_sighup_swaps_the_certificate_for_new_handshakes_only(
     natkit_serve: Callable[..., Served], tmp_path: Path
 ) -> None:
@@ -80,7 +72,7 @@ def test_sighup_swaps_the_certificate_for_new_handshakes_only(
         assert _binding_over(established)
         _new_certificate(cert, key, "reloaded.natkit.test")
         os.kill(served.proc.pid, signal.SIGHUP)
-        assert _wait_for(lambda: _served_certificate(tls_port) != before)
+        assert wait_until(lambda: _served_certificate(tls_port) != before)
         assert _served_certificate(tls_port) == cert.read_text().replace("\r", "")
         assert _binding_over(established)  # the old connection goes on
         now = _served_certificate(tls_port)

@@ -22,6 +22,7 @@ import pytest
 from natkit.addr import Address
 from natkit.stun.constants import AttrType
 from natkit.stun.message import parse_message
+from natkit.testing import wait_until
 from tests.integration.conftest import HOST, Served, binding_request
 from tests.integration.turn_client import TurnClient, code
 
@@ -48,15 +49,6 @@ def _status(served: Served, path: str) -> int:
             return int(r.status)
     except urllib.error.HTTPError as err:
         return err.code
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
 
 
 def _relay_once(client: TurnClient, peer: socket.socket, payload: bytes) -> None:
@@ -98,12 +90,12 @@ def test_drain_keeps_relaying_redirects_new_allocations_and_ends_with_the_last(
 ) -> None:
     turn = _turn(alternate_server=ALTERNATE, drain_timeout=60)
     served = natkit_serve(stun={"workers": 1}, turn=turn)
-    assert _wait_for(lambda: _status(served, "/readyz") == 200)
+    assert wait_until(lambda: _status(served, "/readyz") == 200)
     client = _allocated(served, peer)
     newcomer = TurnClient(served.port, USER, PASSWORD, REALM)
     try:
         os.kill(served.proc.pid, signal.SIGTERM)  # the supervisor only, as systemd would
-        assert _wait_for(lambda: _status(served, "/readyz") == 503)
+        assert wait_until(lambda: _status(served, "/readyz") == 503)
         assert _status(served, "/healthz") == 200
         for i in range(5):
             _relay_once(client, peer, f"after SIGTERM {i}".encode())
@@ -134,7 +126,7 @@ def test_without_an_alternate_new_allocations_get_508_and_the_timeout_ends_the_d
     try:
         started = time.monotonic()
         os.kill(served.proc.pid, signal.SIGTERM)
-        assert _wait_for(lambda: _status(served, "/readyz") == 503)
+        assert wait_until(lambda: _status(served, "/readyz") == 503)
         time.sleep(0.3)  # /readyz turns first; the workers take their SIGTERM a moment later
         _relay_once(client, peer, b"still relaying")
         assert code(newcomer.allocate()) == 508

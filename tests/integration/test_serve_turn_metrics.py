@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from natkit.addr import Address
+from natkit.testing import wait_until
 from tests.integration.conftest import HOST, Served, stop_process
 from tests.integration.turn_client import TurnClient, code
 
@@ -35,16 +35,6 @@ TURN = {
 }
 N, SIZE = 25, 100
 CHANNEL = 0x4000
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Counters reach shared memory within a worker's flush interval (0.5 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def _status(served: Served, path: str) -> int:
@@ -70,7 +60,7 @@ def _relay_both_ways(client: TurnClient, peer: socket.socket) -> None:
 def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Served]) -> None:
     served = natkit_serve(stun={"workers": 1}, turn=TURN, logging={"level": "info"})
     assert _status(served, "/healthz") == 200
-    assert _wait_for(lambda: _status(served, "/readyz") == 200)
+    assert wait_until(lambda: _status(served, "/readyz") == 200)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind((HOST, 0))
     peer.settimeout(5)
@@ -110,7 +100,7 @@ def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Serv
             r'reason="credentials"\}': 2,
             r"natkit_turn_refusals_total\{.*\}": 7,
         }
-        assert _wait_for(lambda: _counts(served, expected) == expected), served.metrics()
+        assert wait_until(lambda: _counts(served, expected) == expected), served.metrics()
         assert code(client.refresh(0)) == 0
         after = {
             r"natkit_turn_allocations\{.*\}": 0,
@@ -119,7 +109,7 @@ def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Serv
             r'natkit_turn_allocation_outcomes_total\{outcome="deleted"\}': 1,
             r'natkit_turn_allocation_outcomes_total\{outcome="expired"\}': 0,
         }
-        assert _wait_for(lambda: _counts(served, after) == after), served.metrics()
+        assert wait_until(lambda: _counts(served, after) == after), served.metrics()
     finally:
         for c in (client, second, wrong):
             c.close()
@@ -146,7 +136,7 @@ def test_an_allocation_that_runs_out_counts_as_expired(
         outcome = r'natkit_turn_allocation_outcomes_total\{{outcome="{}"\}}'
         expected = {outcome.format("expired"): 1, outcome.format("deleted"): 0}
         expected[r"natkit_turn_allocations\{.*\}"] = 0
-        assert _wait_for(lambda: _counts(served, expected) == expected), served.metrics()
+        assert wait_until(lambda: _counts(served, expected) == expected), served.metrics()
     finally:
         client.close()
     assert stop_process(served.proc) == 0

@@ -21,6 +21,7 @@ from natkit.stun.attributes import ErrorCode
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.integrity import long_term_key
 from natkit.stun.message import Message, parse_message
+from natkit.testing import wait_until
 from tests.integration.conftest import HOST, Served, stop_process
 
 pytestmark = [pytest.mark.integration]
@@ -104,7 +105,7 @@ def test_refusals_are_counted_and_logged_with_their_reason(
         ("403", "create_permission", "peer_policy"): 3,
         ("486", "allocate", "quota"): 1,
     }
-    deadline_ok = _wait_for(lambda: served.metric(r"natkit_turn_refusals_total\{.*") == 7)
+    deadline_ok = wait_until(lambda: served.metric(r"natkit_turn_refusals_total\{.*") == 7, 3.0)
     assert deadline_ok, served.metrics()
     for labels, count in expected.items():
         assert served.metric(series.format(*labels)) == count, labels
@@ -133,24 +134,12 @@ def test_refusals_are_summed_over_workers(natkit_serve: Callable[..., Served]) -
             client.close()
     assert "(STUN + TURN, 2 workers)" in served.lines[0]
     total = r"natkit_turn_refusals_total\{.*"
-    assert _wait_for(lambda: served.metric(total) == 24), served.metrics()
+    assert wait_until(lambda: served.metric(total) == 24, 3.0), served.metrics()
     labels = 'code="401",method="allocate",reason="{}"'
     assert served.metric(r"natkit_turn_refusals_total\{" + labels.format("challenge") + r"\}") == 12
     assert (
         served.metric(r"natkit_turn_refusals_total\{" + labels.format("credentials") + r"\}") == 12
     )
-
-
-def _wait_for(condition: Callable[[], bool], timeout: float = 3.0) -> bool:
-    """Counters reach shared memory within a worker's flush interval (0.5 s)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return condition()
 
 
 def test_a_nonce_from_one_worker_verifies_on_every_worker(

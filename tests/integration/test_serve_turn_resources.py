@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from natkit.addr import Address
-from natkit.testing import self_signed_certificate
+from natkit.testing import self_signed_certificate, wait_until
 from tests.integration.conftest import HOST, Served, free_port, stop_process
 from tests.integration.turn_client import TurnClient, code, relayed
 
@@ -69,15 +69,6 @@ def _bindable(port: int) -> bool:
     return True
 
 
-def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
-
-
 def test_reallocating_right_at_expiry_leaks_no_relay_port(
     natkit_serve: Callable[..., Served],
 ) -> None:
@@ -100,7 +91,7 @@ def test_reallocating_right_at_expiry_leaks_no_relay_port(
         for client in clients:
             client.close()
     # Every relay socket is closed: the test can bind each port of the range again.
-    assert _wait(lambda: all(_bindable(p) for p in range(low, high + 1))), [
+    assert wait_until(lambda: all(_bindable(p) for p in range(low, high + 1))), [
         p for p in range(low, high + 1) if not _bindable(p)
     ]
 
@@ -230,12 +221,12 @@ def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -
     served = Served(proc, tmp_path / "natkit.yaml", port, mport)
     hogs: list[socket.socket] = []
     try:
-        assert _wait(lambda: len(served.workers()) >= 1), (proc.poll(), served.workers())
+        assert wait_until(lambda: len(served.workers()) >= 1), (proc.poll(), served.workers())
         worker = max(served.workers(), key=_open_fds)  # not multiprocessing's resource tracker
         while _open_fds(worker) < nofile and len(hogs) < 2 * nofile:
             before = _open_fds(worker)
             hogs.append(socket.create_connection((HOST, port), timeout=5))
-            _wait(partial(_more_fds, worker, before), 0.2)  # accepted (until none is left)
+            wait_until(partial(_more_fds, worker, before), 0.2)  # accepted (until none is left)
         assert _open_fds(worker) >= nofile - 1, _open_fds(worker)
         client = TurnClient(port, USER, PASSWORD, REALM)
         try:
@@ -245,14 +236,14 @@ def test_out_of_file_descriptors_allocate_is_508_then_recovers(tmp_path: Path) -
         for hog in hogs:
             hog.close()
         hogs.clear()
-        assert _wait(lambda: _open_fds(worker) < nofile - 8)
+        assert wait_until(lambda: _open_fds(worker) < nofile - 8)
         client = TurnClient(port, USER, PASSWORD, REALM)
         try:
             assert code(client.allocate()) == 0
         finally:
             client.close()
         series = r'natkit_turn_refusals_total\{code="508",method="allocate",reason="capacity"\}'
-        assert _wait(lambda: served.metric(series) == 1), served.metrics()
+        assert wait_until(lambda: served.metric(series) == 1), served.metrics()
     finally:
         for hog in hogs:
             hog.close()
@@ -281,4 +272,4 @@ def test_a_permission_flood_is_refused_as_capacity(natkit_serve: Callable[..., S
     series = (
         r'natkit_turn_refusals_total\{code="508",method="create_permission",reason="capacity"\}'
     )
-    assert _wait(lambda: served.metric(series) == 1), served.metrics()
+    assert wait_until(lambda: served.metric(series) == 1), served.metrics()

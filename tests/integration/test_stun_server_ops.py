@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from natkit.testing import wait_until
 from tests.integration.conftest import (
     HOST,
     Served,
@@ -71,15 +72,6 @@ def _ask(port: int, source_ip: str = HOST, tries: int = 1) -> bool:
     return False
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
-
-
 def test_rate_limit_caps_flooding_source_only(natkit_serve: Serve) -> None:
     rate, burst, seconds = 50, 50, 2.0
     served = natkit_serve(stun={"rate_limit": {"per_source": rate, "burst": burst}})
@@ -89,8 +81,9 @@ def test_rate_limit_caps_flooding_source_only(natkit_serve: Serve) -> None:
     assert 0.7 * allowed <= answered <= 1.15 * allowed, (sent, answered, allowed)
     for _ in range(10):  # a well-behaved neighbour is unaffected meanwhile
         assert _ask(served.port, "127.0.0.3")
-    assert _wait_for(
-        lambda: served.metric(r"natkit_stun_ratelimited_total\{.*\}") >= sent - answered - 5
+    assert wait_until(
+        lambda: served.metric(r"natkit_stun_ratelimited_total\{.*\}") >= sent - answered - 5,
+        10,
     )
 
 
@@ -99,7 +92,7 @@ def test_metrics_count_requests(natkit_serve: Serve) -> None:
     for _ in range(10):
         assert _ask(served.port, tries=3)
     pattern = r'natkit_stun_requests_total\{transport="udp",family="ipv4",result="success"\}'
-    assert _wait_for(lambda: served.metric(pattern) >= 10)
+    assert wait_until(lambda: served.metric(pattern) >= 10, 10)
     text = served.metrics()
     assert "natkit_workers 2" in text
     assert text.count("natkit_worker_resident_memory_bytes{") == 2
@@ -112,7 +105,7 @@ def test_sigterm_drains_and_exits_0_leaving_no_process(natkit_serve: Serve) -> N
     assert len(workers) >= 2
     served.proc.send_signal(signal.SIGTERM)
     assert served.proc.wait(15) == 0
-    assert _wait_for(lambda: not any(alive(pid) for pid in workers), 5)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 5)
 
 
 def test_supervisor_death_takes_workers_along(natkit_serve: Serve) -> None:
@@ -120,14 +113,14 @@ def test_supervisor_death_takes_workers_along(natkit_serve: Serve) -> None:
     workers = served.workers()
     served.proc.kill()  # SIGKILL: no chance to clean up; PDEATHSIG / pipe EOF must do it
     served.proc.wait(5)
-    assert _wait_for(lambda: not any(alive(pid) for pid in workers), 10)
+    assert wait_until(lambda: not any(alive(pid) for pid in workers), 10)
 
 
 def test_crashed_worker_is_restarted(natkit_serve: Serve) -> None:
     served = natkit_serve(stun={"workers": 1})
     (old,) = [p for p in served.workers() if alive(p)][-1:]
     os.kill(old, signal.SIGKILL)
-    assert _wait_for(lambda: any(p != old and alive(p) for p in served.workers()))
+    assert wait_until(lambda: any(p != old and alive(p) for p in served.workers()), 10)
     assert _ask(served.port, tries=10)
 
 
