@@ -1,10 +1,14 @@
-"""The shell a README reader has: natkit's variables unset, and `sudo` that works as root."""
+"""What a README reader has: a fresh tree (the tracked and new files, as a clone has them), and a
+shell with natkit's variables unset and a `sudo` that works as root."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def readme_env(tmp: Path) -> dict[str, str]:
@@ -19,3 +23,20 @@ def readme_env(tmp: Path) -> dict[str, str]:
         (shim / "sudo").chmod(0o755)
         env["PATH"] = f"{shim}:{env.get('PATH', '/usr/bin:/bin')}"
     return env
+
+
+def copy_source_tree(dest: Path) -> Path:
+    """Copy the tracked and new (not ignored) files of this checkout to `dest`: what a clone
+    has, plus the uncommitted work under test. Returns `dest`."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    for rel in listed:
+        if (ROOT / rel).is_file():  # deleted but not yet committed files are listed too
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, dest / rel)
+    return dest

@@ -7,7 +7,6 @@ without build isolation so nothing is fetched from a package index.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import natkit
+from tests.readme_shell import copy_source_tree
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -28,17 +28,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(the wheel, pip's verbose output) from a copy of the tracked and new files."""
     tmp = tmp_path_factory.mktemp("wheel")
     src = tmp / "src"
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    for rel in listed:
-        if (ROOT / rel).is_file():  # deleted but not yet committed files are listed too
-            (src / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, src / rel)
+    copy_source_tree(src)
     out = tmp / "dist"
     done = subprocess.run(
         [

@@ -37,7 +37,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.readme_shell import readme_env
+from tests.readme_shell import copy_source_tree, readme_env
 
 ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
@@ -349,18 +349,7 @@ def test_readme_commands_need_no_natkit_on_path() -> None:
 
 def _tree(tmp: Path) -> Path:
     """A copy of the tracked and new files (what a clone has), with this checkout's .venv."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    tree = tmp / "natkit"
-    for rel in listed:
-        if (ROOT / rel).is_file():
-            (tree / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, tree / rel)
+    tree = copy_source_tree(tmp / "natkit")
     (tree / ".venv").symlink_to(ROOT / ".venv")
     return tree
 
