@@ -8,9 +8,6 @@ Whatever the core returns is carried out at once, in order (`natkit.turn.relay` 
 commands). A one-second timer runs `Relay.handle_timeout` and keeps the core's Unix-time offset
 current (REST API expiries are Unix times; lifetimes use the monotonic clock).
 
-`listen()` opens standalone UDP/TCP listeners that answer Binding too: for embedding natkit's
-TURN without `natkit serve`, for tests and for the benchmark.
-
 With ``stun.workers`` > 1 every worker has its own `BuiltinTurn`: SO_REUSEPORT keeps a client's
 5-tuple on one worker. Each worker relays from its own slice of ``turn.relay.ports`` (a port it
 cannot bind is another process's), and the quotas are counted server-wide in the supervisor's
@@ -32,7 +29,7 @@ import socket
 import time
 from collections.abc import Callable
 
-from natkit.addr import Address, ListenURI, Transport, parse_hostport
+from natkit.addr import Address, Transport, parse_hostport
 from natkit.config.model import Config
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
@@ -47,8 +44,6 @@ from natkit.metrics import (
     turn_outcome_index,
     turn_refusal_index,
 )
-from natkit.stun.binding import BindingHandler
-from natkit.stun.server import FramingError, StreamFramer
 from natkit.turn.allocation import Allocation, FiveTuple
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, Reply, build_relay
@@ -80,31 +75,6 @@ def _dont_fragment(sock: socket.socket, family: int) -> None:
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_DONTFRAG, 1)
 
 
-def _sender(sock: socket.socket, addr: tuple[str, int]) -> Reply:
-    def reply(data: bytes) -> None:
-        sock.sendto(data, addr)
-
-    return reply
-
-
-def _guarded(reply: Reply) -> Reply:
-    """For a stream client: write only while its transport is open. A peer may keep sending
-    after the client went away (RFC 8656 §7: the allocation ends with the connection, which
-    the listener reports a moment later); uvloop raises RuntimeError on a closed transport and
-    asyncio's TLS transport logs "SSL connection is closed" for every such write."""
-    writer = getattr(reply, "__self__", None)
-    if not isinstance(writer, asyncio.StreamWriter):
-        return reply
-    transport = writer.transport
-    write, closing = transport.write, transport.is_closing
-
-    def send(data: bytes) -> None:
-        if not closing():
-            write(data)
-
-    return send
-
-
 class BuiltinTurn:
     """The asyncio adapter around one `Relay`; implements `natkit.turn.engine.TurnEngine`."""
 
@@ -131,9 +101,6 @@ class BuiltinTurn:
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
         self._opened: dict[Address, Allocation] = {}  # to tell an expiry from a deletion
         self._senders: dict[FiveTuple, Reply] = {}
-        self._listeners: list[socket.socket] = []
-        self._servers: list[asyncio.Server] = []
-        self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.send_errors = 0
@@ -152,19 +119,10 @@ class BuiltinTurn:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
             self._timer = None
-        for server in self._servers:
-            server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        for sock in self._listeners:
-            self._unwatch(sock)
         self._run(self.relay.close(), None)  # every allocation ends through the table
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
             self._close_relay(relay)
-        self._listeners.clear()
-        self._servers.clear()
 
     async def drain(
         self, timeout: float | None = None, elsewhere: Callable[[], int] | None = None
@@ -330,8 +288,9 @@ class BuiltinTurn:
             self.counters[_CREATED] += 1
             self.allocation_log("created", alloc, self.clock())
         if reply is not None:  # what the peer reader sends to this client with
-            udp = cmd.owner.transport is Transport.UDP
-            self._senders[cmd.owner] = reply if udp else _guarded(reply)
+            # A stream client's reply (natkit.stun.streams.StreamConn.write) drops writes to a
+            # closing transport itself.
+            self._senders[cmd.owner] = reply
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
         self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
         return None
@@ -400,94 +359,3 @@ class BuiltinTurn:
                         counters[TURN_BYTES_TO_CLIENT] += len(data)
 
         return on_readable
-
-    # -- standalone listeners --------------------------------------------------------------
-
-    async def listen(self, uri: ListenURI) -> Address:
-        """Serve STUN Binding + TURN on `uri` (udp or tcp) without `natkit serve`."""
-        loop = self._loop or asyncio.get_running_loop()
-        binding = BindingHandler(software=self.config.stun.software)
-        family = socket.AF_INET6 if uri.family == 6 else socket.AF_INET
-        if uri.transport is Transport.UDP:
-            sock = socket.socket(family, socket.SOCK_DGRAM)
-            try:
-                sock.setblocking(False)
-                sock.bind((uri.host, uri.port))
-            except OSError:
-                sock.close()
-                raise
-            self._listeners.append(sock)
-            local = Address(*sock.getsockname()[:2])
-            loop.add_reader(sock.fileno(), self._udp_listener(sock, local, binding))
-            return local
-        server = await asyncio.start_server(
-            lambda r, w: self._spawn(self._stream(r, w, binding, uri.transport)),
-            host=uri.host, port=uri.port, family=family,
-        )  # fmt: skip
-        self._servers.append(server)
-        return Address(*server.sockets[0].getsockname()[:2])
-
-    def _spawn(self, coro: asyncio.Future[None] | object) -> None:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _udp_listener(
-        self, sock: socket.socket, local: Address, binding: BindingHandler
-    ) -> Callable[[], None]:
-        recvfrom, sendto, datagram = sock.recvfrom, sock.sendto, self.datagram
-        channel_data = self.channel_data
-        udp = Transport.UDP
-
-        def on_readable() -> None:
-            for _ in range(_BATCH):
-                try:
-                    data, addr = recvfrom(_RECV_SIZE)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    continue
-                try:
-                    if data and 0x40 <= data[0] <= 0x4F:  # ChannelData: the relay's hot path
-                        channel_data(data, addr, local)
-                        continue
-                    source = Address(addr[0], addr[1])
-                    if data[:2] == b"\x00\x01":  # a Binding request: the STUN server's job
-                        tx = binding.handle(data, source, local, udp)
-                        if tx is not None:
-                            sendto(tx.data, addr)
-                        continue
-                    datagram(data, source, local, udp, _sender(sock, addr))
-                except OSError:
-                    self.send_errors += 1
-
-        return on_readable
-
-    async def _stream(
-        self,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        binding: BindingHandler,
-        transport: Transport,
-    ) -> None:
-        peer, own = writer.get_extra_info("peername"), writer.get_extra_info("sockname")
-        source, local = Address(peer[0], peer[1]), Address(own[0], own[1])
-        # Frames carry relayed data here: allow the largest ChannelData (RFC 8656 §12.4).
-        framer = StreamFramer(max(self.config.stun.stream.max_message_size, 4 + 0xFFFF + 3))
-        try:
-            while data := await reader.read(65536):
-                for frame in framer.feed(data):
-                    if frame[:2] == b"\x00\x01":
-                        tx = binding.handle(frame, source, local, transport)
-                        if tx is not None:
-                            writer.write(tx.data)
-                    else:
-                        self.datagram(frame, source, local, transport, writer.write)
-                await writer.drain()
-        except (FramingError, OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.connection_lost(source, local, transport)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
