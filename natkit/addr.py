@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 __all__ = [
     "Address",
     "Candidate",
+    "FiveTuple",
     "IPAddress",
     "ListenURI",
     "Transport",
@@ -49,6 +50,15 @@ class Address(NamedTuple):
 
     def __str__(self) -> str:
         return format_hostport(self.host, self.port)
+
+
+class FiveTuple(NamedTuple):
+    """One client's side of a connection to a server (RFC 8656 §2.2: what an allocation is
+    keyed by): client address, server address, transport."""
+
+    client: Address
+    local: Address
+    transport: Transport
 
 
 def format_hostport(host: str, port: int) -> str:

@@ -15,11 +15,11 @@ connection is first READING (its request head and body have not fully arrived), 
 For the rendezvous (`natkit.signal.http`) a refusal is still an HTTP answer: the shell writes it
 and drains what the client sends, because closing a socket with unread input makes the kernel
 send a reset that destroys the answer. The STUN server's TCP/TLS listeners use the same table
-(`natkit.stun.server`): READING there means idle or mid-frame, and the `busy` predicate of
+(`natkit.net.stream`): READING there means idle or mid-frame, and the `busy` predicate of
 `admit` keeps connections that relay for a TURN allocation. Shared by both services, so it lives
 below them (the layering in DESIGN.md: no arrow points up or sideways).
 
-IPv6 sources are keyed by their /64, as in `natkit.stun.server`: one host commonly owns a whole
+IPv6 sources are keyed by their /64, as in `natkit.net.udp`: one host commonly owns a whole
 /64, so a per-/128 cap would be no cap at all.
 """
 
@@ -72,7 +72,7 @@ class ConnectionTable:
         """Give `conn` (from `source`) a slot, possibly by evicting an idle one, or refuse it.
 
         `busy`, if given, is asked about each READING candidate before it is evicted: the STUN
-        server keeps a connection that relays for a TURN allocation (`natkit.stun.server`)."""
+        server keeps a connection that relays for a TURN allocation (`natkit.net.stream`)."""
         if self.held(source) >= self.max_per_source:
             return Admission(429, "too many connections from this address")
         evict = None

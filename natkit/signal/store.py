@@ -26,7 +26,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Literal
 
-from natkit.stun.ratelimit import RateLimiter
+from natkit.net.ratelimit import RateLimiter
 
 __all__ = [
     "CODE_ALPHABET",

@@ -27,9 +27,6 @@ from natkit.stun.errors import StunDecodeError, StunEncodeError, StunError
 from natkit.stun.framing import (
     ChannelData,
     build_channel_data,
-    frame_size,
-    is_channel_data,
-    is_stun,
     parse_channel_data,
 )
 from natkit.stun.integrity import (
@@ -69,9 +66,6 @@ __all__ = [
     "check_fingerprint",
     "check_integrity",
     "check_integrity_sha256",
-    "frame_size",
-    "is_channel_data",
-    "is_stun",
     "long_term_key",
     "parse_channel_data",
     "parse_message",

@@ -56,6 +56,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from natkit.addr import Address, Transport
+from natkit.net.routes import Limit, Link, Route, Transmit
 from natkit.stun.attributes import KNOWN_TYPES, AttrValue, ChangeRequest, ErrorCode
 from natkit.stun.constants import (
     ERROR_REASONS,
@@ -92,13 +93,6 @@ _XMA4 = struct.Struct("!HHxBHI")  # XOR-MAPPED-ADDRESS TLV, IPv4
 _XMA6 = struct.Struct("!HHxBH16s")
 _FP = struct.Struct("!HHI")
 _V4_MAPPED = bytes(10) + b"\xff\xff"
-
-
-@dataclass(frozen=True, slots=True)
-class Transmit:
-    data: bytes
-    destination: Address  # where to send
-    source: Address  # which local address (socket) to send from; TCP/TLS: the same connection
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,9 +162,26 @@ class BindingHandler:
 
     # -- entry point and fast path ---------------------------------------------------------
 
+    def route(self) -> Route:
+        """What the listeners need to know about Binding traffic: every message counts against
+        the rate limit; plain IPv4 requests take the batched fast path."""
+        return Route(
+            self.handle,
+            "binding handler",
+            Limit.ALL,
+            fast_v4=self.plain_response_v4,
+            counted=True,
+        )
+
     def handle(
-        self, data: bytes, source: Address, local: Address, transport: Transport = Transport.UDP
+        self,
+        data: bytes,
+        source: Address,
+        local: Address,
+        transport: Transport = Transport.UDP,
+        link: Link | None = None,
     ) -> Transmit | None:
+        """The answer to one datagram or frame (`link` unused: Binding answers go back at once)."""
         host, port = source
         if port == 0:
             return None

@@ -38,7 +38,7 @@ import random
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from natkit.addr import Address, Transport
+from natkit.addr import Address, FiveTuple
 from natkit.turn.commands import CloseRelay, OpenRelay
 from natkit.turn.shared_quota import Quota
 
@@ -59,14 +59,6 @@ __all__ = [
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9
 CHANNEL_LIFETIME = 600.0  # RFC 8656 §12
 CHANNEL_QUARANTINE = 300.0  # RFC 8656 §12: no rebinding to another peer for 5 minutes
-
-
-class FiveTuple(NamedTuple):
-    """The client side of an allocation (RFC 8656 §2.2): client, server address, transport."""
-
-    client: Address
-    local: Address
-    transport: Transport
 
 
 @dataclass(slots=True)

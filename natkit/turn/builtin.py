@@ -1,12 +1,14 @@
 """The builtin TURN engine: a thin asyncio shell that moves bytes for the sans-IO `Relay`.
 
-Theory of operation. The STUN listeners hand every non-Binding datagram or stream frame to
-`BuiltinTurn.datagram` with a `reply` callable for that socket or connection; relay sockets (one
-non-blocking UDP socket per allocation, bound within ``turn.relay.ports`` on the relay IP) are
-watched with `loop.add_reader` and drained in batches, the same lean path the STUN server uses.
-Whatever the core returns is carried out at once, in order (`natkit.turn.relay` documents the
-commands). A one-second timer runs `Relay.handle_timeout` and keeps the core's Unix-time offset
-current (REST API expiries are Unix times; lifetimes use the monotonic clock).
+Theory of operation. The listeners (`natkit.net`) route every non-Binding STUN message and every
+ChannelData frame here (`routes`: TURN requests count against the rate limit, indications and
+ChannelData do not) with the client's `Link`; an answer goes back as a `Transmit`, and the link
+of a client that got an allocation is kept for what its peers send later. This engine owns only
+relay sockets: one non-blocking UDP socket per allocation, bound within ``turn.relay.ports`` on
+the relay IP, watched with `loop.add_reader` and drained in batches. Whatever the core returns
+is carried out at once, in order (`natkit.turn.relay` documents the commands). A one-second
+timer runs `Relay.handle_timeout` and keeps the core's Unix-time offset current (REST API
+expiries are Unix times; lifetimes use the monotonic clock).
 
 With ``stun.workers`` > 1 every worker has its own `BuiltinTurn`: SO_REUSEPORT keeps a client's
 5-tuple on one worker. Each worker relays from its own slice of ``turn.relay.ports`` (a port it
@@ -44,9 +46,10 @@ from natkit.metrics import (
     turn_outcome_index,
     turn_refusal_index,
 )
+from natkit.net.routes import Limit, Link, Route, Transmit
 from natkit.turn.allocation import Allocation, FiveTuple
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
-from natkit.turn.engine import HostAddressRefresh, Reply, build_relay
+from natkit.turn.engine import HostAddressRefresh, build_relay
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 
@@ -57,8 +60,9 @@ log.addFilter(RateLimitFilter())  # a per-datagram bug must not become a log flo
 
 _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
+_MAX_FRAME = 65540  # ChannelData over TCP: 4-byte header + 65535 bytes, padded
 _TICK = 1.0
-_SETTLE = 0.6  # > the workers' metrics flush interval (natkit.stun.workers)
+_SETTLE = 0.6  # > the workers' metrics flush interval (natkit.serve.workers)
 _REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
 _CREATED = turn_outcome_index("created")
 _REFRESHED = turn_outcome_index("refreshed")
@@ -100,7 +104,8 @@ class BuiltinTurn:
         self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
         self._opened: dict[Address, Allocation] = {}  # to tell an expiry from a deletion
-        self._senders: dict[FiveTuple, Reply] = {}
+        # The way back to each allocation's client: its link's send and its address.
+        self._senders: dict[FiveTuple, tuple[Callable[[bytes, Address], None], Address]] = {}
         self._timer: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.send_errors = 0
@@ -119,7 +124,7 @@ class BuiltinTurn:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._timer
             self._timer = None
-        self._run(self.relay.close(), None)  # every allocation ends through the table
+        self._run(self.relay.close())  # every allocation ends through the table
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
             self._close_relay(relay)
@@ -161,28 +166,45 @@ class BuiltinTurn:
             await asyncio.sleep(_TICK)
             self._sync_unix_time()
             try:
-                self._run(self.relay.handle_timeout(self.clock()), None)
+                self._run(self.relay.handle_timeout(self.clock()))
                 self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
 
-    # -- the TurnEngine interface ----------------------------------------------------------
+    # -- the TurnEngine interface: the listeners' routes ------------------------------------
 
-    def datagram(
-        self, data: bytes, source: Address, local: Address, transport: Transport, reply: Reply
-    ) -> None:
+    def routes(self) -> tuple[Route, Route]:
+        """(STUN methods other than Binding, ChannelData) for `natkit.net.routes.Dispatcher`:
+        requests count against the per-source rate limit, the media (Send indications,
+        ChannelData) does not; both take the largest frames UDP and TCP can carry."""
+        return (
+            Route(self.handle, "TURN engine", Limit.REQUESTS, max_size=_MAX_FRAME),
+            Route(self.channel_data, "TURN ChannelData path", Limit.NONE, max_size=_MAX_FRAME),
+        )
+
+    def handle(
+        self, data: bytes, source: Address, local: Address, transport: Transport, link: Link
+    ) -> Transmit | None:
+        """One TURN request or indication from a client: the answer to send back, if any."""
         commands = self.relay.handle_client(data, source, local, transport, self.clock())
-        if commands:
-            # A refusal is always one error response alone: two byte tests for everything else.
-            first = commands[0]
-            if len(commands) == 1 and type(first) is SendToClient:
-                if is_error_response(first.data):
-                    self._refused(data, first.data, source)
-                elif first.data[:2] == _REFRESH_SUCCESS:  # Refresh 0 also carries a CloseRelay
-                    self.counters[_REFRESHED] += 1
-            failed = self._run(commands, reply)
-            if failed is not None:  # the 508 that replaced a relay socket we could not open
-                self._refused(data, failed, source)
+        if not commands:
+            return None
+        # A refusal is always one error response alone: two byte tests for everything else.
+        first = commands[0]
+        if len(commands) == 1 and type(first) is SendToClient:
+            if is_error_response(first.data):
+                self._refused(data, first.data, source)
+            elif first.data[:2] == _REFRESH_SUCCESS:  # Refresh 0 also carries a CloseRelay
+                self.counters[_REFRESHED] += 1
+        answers: list[bytes] = []
+        failed = self._run(commands, link, answers)
+        if failed is not None:  # the 508 that replaced a relay socket we could not open
+            self._refused(data, failed, source)
+        if not answers:
+            return None
+        for earlier in answers[:-1]:  # never more than one today; kept in order if so
+            link.send(earlier, source)
+        return Transmit(answers[-1], source, local)
 
     def _refused(self, request: bytes, response: bytes, source: Address) -> None:
         policy, draining = self.relay.policy, self.relay.draining
@@ -191,11 +213,13 @@ class BuiltinTurn:
             self.counters[turn_refusal_index(refusal.reason, refusal.method)] += 1
             self.refusal_log(refusal, self.clock())
 
-    def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
-        """A ChannelData datagram from a UDP client (first byte 0x40-0x4F): the relay's hot path,
-        straight to the peer from the allocation's relay socket, no command list."""
+    def channel_data(
+        self, data: bytes, client: Address, local: Address, transport: Transport, link: Link
+    ) -> None:
+        """A client's ChannelData (first byte 0x40-0x4F): the relay's hot path, straight to
+        the peer from the allocation's relay socket, no command list, no answer."""
         try:
-            route = self.relay.channel_data(data, client, local, Transport.UDP, self.clock())
+            route = self.relay.channel_data(data, client, local, transport, self.clock())
         except Exception:  # a bug must cost one datagram, never the listener's batch
             log.exception("TURN ChannelData path failed on a %d-byte datagram", len(data))
             return
@@ -213,7 +237,7 @@ class BuiltinTurn:
 
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         five_tuple = FiveTuple(source, local, transport)
-        self._run(self.relay.connection_lost(five_tuple, self.clock()), None)
+        self._run(self.relay.connection_lost(five_tuple, self.clock()))
 
     @property
     def allocation_count(self) -> int:
@@ -221,9 +245,12 @@ class BuiltinTurn:
 
     # -- commands --------------------------------------------------------------------------
 
-    def _run(self, commands: list[Command], reply: Reply | None) -> bytes | None:
+    def _run(
+        self, commands: list[Command], link: Link | None = None, answers: list[bytes] | None = None
+    ) -> bytes | None:
         """Carry out `commands`; the error response sent instead of them when an `OpenRelay`
-        failed for good (for the refusal count), else None."""
+        failed for good (for the refusal count), else None. With `link` (a client's request)
+        what goes to the client is collected in `answers`: it goes back the way it came."""
         for cmd in commands:
             try:
                 if isinstance(cmd, SendToPeer):
@@ -233,20 +260,22 @@ class BuiltinTurn:
                         self.counters[TURN_PACKETS_TO_PEER] += 1
                         self.counters[TURN_BYTES_TO_PEER] += len(cmd.data)
                 elif isinstance(cmd, SendToClient):
-                    # Answers to a client's own request go back the way it came.
-                    send = reply or self._senders.get(cmd.to)
-                    if send is not None:
+                    if answers is not None:
+                        answers.append(cmd.data)
+                        continue
+                    sender = self._senders.get(cmd.to)
+                    if sender is not None:
                         try:
-                            send(cmd.data)
+                            sender[0](cmd.data, sender[1])
                         except RuntimeError:  # uvloop: the stream client's transport closed
                             self.send_errors += 1
                 elif isinstance(cmd, OpenRelay):
-                    exhausted = self._open_relay(cmd, reply)
+                    exhausted = self._open_relay(cmd, link)
                     if exhausted is not None:
                         # The rest of this batch announces the relay that failed: replace it.
                         now = self.clock()
                         instead = self.relay.relay_unavailable(cmd.relay, now, exhausted=exhausted)
-                        failed = self._run(instead, reply)
+                        failed = self._run(instead, link, answers)
                         last = instead[-1] if instead else None
                         if failed is None and isinstance(last, SendToClient):
                             failed = last.data if is_error_response(last.data) else None
@@ -257,7 +286,7 @@ class BuiltinTurn:
                 self.send_errors += 1
         return None
 
-    def _open_relay(self, cmd: OpenRelay, reply: Reply | None) -> bool | None:
+    def _open_relay(self, cmd: OpenRelay, link: Link | None) -> bool | None:
         """Bind the relay socket: None when it is open, else whether the host ran out of a
         resource (file descriptors: `exhausted`) rather than the port being taken."""
         family = socket.AF_INET6 if cmd.relay.family == 6 else socket.AF_INET
@@ -287,10 +316,9 @@ class BuiltinTurn:
             self._opened[cmd.relay] = alloc
             self.counters[_CREATED] += 1
             self.allocation_log("created", alloc, self.clock())
-        if reply is not None:  # what the peer reader sends to this client with
-            # A stream client's reply (natkit.stun.streams.StreamConn.write) drops writes to a
-            # closing transport itself.
-            self._senders[cmd.owner] = reply
+        if link is not None:  # what the peer reader sends to this client with
+            link.pin()  # a TCP allocation ends with its connection: keep it from eviction
+            self._senders[cmd.owner] = (link.send, cmd.owner.client)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
         self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
         return None
@@ -348,10 +376,10 @@ class BuiltinTurn:
                     continue
                 out = route(relay, data, addr, now)
                 if out is not None:
-                    send = senders.get(out[1])
-                    if send is not None:
+                    entry = senders.get(out[1])
+                    if entry is not None:
                         try:
-                            send(out[0])
+                            entry[0](out[0], entry[1])
                         except (OSError, RuntimeError):  # RuntimeError: a closed transport
                             self.send_errors += 1
                             continue

@@ -6,12 +6,9 @@ matters on the per-packet path.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-from natkit.addr import Address
-
-if TYPE_CHECKING:
-    from natkit.turn.allocation import FiveTuple
+from natkit.addr import Address, FiveTuple
 
 __all__ = ["CloseRelay", "Command", "OpenRelay", "SendToClient", "SendToPeer"]
 

@@ -1,11 +1,11 @@
-"""The interface a TURN engine offers the STUN listeners, and the builtin engine's settings.
+"""The interface a TURN engine offers `natkit serve`, and the builtin engine's settings.
 
-One port serves STUN and TURN (as coturn does): the listeners of `natkit.stun.server` answer
-Binding requests themselves and hand every other datagram or stream frame (TURN methods, Send
-indications, ChannelData) to the engine through `TurnEngine.datagram`, with a `reply` callable
-that sends on the same socket (UDP: to the source; TCP/TLS: on the same connection). The
-``coturn`` engine is a separate process that owns the ports itself, so it has no `TurnEngine`:
-`create_engine` returns None for it.
+One port serves STUN and TURN (as coturn does): the listeners of `natkit.net` route Binding
+requests to the Binding handler and every other STUN message (TURN methods, Send indications)
+and ChannelData to the engine's `TurnEngine.routes`, with the client's `natkit.net.routes.Link`
+(UDP: the listener socket; TCP/TLS: the connection) for what its peers send later. The
+``coturn`` engine is a separate process that owns the ports itself, so it has no `TurnEngine`
+(`natkit.serve.routing.create_engine` returns None for it).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from natkit.config.cross import validate
 from natkit.config.model import Config
 from natkit.errors import ConfigError
 from natkit.hostaddr import host_addresses, interfaces
+from natkit.net.routes import Route
 from natkit.turn.allocation import Limits
 from natkit.turn.auth import Authenticator
 from natkit.turn.peer_config import peer_policy
@@ -32,10 +33,8 @@ from natkit.turn.shared_quota import SharedQuota
 __all__ = [
     "HOST_REFRESH_INTERVAL",
     "HostAddressRefresh",
-    "Reply",
     "TurnEngine",
     "build_relay",
-    "create_engine",
     "host_relay_ips",
     "parse_ports",
     "relay_settings",
@@ -43,33 +42,34 @@ __all__ = [
     "worker_ports",
 ]
 
-Reply = Callable[[bytes], object]  # return value ignored (sendto returns a count)
-
 log = logging.getLogger("natkit.turn.engine")
 
 HOST_REFRESH_INTERVAL = 30.0  # seconds between enumerations of this host's addresses
 
 
 class TurnEngine(Protocol):
-    """What the STUN listeners call; every method returns at once (no awaiting per packet)."""
+    """What `natkit serve` runs in each worker; its routes return at once (no awaiting per
+    packet)."""
 
     async def start(self) -> None:
-        """Start timers; call inside the running loop before the first `datagram`."""
+        """Start timers; call inside the running loop before the listeners start."""
 
     async def close(self) -> None:
         """Free every allocation and relay socket."""
 
-    def datagram(
-        self, data: bytes, source: Address, local: Address, transport: Transport, reply: Reply
+    async def drain(
+        self, timeout: float | None = None, elsewhere: Callable[[], int] | None = None
     ) -> None:
-        """One UDP datagram or one stream frame (STUN or ChannelData) from a client."""
+        """Refuse new allocations; return when the existing ones ended or `timeout` passed."""
 
-    def channel_data(self, data: bytes, client: tuple[str, int], local: Address) -> None:
-        """One ChannelData datagram (first byte 0x40-0x4F) from a UDP client: the media path,
-        kept free of per-packet objects."""
+    def routes(self) -> tuple[Route, Route]:
+        """The routes for STUN methods other than Binding, and for ChannelData."""
 
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         """A TCP/TLS client connection closed (RFC 8656 §7: its allocation goes with it)."""
+
+    def sync_gauges(self) -> None:
+        """Write the allocation/permission/channel gauges into the worker's metrics row."""
 
 
 class HostAddressRefresh:
@@ -133,7 +133,7 @@ def host_relay_ips() -> dict[int, str]:
 
 
 def worker_count(config: Config) -> int:
-    """``stun.workers`` resolved ("auto": one per CPU), as `natkit.stun.workers` does."""
+    """``stun.workers`` resolved ("auto": one per CPU), as `natkit.serve.workers` does."""
     workers = config.stun.workers
     return max(1, os.cpu_count() or 1) if workers == "auto" else max(1, int(workers))
 
@@ -222,22 +222,3 @@ def build_relay(
     settings = relay_settings(config, worker, None if quota is None else quota.workers)
     view = None if quota is None else quota.view(worker)
     return Relay(settings, authenticator, peer_policy(config), rng, view)
-
-
-def create_engine(
-    config: Config,
-    counters: list[int] | None = None,
-    *,
-    nonce_key: bytes | None = None,
-    worker: int = 0,
-    quota: SharedQuota | None = None,
-) -> TurnEngine | None:
-    """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
-    `counters` is the worker's metrics row, where the engine counts its refusals; `nonce_key`
-    the key shared by every worker (None: a random one of its own)."""
-    if not config.turn.enabled or config.turn.engine != "builtin":
-        return None
-    from natkit.turn.builtin import BuiltinTurn
-
-    relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota)
-    return BuiltinTurn(config, relay=relay, counters=counters)

@@ -11,7 +11,7 @@ key or nonce). Only error responses are decoded; the caller checks the two type 
 The 401 that answers a request without MESSAGE-INTEGRITY is the challenge every client gets
 first (RFC 8489 §9.2.4): reason ``challenge``, kept apart so dashboards do not count it as a
 refusal, and logged at debug only. `RefusalLog` rate-limits the info lines per reason under a
-flood (token buckets of `natkit.stun.ratelimit`) and says how many it held back.
+flood (token buckets of `natkit.net.ratelimit`) and says how many it held back.
 """
 
 from __future__ import annotations
@@ -23,11 +23,12 @@ from typing import NamedTuple
 
 from natkit.addr import Address
 from natkit.metrics import TURN_METHODS, TURN_REASONS
+from natkit.net.demux import is_error_response
+from natkit.net.ratelimit import RateLimiter
 from natkit.stun.attributes import ErrorCode
 from natkit.stun.constants import AttrType, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.message import parse_message
-from natkit.stun.ratelimit import RateLimiter
 from natkit.turn.allocation import Allocation
 
 __all__ = [
@@ -71,11 +72,6 @@ class Refusal(NamedTuple):
     """One of the reasons of `REASONS`."""
     detail: str
     """What the log says: who and what, no secret."""
-
-
-def is_error_response(data: bytes) -> bool:
-    """STUN message type with class bits C1 and C0 set (RFC 8489 §5): an error response."""
-    return len(data) >= 20 and data[0] < 0x40 and data[0] & 0x01 == 1 and data[1] & 0x10 == 0x10
 
 
 def method_label(method: int) -> str:

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from natkit.addr import Address, Transport
+from natkit.net.demux import CHANNEL_DATA, OTHER, classify
 from natkit.stun.attributes import AddressErrorCode, AttrValue
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.errors import StunDecodeError
@@ -144,11 +145,11 @@ class Relay:
             return []
         if self._opening:
             self._opening.clear()  # relay_unavailable comes before the next datagram
-        first = data[0]
-        if 0x40 <= first <= 0x4F:  # ChannelData (RFC 7983 §7), the hot path
+        kind = classify(data)
+        if kind == CHANNEL_DATA:  # the hot path
             route = self.channel_data(data, client, local, transport, now)
             return [] if route is None else [SendToPeer(*route)]
-        if first > 3:
+        if kind == OTHER:
             return []
         try:
             msg = parse_message(data)

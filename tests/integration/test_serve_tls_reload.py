@@ -32,7 +32,7 @@ def _served_certificate(port: int) -> str:
 def _new_certificate(cert: Path, key: Path, name: str) -> None:
     subprocess.run(
         # The fixture's key type (EC P-256): OpenSSL keeps one certificate per key type in a
-        # context, so a reload that changes the type needs a restart (natkit.stun.sockets).
+        # context, so a reload that changes the type needs a restart (natkit.net.sockets).
         ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-days", "1",
          "-subj", f"/CN={name}", "-keyout", str(key), "-out", str(cert)],

@@ -69,8 +69,9 @@ def test_other_errors_and_info_lines_are_not_held_back(
 
 
 def test_servers_log_through_the_filter() -> None:
-    import natkit.stun.server
+    import natkit.net.stream
+    import natkit.net.udp
     import natkit.turn.builtin
 
-    for module in (natkit.stun.server, natkit.turn.builtin):
+    for module in (natkit.net.udp, natkit.net.stream, natkit.turn.builtin):
         assert any(isinstance(f, RateLimitFilter) for f in module.log.filters), module

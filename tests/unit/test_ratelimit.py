@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from natkit.stun.ratelimit import RateLimiter
+from natkit.net.ratelimit import RateLimiter
 
 
 def test_burst_then_rate() -> None:

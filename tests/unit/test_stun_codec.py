@@ -28,9 +28,6 @@ from natkit.stun import (
     check_fingerprint,
     check_integrity,
     check_integrity_sha256,
-    frame_size,
-    is_channel_data,
-    is_stun,
     parse_channel_data,
     parse_message,
 )
@@ -158,17 +155,6 @@ def test_channel_data() -> None:
             parse_channel_data(bad)
     with pytest.raises(StunEncodeError):
         build_channel_data(0x3FFF, b"")
-
-
-def test_demux_and_stream_framing() -> None:
-    assert is_stun(BASE) and not is_channel_data(BASE)
-    assert is_channel_data(b"\x40\x00") and not is_stun(b"\x40")
-    assert not is_stun(b"") and not is_channel_data(b"")
-    assert frame_size(BASE[:3]) is None
-    assert frame_size(BASE[:4]) == len(BASE)
-    assert frame_size(b"\x40\x00\x00\x05") == 12
-    with pytest.raises(StunDecodeError):
-        frame_size(b"\x16\x03\x01\x02\x00")  # a TLS ClientHello
 
 
 def test_public_surface_is_explicit() -> None:

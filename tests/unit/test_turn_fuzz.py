@@ -6,8 +6,9 @@ from __future__ import annotations
 import random
 
 from natkit.addr import Address
+from natkit.net.demux import CHANNEL_DATA, classify
 from natkit.stun.constants import AttrType, Method
-from natkit.stun.framing import build_channel_data, is_channel_data
+from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
 from natkit.turn.relay import AMPLIFICATION_LIMIT, SendToClient
 from tests.unit.test_turn_relay_client import PEER, Client, make_relay
@@ -77,7 +78,7 @@ def test_relay_survives_garbage_and_answers_only_well_formed() -> None:
             if isinstance(command, SendToClient):
                 answered += 1
                 assert command.to == (client.address, client.local, client.transport)
-                if not is_channel_data(command.data):
+                if classify(command.data) != CHANNEL_DATA:
                     answer = parse_message(command.data)  # raises if we ever built garbage
                     if AttrType.MESSAGE_INTEGRITY not in answer:  # relay.py's bound
                         assert len(command.data) <= AMPLIFICATION_LIMIT * len(data), data.hex()

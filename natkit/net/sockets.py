@@ -165,7 +165,7 @@ def bind_stream(addr: Address, reuse_port: bool = True, *, join: bool = False) -
 
 
 def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.socket]]:
-    """Every listening socket of `workers` workers, in `StunServer.bind` order (plan by plan,
+    """Every listening socket of `workers` workers, in `Listeners.bind` order (plan by plan,
     address by address): one reuseport group per address whose first member is bound
     exclusively. NatkitError (and nothing left open) if any address is taken."""
     per_worker: list[list[socket.socket]] = [[] for _ in range(workers)]

@@ -2,7 +2,7 @@
 
 Theory of operation. The supervisor (the `natkit serve` process) binds every listening
 socket once per worker (one SO_REUSEPORT group per address, its first member bound exclusively so
-that a port anyone else holds is an error: `natkit.stun.sockets.bind_worker_sockets`) and spawns
+that a port anyone else holds is an error: `natkit.net.sockets.bind_worker_sockets`) and spawns
 `stun.workers` processes, handing each its own sockets; the kernel spreads flows over workers
 without a shared accept lock, and each runs its own event loop (uvloop when installed). A duplex
 pipe joins each worker to the supervisor: the worker reports ``("ready", pid)`` or
@@ -48,7 +48,7 @@ from natkit.errors import NatkitError
 
 __all__ = ["Supervisor", "live_applied", "resolve_workers", "worker_main"]
 
-log = logging.getLogger("natkit.stun.workers")
+log = logging.getLogger("natkit.serve.workers")
 
 _PR_SET_PDEATHSIG = 1
 _READY_TIMEOUT = 20.0  # seconds a worker may take to import, bind and report
@@ -100,9 +100,9 @@ def worker_main(
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which drains us
     logs.setup(config.logging.level, config.logging.format, role=f"worker-{index}")
     from natkit.metrics import WorkerCounters
-    from natkit.stun.server import StunServer
-    from natkit.stun.sockets import make_ssl_context
-    from natkit.turn.engine import create_engine
+    from natkit.net.listeners import Listeners
+    from natkit.net.sockets import make_ssl_context
+    from natkit.serve.routing import create_engine, dispatcher_for
 
     counters = WorkerCounters(array, index)
     try:
@@ -113,17 +113,18 @@ def worker_main(
         turn = create_engine(
             config, counters.values, nonce_key=nonce_key, worker=index, quota=quota
         )
-        server = StunServer(config.stun, counters, reuse_port=True, ssl_context=ctx, turn=turn)
+        dispatch = dispatcher_for(config.stun, turn)
+        server = Listeners(config.stun, counters, dispatch, reuse_port=True, ssl_context=ctx)
         server.bind(sockets)
     except NatkitError as err:
         conn.send(("error", str(err)))
         sys.exit(3)
     with asyncio.Runner(loop_factory=_new_loop) as runner:
-        runner.run(_worker_loop(index, server, counters, conn, ctx))
+        runner.run(_worker_loop(index, server, turn, counters, conn, ctx))
 
 
 async def _worker_loop(
-    index: int, server: Any, counters: Any, conn: Connection, ctx: Any = None
+    index: int, server: Any, turn: Any, counters: Any, conn: Connection, ctx: Any = None
 ) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -145,25 +146,26 @@ async def _worker_loop(
                 _reload_tls(ctx, new)
 
     loop.add_reader(conn.fileno(), on_message)
-    if server.turn is not None:
-        await server.turn.start()
+    if turn is not None:
+        await turn.start()
     await server.start()
     # Everything allocated so far lives as long as the worker: keep it out of every GC pass.
     gc.collect()
     gc.freeze()
     conn.send(("ready", os.getpid()))
     log.debug("worker %d serving", index)
-    sync_gauges = getattr(server.turn, "sync_gauges", None)  # TURN gauges (natkit.metrics)
+    sync_gauges = None if turn is None else turn.sync_gauges  # TURN gauges (natkit.metrics)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), _FLUSH_INTERVAL)
         if sync_gauges is not None:
             sync_gauges()
         counters.flush()
-    await _drain_turn(server, counters, sync_gauges)
+    if turn is not None:
+        await _drain_turn(turn, counters, sync_gauges)
     await server.close(drain=2.0)
-    if server.turn is not None:
-        await server.turn.close()
+    if turn is not None:
+        await turn.close()
     counters.flush()
 
 
@@ -177,7 +179,7 @@ def _turn_quota(config: Config, count: int) -> Any:
 
 
 def _reload_tls(ctx: Any, config: Config) -> None:
-    from natkit.stun.sockets import reload_certificate
+    from natkit.net.sockets import reload_certificate
 
     try:
         reload_certificate(ctx, config.stun.tls, config.source)
@@ -187,13 +189,10 @@ def _reload_tls(ctx: Any, config: Config) -> None:
     log.info("reloaded the TLS certificate %s", config.stun.tls.cert)
 
 
-async def _drain_turn(server: Any, counters: Any, sync: Any) -> None:
+async def _drain_turn(turn: Any, counters: Any, sync: Any) -> None:
     """TURN's graceful drain (`BuiltinTurn.drain`, up to turn.drain_timeout) before the
     listeners close, metrics still flushed meanwhile."""
-    drain = getattr(server.turn, "drain", None)
-    if drain is None:
-        return
-    task = asyncio.ensure_future(drain(elsewhere=counters.turn_allocations_total))
+    task = asyncio.ensure_future(turn.drain(elsewhere=counters.turn_allocations_total))
     while not task.done():
         await asyncio.wait({task}, timeout=_FLUSH_INTERVAL)
         if sync is not None:
@@ -245,7 +244,7 @@ class Supervisor:
     async def start(self) -> None:
         """Bind every listener, spawn every worker and wait until all serve; NatkitError (and
         nothing left) otherwise."""
-        from natkit.stun.sockets import bind_worker_sockets
+        from natkit.net.sockets import bind_worker_sockets
 
         self._sockets = bind_worker_sockets(self.running.stun, len(self._workers))
         for worker in self._workers:

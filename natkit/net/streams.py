@@ -1,13 +1,13 @@
-"""One TCP/TLS connection of the STUN server: its slot state and its two read deadlines.
+"""One TCP/TLS connection of a listener: its slot state, its way back (`Link`) and its deadlines.
 
 Slowloris (issue 11 #4): a deadline that restarts on every byte lets 1 byte every 2 s hold a
 slot forever. Here neither deadline moves per byte: the idle deadline counts from the last whole
 frame moved in either direction (a STUN message or ChannelData in, an answer or relayed data
 out), and a frame deadline runs from the first byte of a frame until the frame is complete
 (`stream.frame_timeout`). The slot itself is admitted by `natkit.admission.ConnectionTable`
-(per-source cap, oldest idle evicted when full); `StreamConn.relaying` keeps a connection that
-carries a TURN allocation out of eviction while it moves data (RFC 8656 §7: a TCP allocation
-ends with its connection, so evicting it would end a working call).
+(per-source cap, oldest idle evicted when full); a handler that ties state to the connection
+`pin`s it (TURN: RFC 8656 §7, a TCP allocation ends with its connection), and `relaying` keeps
+a pinned connection out of eviction while it moves data: evicting it would end a working call.
 """
 
 from __future__ import annotations
@@ -29,31 +29,32 @@ class StreamTimeout(Exception):
 
 class StreamConn:
     """One TCP/TLS connection's slot state: when it last moved a whole frame (either way) and
-    whether it holds a TURN allocation, which makes it not evictable while it relays."""
+    whether a handler pinned it, which makes it not evictable while it relays. A `Link`."""
 
-    __slots__ = ("allocated", "clock", "last_active", "writer")
+    __slots__ = ("clock", "last_active", "pinned", "writer")
 
     def __init__(self, writer: asyncio.StreamWriter, clock: Callable[[], float]) -> None:
         self.writer = writer
         self.clock = clock  # the loop's: its deadlines are on that clock
         self.last_active = clock()
-        self.allocated = False
+        self.pinned = False
 
-    def write(self, data: bytes) -> None:
-        """The TURN engine's reply path for this connection (answers and relayed peer data).
-        A peer may keep sending after the client went away (RFC 8656 §7: the allocation ends
+    def send(self, data: bytes, to: object = None) -> None:
+        """Answers and relayed data for this connection's client (`to` is implied). A TURN
+        peer may keep sending after the client went away (RFC 8656 §7: the allocation ends
         with the connection, which the reader reports a moment later): writes to a closing
         transport are dropped, since uvloop raises RuntimeError and asyncio's TLS transport
         logs "SSL connection is closed" for each."""
         if self.writer.transport.is_closing():
             return
-        if data[:2] == b"\x01\x03":  # RFC 8656 §7.3: an Allocate success response
-            self.allocated = True
         self.last_active = self.clock()
         self.writer.write(data)
 
+    def pin(self) -> None:
+        self.pinned = True
+
     def relaying(self, now: float, idle_timeout: float) -> bool:
-        return self.allocated and now - self.last_active < idle_timeout
+        return self.pinned and now - self.last_active < idle_timeout
 
 
 async def read_by(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from natkit.addr import Address
-from natkit.stun import mmsg
+from natkit.net import mmsg
 from natkit.stun.binding import BindingHandler
 
 pytestmark = [

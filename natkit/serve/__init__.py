@@ -24,9 +24,9 @@ from natkit.config.model import Config
 from natkit.errors import NatkitError
 from natkit.fdlimit import fd_budget, raise_nofile
 from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
+from natkit.net.sockets import make_ssl_context, plan_listeners
+from natkit.serve.workers import Supervisor, resolve_workers
 from natkit.signal.http import SignalServer, serve_signal
-from natkit.stun.sockets import make_ssl_context, plan_listeners
-from natkit.stun.workers import Supervisor, resolve_workers
 
 __all__ = ["preflight", "serve", "warn_ignored"]
 

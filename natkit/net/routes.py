@@ -1,0 +1,98 @@
+"""What a protocol handler declares to the listeners, and the dispatcher that picks one.
+
+A handler is a callable ``handle(data, source, local, transport, link) -> Transmit | None``:
+one datagram or stream frame in, what to send back out as data (the listener sends it: on UDP
+from the socket bound to `Transmit.source`, on a stream on the same connection). `link` is how
+the handler can reach that client later, for data that arrives from elsewhere (a TURN peer's
+datagram): it keeps the link, and the listener never learns why.
+
+A `Route` is a handler plus what the listener must know about its traffic: whether it counts
+against ``stun.rate_limit`` (all of it, only requests, or none), the largest message it takes,
+and an optional fast path for batched IPv4 UDP. `Dispatcher` maps each `natkit.net.demux` kind
+to a route; `serve` registers the Binding handler and, with TURN on, the TURN engine.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from natkit.addr import Address, Transport
+from natkit.net.demux import BINDING, CHANNEL_DATA, KINDS, OTHER, STUN
+
+__all__ = ["Dispatcher", "FastV4", "Handle", "Limit", "Link", "Route", "Transmit"]
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    data: bytes
+    destination: Address  # where to send
+    source: Address  # which local address (socket) to send from; TCP/TLS: the same connection
+
+
+class Link(Protocol):
+    """The way back to one client: its listener's UDP socket, or its TCP/TLS connection."""
+
+    def send(self, data: bytes, to: Address) -> None:
+        """Send `data` to the client at `to` (streams ignore `to`); drops what cannot go out."""
+
+    def pin(self) -> None:
+        """The client now holds state that ends with the link (RFC 8656 §7: a TCP allocation):
+        a full listener must not evict it while it moves data."""
+
+
+Handle = Callable[[bytes, Address, Address, Transport, Link], "Transmit | None"]
+FastV4 = Callable[[bytes, int, int, Address], "bytes | None"]
+"""Batched IPv4 UDP: (data, source IP as int, source port, local) → the answer, or None to take
+`Route.handle`. For the one message worth a shortcut (a plain Binding request)."""
+
+
+class Limit(enum.Enum):
+    """Which of a route's messages count against the per-source ``stun.rate_limit``."""
+
+    ALL = 1
+    REQUESTS = 2  # requests only: indications and ChannelData carry media at media rates
+    NONE = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    handle: Handle
+    name: str  # for logs: "binding handler", "TURN engine"
+    limit: Limit = Limit.ALL
+    max_size: int = 0
+    """Largest datagram or frame it takes (0: the listener's default, for STUN requests)."""
+    fast_v4: FastV4 | None = None
+    counted: bool = False
+    """Its answers are counted in ``natkit_stun_requests_total`` (the Binding handler's)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatcher:
+    """The routes of one listener, by kind. Without a `stun` route the Binding handler takes
+    every STUN message (and answers what it cannot serve); without `channel_data` ChannelData
+    is dropped (UDP) or ends the connection (streams); OTHER is never routed."""
+
+    binding: Route
+    stun: Route | None = None
+    channel_data: Route | None = None
+    on_close: Callable[[Address, Address, Transport], None] | None = None
+    """A TCP/TLS connection (client, local, transport) ended."""
+    by_kind: tuple[Route | None, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        table: list[Route | None] = [None] * len(KINDS)
+        table[BINDING] = self.binding
+        table[STUN] = self.stun or self.binding
+        table[CHANNEL_DATA] = self.channel_data
+        table[OTHER] = None
+        object.__setattr__(self, "by_kind", tuple(table))
+
+    def routes(self) -> list[Route]:
+        return [r for r in (self.binding, self.stun, self.channel_data) if r is not None]
+
+    def max_size(self, default: int) -> int:
+        """The largest message any route takes; `default` for routes that use the default."""
+        return max(r.max_size or default for r in self.routes())

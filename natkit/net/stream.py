@@ -1,0 +1,198 @@
+"""The TCP/TLS read path of a listener: one task per connection, framed (RFC 8489 §6.2.2, RFC
+8656 §12.5), each frame rate limited, classified and handed to its route.
+
+Slots are admitted per source and per worker by `natkit.admission.ConnectionTable` (when full,
+the oldest idle or mid-frame connection is evicted, never one a handler pinned while it moves
+data); an idle and a per-frame deadline that no single byte extends (`natkit.net.streams`) cut
+slow-loris connections. Anything that is not STUN or ChannelData, a frame larger than every
+route takes, or a request or response no handler answers ends the connection: a stream cannot be
+resynchronised, and an unanswerable message on one is garbage or an attack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable, Hashable
+
+from natkit.addr import Address, Transport
+from natkit.admission import ConnectionTable, source_key
+from natkit.config.model import StreamConfig
+from natkit.logs import RateLimitFilter
+from natkit.metrics import CONNECTIONS, error_index, ratelimited_index, request_index
+from natkit.net.demux import CHANNEL_DATA, classify, is_indication, is_request
+from natkit.net.framing import FramingError, StreamFramer
+from natkit.net.ratelimit import RateLimiter
+from natkit.net.routes import Dispatcher, Limit
+from natkit.net.streams import StreamConn, StreamTimeout, read_by
+from natkit.net.udp import ratelimit_key
+
+__all__ = ["StreamService"]
+
+log = logging.getLogger("natkit.net.stream")
+log.addFilter(RateLimitFilter())  # refusals under a flood: one line per reason and interval
+
+
+class StreamService:
+    """Every TCP/TLS connection of one worker: one slot table, one set of tasks."""
+
+    def __init__(
+        self,
+        limits: StreamConfig,
+        counts: list[int],
+        limiter: Callable[[], RateLimiter | None],
+    ) -> None:
+        self.limits = limits
+        self.counts = counts
+        self.limiter = limiter
+        # Per worker, like the kernel's share of connections: each worker admits its own.
+        self.table = ConnectionTable(limits.max_connections, limits.max_connections_per_source)
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def callback(
+        self, dispatcher: Dispatcher, transport: Transport
+    ) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], asyncio.Future[None]]:
+        """The `asyncio.start_server` callback of one listener."""
+
+        def on_connection(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> asyncio.Future[None]:
+            task = asyncio.ensure_future(self._serve(dispatcher, transport, reader, writer))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return task
+
+        return on_connection
+
+    async def close(self, drain: float) -> None:
+        """Give open connections `drain` seconds to finish, then cut them."""
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=drain)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _serve(
+        self,
+        dispatcher: Dispatcher,
+        transport: Transport,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+    ) -> None:
+        counts = self.counts
+        peer = writer.get_extra_info("peername")
+        source = Address(peer[0], peer[1])
+        conn = StreamConn(writer, asyncio.get_running_loop().time)
+        if not self._admit(conn, source):
+            writer.transport.abort()  # refused: nothing was read, nothing to answer
+            return
+        counts[CONNECTIONS] += 1
+        sockname = writer.get_extra_info("sockname")
+        local = Address(sockname[0], sockname[1])
+        name = transport.value
+        try:
+            await self._loop(conn, dispatcher, reader, source, local, transport)
+        except StreamTimeout as exc:
+            counts[error_index(exc.kind)] += 1
+            log.debug("closing %s connection from %s: %s", name, source, exc.kind)
+        except FramingError as exc:
+            counts[error_index("framing")] += 1
+            log.debug("closing %s connection from %s: %s", name, source, exc)
+        except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+            pass  # the peer went away (or was evicted); nothing to tell it
+        finally:
+            counts[CONNECTIONS] -= 1
+            self.table.release(conn)
+            if dispatcher.on_close is not None:
+                dispatcher.on_close(source, local, transport)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _admit(self, conn: StreamConn, source: Address) -> bool:
+        """A slot for `conn`: refused past the per-source cap; when full, the oldest idle or
+        mid-frame connection is evicted for it (never a pinned one that moves data)."""
+        counts = self.counts
+        now, idle = conn.last_active, self.limits.idle_timeout
+
+        def relaying(other: Hashable) -> bool:
+            return isinstance(other, StreamConn) and other.relaying(now, idle)
+
+        verdict = self.table.admit(conn, source_key((source.host,)), relaying)
+        if verdict.status:
+            kind = "source_limit" if verdict.status == 429 else "connection_limit"
+            counts[error_index(kind)] += 1
+            log.warning("refused a TCP/TLS connection from %s: %s", source.host, verdict.reason)
+            return False
+        if isinstance(verdict.evict, StreamConn):
+            counts[error_index("evicted")] += 1
+            log.warning("stream slots full: closed the oldest idle connection for %s", source.host)
+            verdict.evict.writer.transport.abort()
+        return True
+
+    async def _loop(
+        self,
+        conn: StreamConn,
+        dispatcher: Dispatcher,
+        reader: asyncio.StreamReader,
+        source: Address,
+        local: Address,
+        transport: Transport,
+    ) -> None:
+        counts = self.counts
+        limits = self.limits
+        name = transport.value
+        family = source.family
+        key = ratelimit_key(family)(source.host)
+        limited = ratelimited_index(name)
+        internal = error_index("internal")
+        routes = dispatcher.by_kind
+        framer = StreamFramer(dispatcher.max_size(limits.max_message_size))
+        clock = conn.clock
+        frame_start: float | None = None  # when the first byte of the pending frame came
+        while True:
+            data = await read_by(conn, reader, frame_start, limits, clock)
+            if not data:
+                return
+            loop_now = clock()
+            frames = framer.feed(data)
+            if frames:
+                conn.last_active = loop_now  # complete frames are activity; stray bytes are not
+                frame_start = loop_now if framer.pending else None
+            elif frame_start is None:
+                frame_start = loop_now
+            now = time.monotonic()
+            rl = self.limiter()
+            for frame in frames:
+                kind = classify(frame)
+                route = routes[kind]
+                if route is None:
+                    raise FramingError("ChannelData, but no TURN here")
+                request = is_request(frame)
+                if (
+                    rl is not None
+                    and route.limit is not Limit.NONE
+                    and (route.limit is Limit.ALL or request)
+                    and not rl.allow(key, now)
+                ):
+                    counts[limited] += 1
+                    continue
+                try:
+                    tx = route.handle(frame, source, local, transport, conn)
+                except Exception:
+                    counts[internal] += 1
+                    log.exception("%s failed on a %d-byte %s frame", route.name, len(frame), name)
+                    tx = None
+                if route.counted:
+                    result = (
+                        "ignored" if tx is None else "error" if tx.data[1] & 0x10 else "success"
+                    )
+                    counts[request_index(name, family, result)] += 1
+                if tx is not None:
+                    conn.send(tx.data)
+                elif kind != CHANNEL_DATA and not is_indication(frame):
+                    raise FramingError("unanswerable message on a stream")
+            await conn.writer.drain()
