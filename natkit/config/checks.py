@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from natkit.addr import format_hostport, parse_hostport
+from natkit.addr import Transport, format_hostport, parse_hostport
 from natkit.config.model import (
     DiagnoseConfig,
     DiagnoseTurnServer,
@@ -48,6 +48,7 @@ __all__ = [
     "SECTION_RULES",
     "Context",
     "Problem",
+    "proxy_section",
 ]
 
 DIAGNOSE_TIMEOUT = (0.2, 60.0)
@@ -155,6 +156,42 @@ def _cidr(text: str, _: Context) -> str:
     except ValueError:
         raise ValueError(f"{text!r} is not a CIDR range, e.g. 10.0.0.0/8") from None
     return text
+
+
+def _trusted_source(text: str, _: Context) -> str:
+    """A load balancer allowed to send PROXY headers: an IP or a CIDR range, never everyone
+    (a client trusted to send the header chooses the address it is rate-limited as)."""
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an IP address or CIDR range, e.g. 10.0.0.5 or 10.0.0.0/24"
+        ) from None
+    if net.prefixlen == 0:
+        raise ValueError(
+            f"{text!r} trusts every address: any client could announce any source; "
+            "list the load balancers' addresses"
+        )
+    return text
+
+
+def proxy_section(stun: StunConfig) -> None:
+    """``stun.proxy_protocol`` needs someone to trust and a listener the header can arrive on
+    (haproxy's proxy-protocol.txt: the header opens a TCP connection; natkit reads none on UDP)."""
+    if not stun.proxy_protocol:
+        return
+    if not stun.proxy_trusted:
+        raise Problem(
+            "proxy_protocol",
+            "no load balancer may send the PROXY header: list their addresses in "
+            "stun.proxy_trusted (e.g. [10.0.0.5]), or set proxy_protocol: false",
+        )
+    if not any(uri.transport in (Transport.TCP, Transport.TLS) for uri in stun.listen):
+        raise Problem(
+            "proxy_protocol",
+            "PROXY headers arrive on tcp:// or tls:// listeners and stun.listen has none: "
+            "add one, or set proxy_protocol: false",
+        )
 
 
 def _existing_file(value: str | None, ctx: Context) -> str | None:
@@ -270,6 +307,7 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
 
 # Rules for each item of a list key, so an error points at the item's own line.
 ITEM_RULES: dict[tuple[type, str], FieldRule] = {
+    (StunConfig, "proxy_trusted"): _trusted_source,
     (TurnPeersConfig, "deny"): _cidr,
     (TurnPeersConfig, "allow"): _cidr,
     (TurnCoturnConfig, "extra"): _extra_line,

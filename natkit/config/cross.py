@@ -10,19 +10,21 @@ wildcard relay). A rule raises `Problem` with the dotted key path to blame.
 from __future__ import annotations
 
 from natkit.addr import Address, Transport
-from natkit.config.checks import Problem
+from natkit.config.checks import Problem, proxy_section
 from natkit.config.model import Config, PortRange, StunConfig
 
 __all__ = ["check_config", "check_stun", "validate"]
 
 
 def check_stun(stun: StunConfig) -> None:
-    """`stun` on its own: TLS files given, RFC 5780 alternate consistent with the listeners."""
+    """`stun` on its own: TLS files given, RFC 5780 alternate consistent with the listeners,
+    PROXY protocol with trusted balancers and a stream listener."""
     tls = [i for i, uri in enumerate(stun.listen) if uri.transport is Transport.TLS]
     if tls and (stun.tls.cert is None or stun.tls.key is None):
         raise Problem("listen", "a tls:// listener needs stun.tls.cert and stun.tls.key", tls[0])
     if stun.alternate is not None and stun.alternate_address is not None:
         _check_alternate(stun, stun.alternate, stun.alternate_address)
+    proxy_section(stun)
 
 
 def _check_alternate(stun: StunConfig, alternate: str, address: Address) -> None:

@@ -6,7 +6,10 @@ rendezvous has no effect. Checked against coturn 4.6.1 (Debian): ``turnserver --
 with "unrecognized option" (the man page documents it for builds with libprom; ``--help`` does
 not list it), it picks its own relay threads (``--relay-threads``, default one per CPU),
 has no per-source request limit, sends its own SOFTWARE ("Coturn-4.6.1 ...") unless told none,
-and has no option for the default allocation lifetime (600 s, built in).
+and has no option for the default allocation lifetime (600 s, built in). Its PROXY protocol
+support (``tcp-proxy-port``, coturn commit ace903fd, in 4.6.1) moves the TCP listener to that
+port, accepts the header from every source and disables the TLS listeners (netengine.c): it
+cannot express ``stun.proxy_trusted``, so natkit does not render it.
 
 A key is listed when its value asks for something (a non-default value, or a default that turns
 a feature on, like the rate limit and the metrics endpoint): a warning, never an error.
@@ -58,6 +61,12 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "stun.stream",
         lambda c: c.stun.stream != _STREAM,
         "coturn applies its own TCP/TLS connection limits",
+    ),
+    Ignored(
+        "stun.proxy_protocol",
+        lambda c: c.stun.proxy_protocol,
+        "natkit does not render coturn's tcp-proxy-port: it takes the header from any source "
+        "(no trusted list) on a port of its own and turns coturn's TLS listener off",
     ),
     Ignored(
         "stun.software",

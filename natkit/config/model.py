@@ -8,6 +8,7 @@ step with configs/natkit.yaml by a test. `metadata["secret"]` marks values never
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import Field, dataclass, field, fields, is_dataclass
 from typing import Any, Literal, NamedTuple
 
@@ -61,6 +62,8 @@ def config_fields(cls: type) -> tuple[Field[Any], ...]:
 # operator's own network is the classic TURN vulnerability). Derived from the IANA special-purpose
 # address registries (natkit.special_addresses); IPv4-mapped IPv6 forms are derived by the policy.
 DEFAULT_DENIED_PEERS: tuple[str, ...] = special_addresses.DEFAULT_DENIED_PEERS
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,16 +142,36 @@ class StunConfig:
     stream: StreamConfig = field(
         default_factory=StreamConfig, metadata=doc("TCP/TLS connection limits.")
     )
+    proxy_protocol: bool = field(
+        default=False,
+        metadata=doc(
+            "TCP/TLS connections from proxy_trusted open with a PROXY protocol v2 header "
+            "naming the real client."
+        ),
+    )
+    proxy_trusted: tuple[str, ...] = field(
+        default=(),
+        metadata=doc("Load balancers (IP or CIDR) that must send the header; no one else may."),
+    )
     alternate_address: Address | None = field(
         init=False,
         repr=False,
         compare=False,
         metadata=doc("`alternate` parsed (derived, not a key).", key=False),
     )
+    proxy_networks: tuple[IPNetwork, ...] = field(
+        init=False,
+        repr=False,
+        compare=False,
+        metadata=doc("`proxy_trusted` parsed (derived, not a key).", key=False),
+    )
 
     def __post_init__(self) -> None:
         alternate = None if self.alternate is None else Address(*parse_hostport(self.alternate))
         object.__setattr__(self, "alternate_address", alternate)
+        # strict=False: "10.0.0.5/24" means 10.0.0.0/24, as in turn.peers.
+        networks = tuple(ipaddress.ip_network(t, strict=False) for t in self.proxy_trusted)
+        object.__setattr__(self, "proxy_networks", networks)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ CASES: list[tuple[str, str]] = [
     (
         "stun:\n  xyzzy: 1\n",
         "natkit.yaml:2: stun.xyzzy: unknown key; known keys: enabled, listen, "
-        "alternate, workers, software, rate_limit, tls, stream",
+        "alternate, workers, software, rate_limit, tls, stream, proxy_protocol, proxy_trusted",
     ),
     (
         "source: x\n",

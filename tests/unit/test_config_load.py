@@ -42,6 +42,8 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
             "max_connections_per_source": 64,
             "frame_timeout": 10.0,
         },
+        "proxy_protocol": False,
+        "proxy_trusted": [],
     },
     "turn": {
         "enabled": False,
