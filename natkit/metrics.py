@@ -64,6 +64,8 @@ ERROR_KINDS = (
     "source_limit",  # a TCP/TLS connection refused: its source held its share of the slots
     "frame_timeout",  # a stream cut: a frame did not complete within stream.frame_timeout
     "evicted",  # an idle or mid-frame stream closed to make room for a new connection
+    "proxy_missing",  # a trusted load balancer's connection opened without a PROXY header
+    "proxy_invalid",  # ... with a malformed or unusable PROXY v2 header
 )
 
 _N_REQUESTS = len(TRANSPORTS) * len(FAMILIES) * len(RESULTS)

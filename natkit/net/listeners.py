@@ -13,6 +13,7 @@ worker.
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from natkit.addr import Address, Transport
 from natkit.config.model import RateLimitConfig, StunConfig
 from natkit.metrics import WorkerCounters
+from natkit.net.proxy_protocol import header_required
 from natkit.net.ratelimit import RateLimiter
 from natkit.net.routes import Dispatcher
 from natkit.net.sockets import ListenerPlan, bind_stream, bind_udp, plan_listeners
@@ -53,7 +55,11 @@ class Listeners:
         self._udp: list[socket.socket] = []
         self._stream_socks: list[tuple[ListenerPlan, socket.socket]] = []
         self._servers: list[asyncio.Server] = []
-        self.streams = StreamService(config.stream, counters.values, lambda: self.limiter)
+        proxied = None
+        if config.proxy_protocol:
+            proxied = functools.partial(header_required, stun=config)
+        self.streams = StreamService(config.stream, counters.values, lambda: self.limiter, proxied)
+        self._accepting: list[asyncio.Task[None]] = []  # PROXY listeners' accept loops
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def reconfigure(self, rl: RateLimitConfig) -> None:
@@ -96,6 +102,13 @@ class Listeners:
                 loop.add_reader(sock.fileno(), reader)
         for plan, sock in self._stream_socks:
             tls = plan.uri.transport is Transport.TLS
+            if self.config.proxy_protocol:  # the header comes before TLS: accept ourselves
+                ctx = self._ssl if tls else None
+                task = self.streams.accept_proxied(
+                    sock, self.dispatch(plan), plan.uri.transport, ctx
+                )
+                self._accepting.append(task)
+                continue
             server = await asyncio.start_server(
                 self.streams.callback(self.dispatch(plan), plan.uri.transport),
                 sock=sock,
@@ -115,6 +128,9 @@ class Listeners:
             sock.close()
         for server in self._servers:
             server.close()
+        for task in self._accepting:
+            task.cancel()
+        await asyncio.gather(*self._accepting, return_exceptions=True)
         for _, sock in self._stream_socks:
             sock.close()
         await self.streams.close(drain)

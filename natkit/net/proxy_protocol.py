@@ -7,23 +7,20 @@ with a header naming the real client; the server reads it before any STUN byte, 
 TLS handshake on a tls:// listener (the balancer passes TLS through and writes the header in the
 clear ahead of the ClientHello).
 
-Theory of operation, for the listener (the caller):
-
-1. On accept, ``StreamOpening(peer, stun_config)``. Feed it what arrives (`feed`) until it
-   returns ``(client, rest)``: `client` is the effective client address for everything that
-   follows (answers, rate limits, per-source caps, TURN 5-tuples), `rest` the first bytes of
-   the STUN stream (on tls://: the first TLS bytes). Admit the connection to the per-source
-   table by `client`, not by the balancer's address.
-2. `feed` raises `ProxyRefused` for a connection to close unanswered; its `kind` names the
-   refusal for metrics (``proxy_untrusted``, ``proxy_missing``, ``proxy_invalid``) and
-   `str()` is one line for the log.
-3. Until `feed` decides, nothing has been admitted: bound that wait with the frame timeout
-   (``stun.stream.frame_timeout``) counted from accept, like a frame that does not complete.
+Theory of operation, for the listener (`natkit.net.stream`): on accept, a connection from a
+trusted balancer (`header_required`) is read exactly header by header — 16 bytes, then the
+length they announce — so not one byte past the header is consumed before the socket becomes
+a TCP or TLS stream; `parse_header` says after each read whether more is needed, and refuses
+as soon as the bytes rule a header out (`ProxyRefused`, whose `kind` names the refusal for
+metrics: ``proxy_missing``, ``proxy_invalid``, and `str()` is one line for the log). The wait
+is bounded by ``stun.stream.frame_timeout`` from accept. `client_address` is then the client
+for everything that follows: answers, rate limits, per-source caps, TURN 5-tuples.
 
 Who must send a header (`header_required`): with ``stun.proxy_protocol`` on, a connection from
 an address in ``stun.proxy_trusted`` must open with a valid v2 header, and one from anywhere else
 must not (it is a direct client: a header from it would let it choose its own address). With
-the key off nothing is parsed: a header is then just bytes that are not STUN.
+the key off nothing is parsed: a header is then just bytes that are not STUN (and from an
+untrusted source likewise: the framer or the TLS handshake refuses them).
 
 Accepted: version 2 only (§2.2). Version 1 (text) is refused with a reason saying to configure
 the balancer for v2. The whole header (16 bytes + the length field) may be at most
@@ -60,7 +57,6 @@ __all__ = [
     "Family",
     "ProxyHeader",
     "ProxyRefused",
-    "StreamOpening",
     "TlvType",
     "client_address",
     "crc32c",
@@ -118,7 +114,7 @@ _IP_SIZE: dict[int, int] = {0x1: 4, 0x2: 16}
 class ProxyRefused(Exception):
     """A connection to close unanswered: `str()` is the one-line reason, `kind` the refusal's
     name for metrics: ``proxy_invalid`` (a bad header), ``proxy_missing`` (a trusted source
-    sent none), ``proxy_untrusted`` (a header from a source not in ``stun.proxy_trusted``)."""
+    sent none)."""
 
     def __init__(self, reason: str, kind: str = "proxy_invalid") -> None:
         super().__init__(reason)
@@ -319,39 +315,3 @@ def client_address(header: ProxyHeader, peer: Address) -> Address:
         )
     mapped = _v4_form(header.source.ip)
     return Address(str(mapped), header.source.port) if mapped else header.source
-
-
-class StreamOpening:
-    """The first bytes of one TCP/TLS connection, until they settle who the client is."""
-
-    __slots__ = ("_buffer", "_required", "peer")
-
-    def __init__(self, peer: Address, stun: StunConfig) -> None:
-        self.peer = peer
-        self._required = header_required(peer, stun)
-        self._buffer = b""
-
-    @property
-    def required(self) -> bool:
-        """Whether this connection must open with a PROXY header (from a trusted balancer)."""
-        return self._required
-
-    def feed(self, data: bytes) -> tuple[Address, bytes] | None:
-        """``(client, rest)`` once decided, None while the header is incomplete. Raises
-        `ProxyRefused`; call it again only after it returned None."""
-        if not self._required:
-            # A direct client: its first byte tells whether it tries to send a header (0x0D
-            # starts v2, "P" v1; STUN starts with 0x00/0x01, ChannelData with 0x40-0x4F).
-            if data[:1] in (SIGNATURE[:1], _V1_PREFIX[:1]):
-                raise ProxyRefused(
-                    f"PROXY header from {self.peer.host}, which is not in stun.proxy_trusted",
-                    "proxy_untrusted",
-                )
-            return self.peer, data
-        self._buffer += data  # at most MAX_HEADER_SIZE + one read: parse_header bounds it
-        header = parse_header(self._buffer)
-        if header is None:
-            return None
-        client = client_address(header, self.peer)
-        rest, self._buffer = self._buffer[header.length :], b""
-        return client, rest

@@ -7,6 +7,12 @@ data); an idle and a per-frame deadline that no single byte extends (`natkit.net
 slow-loris connections. Anything that is not STUN or ChannelData, a frame larger than every
 route takes, or a request or response no handler answers ends the connection: a stream cannot be
 resynchronised, and an unanswerable message on one is garbage or an attack.
+
+Behind a load balancer (``stun.proxy_protocol``) the listener accepts connections itself:
+a trusted balancer's connection is read exactly up to the end of its PROXY v2 header
+(`natkit.net.proxy_protocol`), within ``stream.frame_timeout``, and only then becomes a TCP or
+TLS stream (`loop.connect_accepted_socket`), so the ClientHello behind the header is never
+lost; the announced client is the source for admission, rate limits and every handler.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from collections.abc import Callable, Hashable
@@ -25,12 +32,15 @@ from natkit.logs import RateLimitFilter
 from natkit.metrics import CONNECTIONS, error_index, ratelimited_index, request_index
 from natkit.net.demux import CHANNEL_DATA, classify, is_indication, is_request
 from natkit.net.framing import FramingError, StreamFramer
+from natkit.net.proxy_protocol import ProxyHeader, ProxyRefused, client_address, parse_header
 from natkit.net.ratelimit import RateLimiter
 from natkit.net.routes import Dispatcher, Limit
 from natkit.net.streams import StreamConn, StreamTimeout, read_by
 from natkit.net.udp import ratelimit_key
 
 __all__ = ["StreamService"]
+
+_PROXY_FIXED = 16  # signature, version/command, family, length (PROXY v2 §2.2)
 
 log = logging.getLogger("natkit.net.stream")
 log.addFilter(RateLimitFilter())  # refusals under a flood: one line per reason and interval
@@ -44,10 +54,14 @@ class StreamService:
         limits: StreamConfig,
         counts: list[int],
         limiter: Callable[[], RateLimiter | None],
+        proxied: Callable[[Address], bool] | None = None,
     ) -> None:
+        """`proxied(peer)`: whether a connection from `peer` opens with a PROXY header (None:
+        no listener takes PROXY headers)."""
         self.limits = limits
         self.counts = counts
         self.limiter = limiter
+        self.proxied = proxied
         # Per worker, like the kernel's share of connections: each worker admits its own.
         self.table = ConnectionTable(limits.max_connections, limits.max_connections_per_source)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -67,6 +81,72 @@ class StreamService:
 
         return on_connection
 
+    def accept_proxied(
+        self,
+        sock: socket.socket,
+        dispatcher: Dispatcher,
+        transport: Transport,
+        ssl_context: ssl.SSLContext | None,
+    ) -> asyncio.Task[None]:
+        """Serve the listening `sock` with PROXY headers (module docstring); cancel to stop."""
+        return asyncio.ensure_future(self._accept(sock, dispatcher, transport, ssl_context))
+
+    async def _accept(
+        self,
+        sock: socket.socket,
+        dispatcher: Dispatcher,
+        transport: Transport,
+        ctx: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(sock)
+            except OSError as err:  # out of file descriptors: back off, as asyncio's server does
+                log.warning("accept on %s failed: %s", transport.value, err.strerror or err)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.ensure_future(self._open(conn, addr, dispatcher, transport, ctx))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _open(
+        self,
+        sock: socket.socket,
+        addr: tuple[str, int],
+        dispatcher: Dispatcher,
+        transport: Transport,
+        ctx: ssl.SSLContext | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        peer = Address(addr[0], addr[1])
+        client = peer
+        try:
+            if self.proxied is not None and self.proxied(peer):
+                async with asyncio.timeout(self.limits.frame_timeout):
+                    client = client_address(await _read_proxy_header(loop, sock), peer)
+            reader = asyncio.StreamReader(limit=max(self.limits.max_message_size, 2**16))
+            protocol = asyncio.StreamReaderProtocol(reader)
+            handshake = self.limits.frame_timeout if ctx is not None else None
+            link, _ = await loop.connect_accepted_socket(
+                lambda: protocol, sock, ssl=ctx, ssl_handshake_timeout=handshake
+            )
+        except ProxyRefused as err:
+            self.counts[error_index(err.kind)] += 1
+            log.warning("refused a %s connection from %s: %s", transport.value, peer.host, err)
+            sock.close()
+            return
+        except TimeoutError:
+            self.counts[error_index("frame_timeout")] += 1
+            sock.close()
+            return
+        except (OSError, ssl.SSLError):
+            sock.close()  # gone during the header or the handshake
+            return
+        writer = asyncio.StreamWriter(link, protocol, reader, loop)
+        await self._serve(dispatcher, transport, reader, writer, client)
+
     async def close(self, drain: float) -> None:
         """Give open connections `drain` seconds to finish, then cut them."""
         if self.tasks:
@@ -81,10 +161,14 @@ class StreamService:
         transport: Transport,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        client: Address | None = None,
     ) -> None:
+        """One connection, from `client` (the peer unless a PROXY header announced another)."""
         counts = self.counts
-        peer = writer.get_extra_info("peername")
-        source = Address(peer[0], peer[1])
+        if client is None:
+            peer = writer.get_extra_info("peername")
+            client = Address(peer[0], peer[1])
+        source = client
         conn = StreamConn(writer, asyncio.get_running_loop().time)
         if not self._admit(conn, source):
             writer.transport.abort()  # refused: nothing was read, nothing to answer
@@ -196,3 +280,19 @@ class StreamService:
                 elif kind != CHANNEL_DATA and not is_indication(frame):
                     raise FramingError("unanswerable message on a stream")
             await conn.writer.drain()
+
+
+async def _read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> ProxyHeader:
+    """The PROXY v2 header at the start of `sock`, read to its last byte and not one further."""
+    data = b""
+    want = _PROXY_FIXED
+    while True:
+        chunk = await loop.sock_recv(sock, want - len(data))
+        if not chunk:
+            raise ProxyRefused("the connection closed inside its PROXY header")
+        data += chunk
+        header = parse_header(data)  # refuses as soon as the bytes rule a header out
+        if header is not None:
+            return header
+        if len(data) >= _PROXY_FIXED:
+            want = _PROXY_FIXED + int.from_bytes(data[14:16], "big")

@@ -33,7 +33,16 @@ __all__ = ["preflight", "serve", "warn_ignored"]
 log = logging.getLogger("natkit.serve")
 
 # Keys that need a restart: SIGHUP says so instead of silently ignoring a change.
-_RESTART_ONLY = ("listen", "alternate", "workers", "software", "tls", "stream")
+_RESTART_ONLY = (
+    "listen",
+    "alternate",
+    "workers",
+    "software",
+    "tls",
+    "stream",
+    "proxy_protocol",
+    "proxy_trusted",
+)
 
 
 def serve(config: Config, *, out: TextIO | None = None) -> int:

@@ -35,10 +35,7 @@ from natkit.testing import self_signed_certificate
 from tests.integration.conftest import HOST, Served, binding_request, free_port
 from tests.integration.turn_client import TurnClient, code
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.xfail(reason="needs the net/ listener integration", strict=False),
-]
+pytestmark = pytest.mark.integration
 
 UNTRUSTED = "127.0.0.2"
 USER, PASSWORD, REALM = "alice", "wonderland", "natkit.local"

@@ -22,7 +22,6 @@ from natkit.net.proxy_protocol import (
     Family,
     ProxyHeader,
     ProxyRefused,
-    StreamOpening,
     TlvType,
     client_address,
     crc32c,
@@ -245,44 +244,3 @@ def test_header_required_only_from_trusted_sources() -> None:
     assert not header_required(Address("10.0.1.5", 1), stun)
     assert not header_required(Address("2001:db8::8", 1), stun)
     assert not header_required(LB, _stun(("10.0.0.0/24",), proxy=False))
-
-
-def test_opening_from_a_trusted_balancer() -> None:
-    opening = StreamOpening(LB, _stun(("10.0.0.5",)))
-    assert opening.required
-    wire = encode_header(Address("192.0.2.7", 4242), Address("10.0.0.1", 3478)) + STUN
-    assert opening.feed(wire[:10]) is None
-    assert opening.feed(wire[10:20]) is None
-    assert opening.feed(wire[20:]) == (Address("192.0.2.7", 4242), STUN)
-
-
-def test_trusted_balancer_health_check_is_the_balancer() -> None:
-    opening = StreamOpening(LB, _stun(("10.0.0.5",)))
-    assert opening.feed(encode_header(None, None) + STUN) == (LB, STUN)
-
-
-def test_trusted_balancer_without_a_header_is_refused() -> None:
-    with pytest.raises(ProxyRefused) as info:
-        StreamOpening(LB, _stun(("10.0.0.5",))).feed(STUN)
-    assert info.value.kind == "proxy_missing"
-    with pytest.raises(ProxyRefused) as info:
-        StreamOpening(LB, _stun(("10.0.0.5",))).feed(SIG + b"\x21\x12" + TCP4[2:])
-    assert info.value.kind == "proxy_invalid"
-
-
-def test_direct_client_is_itself_and_may_not_send_a_header() -> None:
-    client = Address("198.51.100.20", 5555)
-    stun = _stun(("10.0.0.5",))
-    assert StreamOpening(client, stun).feed(STUN) == (client, STUN)
-    tls_hello = b"\x16\x03\x01\x02\x00"
-    assert StreamOpening(client, stun).feed(tls_hello) == (client, tls_hello)
-    for forged in (encode_header(Address("192.0.2.1", 1), LB), b"PROXY TCP4 ", SIG[:1]):
-        with pytest.raises(ProxyRefused, match=r"not in stun\.proxy_trusted") as info:
-            StreamOpening(client, stun).feed(forged + STUN)
-        assert info.value.kind == "proxy_untrusted"
-
-
-def test_with_the_key_off_nothing_is_parsed() -> None:
-    opening = StreamOpening(LB, _stun((), proxy=False))
-    assert not opening.required
-    assert opening.feed(STUN) == (LB, STUN)
