@@ -93,6 +93,7 @@ TURN_REASONS: tuple[tuple[str, int], ...] = (
     ("capacity", 508),
     ("alternate_server", 300),
     ("draining", 508),
+    ("downgrade", 400),
 )
 """(reason, error code) of every TURN error answer counted (`natkit.turn.refusals` explains
 each answer as one of them)."""

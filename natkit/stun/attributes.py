@@ -31,6 +31,7 @@ from natkit.stun.errors import StunDecodeError, StunEncodeError
 
 __all__ = [
     "KNOWN_TYPES",
+    "MAX_PASSWORD_ALGORITHMS",
     "MAX_TEXT_BYTES",
     "AddressErrorCode",
     "AttrValue",
@@ -354,9 +355,17 @@ def _dec_algorithm(v: bytes, _: bytes) -> PasswordAlgorithm:
     return algorithm
 
 
+# The registry holds two algorithms (RFC 8489 §18.5); a longer list is hostile, and would cost
+# one object per 4 bytes of a 64 KiB attribute.
+MAX_PASSWORD_ALGORITHMS = 16
+
+
 def _dec_algorithms(v: bytes, _: bytes) -> tuple[PasswordAlgorithm, ...]:
-    algorithms, pos = [], 0
+    algorithms: list[PasswordAlgorithm] = []
+    pos = 0
     while pos < len(v):
+        if len(algorithms) == MAX_PASSWORD_ALGORITHMS:
+            raise _fail(f"PASSWORD-ALGORITHMS lists more than {MAX_PASSWORD_ALGORITHMS} entries")
         algorithm, pos = _read_algorithm(v, pos)
         algorithms.append(algorithm)
     if pos != len(v):

@@ -1,13 +1,20 @@
-"""MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256, FINGERPRINT and credential keys.
+"""MESSAGE-INTEGRITY, MESSAGE-INTEGRITY-SHA256, FINGERPRINT, credential keys, the nonce cookie.
 
 All functions work on wire bytes, so a server can check a request without decoding it.
 The length-field rules (RFC 8489 §14.5-14.7): each of these attributes is computed over the
 message up to (not including) itself, with the header length already counting the attribute
 being computed (and nothing after it).
+
+The nonce cookie (RFC 8489 §9.2): a server that supports RFC 8489 starts its NONCE with
+``obMatJos2`` and the 4-character base64 of 24 "STUN Security Features" bits. Bit 0 is
+"Password algorithms", bit 1 "Username anonymity" (§18.1), counted from the *least*
+significant bit of the third byte: verified erratum 6290 (the prose says the opposite; the
+Appendix B.1 vector, nonce ``obMatJos2AAAC…`` for a USERHASH request, agrees with the erratum).
 """
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import hmac
@@ -17,6 +24,9 @@ import unicodedata
 from natkit.stun.constants import FINGERPRINT_XOR, HEADER_LENGTH, AttrType, PasswordAlgorithmId
 
 __all__ = [
+    "NONCE_COOKIE",
+    "PASSWORD_ALGORITHMS_FEATURE",
+    "USERNAME_ANONYMITY_FEATURE",
     "check_fingerprint",
     "check_integrity",
     "check_integrity_sha256",
@@ -24,10 +34,18 @@ __all__ = [
     "long_term_key",
     "message_integrity",
     "message_integrity_sha256",
+    "nonce_cookie",
+    "nonce_features",
     "saslprep",
     "short_term_key",
     "userhash",
 ]
+
+
+NONCE_COOKIE = "obMatJos2"
+PASSWORD_ALGORITHMS_FEATURE = 0x000001  # bit 0 (erratum 6290: the rightmost bit)
+USERNAME_ANONYMITY_FEATURE = 0x000002  # bit 1
+_COOKIE_CHARS = len(NONCE_COOKIE) + 4
 
 
 def _with_length(prefix: bytes, extra: int) -> bytes:
@@ -147,3 +165,24 @@ def long_term_key(
 def userhash(username: str, realm: str) -> bytes:
     """USERHASH value (RFC 8489 §14.4): SHA-256 of ``username:realm``."""
     return hashlib.sha256(f"{username}:{saslprep(realm)}".encode()).digest()
+
+
+def nonce_cookie(features: int) -> str:
+    """The 13-character start of a NONCE announcing `features` (RFC 8489 §9.2)."""
+    return NONCE_COOKIE + base64.b64encode(features.to_bytes(3, "big")).decode("ascii")
+
+
+def nonce_features(nonce: str) -> int | None:
+    """The security-feature bits of a NONCE that starts with the nonce cookie, else None.
+
+    Remote input: only the exact cookie shape is read; this says what the NONCE claims, not
+    that the server issued it (a server checks its own nonces)."""
+    if len(nonce) < _COOKIE_CHARS or not nonce.startswith(NONCE_COOKIE):
+        return None
+    try:
+        raw = base64.b64decode(
+            nonce[len(NONCE_COOKIE) : _COOKIE_CHARS].encode("ascii"), validate=True
+        )
+    except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+        return None
+    return int.from_bytes(raw, "big") if len(raw) == 3 else None

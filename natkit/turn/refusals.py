@@ -8,9 +8,11 @@ cardinality) and a one-line detail for the log (user names and peer addresses, n
 key or nonce). Only error responses are decoded; the caller checks the two type bytes first
 (`is_error_response`), so successful traffic pays nothing.
 
-The 401 that answers a request without MESSAGE-INTEGRITY is the challenge every client gets
-first (RFC 8489 §9.2.4): reason ``challenge``, kept apart so dashboards do not count it as a
-refusal, and logged at debug only. `RefusalLog` rate-limits the info lines per reason under a
+The 401 that answers a request without MESSAGE-INTEGRITY(-SHA256) is the challenge every client
+gets first (RFC 8489 §9.2.4): reason ``challenge``, kept apart so dashboards do not count it as
+a refusal, and logged at debug only. A 400 of the authenticator (`natkit.turn.auth.request_error`,
+which needs only the request) gets its reason and detail from there: ``downgrade`` for a
+tampered password-algorithm offer. `RefusalLog` rate-limits the info lines per reason under a
 flood (token buckets of `natkit.net.ratelimit`) and says how many it held back.
 """
 
@@ -28,8 +30,10 @@ from natkit.net.ratelimit import RateLimiter
 from natkit.stun.attributes import ErrorCode
 from natkit.stun.constants import AttrType, Method
 from natkit.stun.errors import StunDecodeError
-from natkit.stun.message import parse_message
+from natkit.stun.integrity import USERNAME_ANONYMITY_FEATURE, nonce_features
+from natkit.stun.message import Message, parse_message
 from natkit.turn.allocation import Allocation
+from natkit.turn.auth import request_error, signed
 
 __all__ = [
     "METHODS",
@@ -51,7 +55,9 @@ challenge 401 (no MESSAGE-INTEGRITY yet, RFC 8489 §9.2.4), credentials 401 (unk
 password, expired or forged REST credential), peer_policy 403 (RFC 8656 §9, turn.peers),
 quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, turn.limits, no free port, no
 file descriptor for a relay socket, a reservation), alternate_server 300 and draining 508 (a new
-Allocate during a graceful drain, with and without turn.alternate_server)."""
+Allocate during a graceful drain, with and without turn.alternate_server), downgrade 400
+(PASSWORD-ALGORITHMS stripped or altered, or a PASSWORD-ALGORITHM not offered: RFC 8489 §9.2.4's
+bid-down check, `natkit.turn.auth.request_error`)."""
 
 _METHOD_LABELS: dict[int, str] = {
     Method.ALLOCATE: "allocate",
@@ -60,8 +66,10 @@ _METHOD_LABELS: dict[int, str] = {
     Method.CHANNEL_BIND: "channel_bind",
 }
 
-# "draining" shares 508 with "capacity": the adapter, which knows it drains, relabels it.
-_BY_CODE = {code: reason for reason, code in REASONS if reason not in ("challenge", "draining")}
+# "draining" shares 508 with "capacity": the adapter, which knows it drains, relabels it;
+# "downgrade" shares 400 with "bad_request": `auth.request_error` tells them apart.
+_SHARED = ("challenge", "draining", "downgrade")
+_BY_CODE = {code: reason for reason, code in REASONS if reason not in _SHARED}
 
 
 class Refusal(NamedTuple):
@@ -103,14 +111,15 @@ def explain(
         msg = parse_message(request)
     except StunDecodeError:  # pragma: no cover - the relay answered it, so it parsed
         return Refusal(error.code, method, _BY_CODE.get(error.code, "bad_request"), "")
-    username = msg.get(AttrType.USERNAME)
-    user = f"user {username!r}" if isinstance(username, str) else "no user"
-    who = f"{client} ({user})"
+    who = f"{client} ({_who(msg)})"
     code = error.code
-    if code == 401 and AttrType.MESSAGE_INTEGRITY not in msg:
+    if code == 401 and not signed(msg):
         return Refusal(code, method, "challenge", f"{who}: challenge (no credentials yet)")
     if code == 401:
-        return Refusal(code, method, "credentials", f"{who}: {_credentials(username, unix_now)}")
+        return Refusal(code, method, "credentials", f"{who}: {_credentials(msg, unix_now)}")
+    problem = request_error(msg) if code == 400 else None
+    if problem is not None:  # what the authenticator refused, named from the request alone
+        return Refusal(code, method, problem.reason, f"{who}: {problem.detail}")
     if code == 403:
         peers = [
             v.host
@@ -124,7 +133,26 @@ def explain(
     return Refusal(code, method, reason, f"{who}: {_DETAILS.get(reason, error.reason)}")
 
 
-def _credentials(username: object, unix_now: Callable[[], float]) -> str:
+def _who(msg: Message) -> str:
+    username, hashed = msg.get(AttrType.USERNAME), msg.get(AttrType.USERHASH)
+    if isinstance(username, str):
+        return f"user {username!r}"
+    if isinstance(hashed, bytes):
+        return f"userhash {hashed[:4].hex()}…"  # a pseudonym the client sent in the clear
+    return "no user"
+
+
+def _credentials(msg: Message, unix_now: Callable[[], float]) -> str:
+    username = msg.get(AttrType.USERNAME)
+    if isinstance(msg.get(AttrType.USERHASH), bytes) and not isinstance(username, str):
+        nonce = msg.get(AttrType.NONCE)
+        features = nonce_features(nonce) if isinstance(nonce, str) else None
+        if not (features or 0) & USERNAME_ANONYMITY_FEATURE:
+            return (
+                "USERHASH, but this server offers no username anonymity: a REST API credential "
+                "(turn.auth.secret) can only be named by USERNAME"
+            )
+        return "USERHASH of no user in turn.auth.users, or a wrong password"
     if not isinstance(username, str):
         return "credentials refused"
     expiry, sep, _ = username.partition(":")

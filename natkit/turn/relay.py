@@ -18,7 +18,7 @@ if the bind fails, drop the rest of that batch and run `relay_unavailable(...)`'
 instead) and `CloseRelay` (`natkit.turn.commands`). Every `OpenRelay` the core issues is matched
 by exactly one `CloseRelay` when its allocation ends, whatever ends it (`AllocationTable.free`).
 
-Rules enforced here: long-term auth with expiring nonces (`natkit.turn.auth`), the peer policy
+Rules enforced here: long-term auth, MD5 or SHA-256, USERHASH (`natkit.turn.auth`), the peer policy
 plus relay to relay (`natkit.turn.relay_peers`, 403), quotas (486 per user, 508 in total or when
 no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
 permissions and channels per allocation, 508), lifetimes and the channel rules
@@ -52,7 +52,7 @@ from natkit.turn.allocation import (
     grant_lifetime,
 )
 from natkit.turn.answers import AMPLIFICATION_LIMIT
-from natkit.turn.auth import Authenticator, AuthError, Credentials
+from natkit.turn.auth import Authenticator, AuthError, Credentials, Sha256SignedKey, signed
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay_peers import PeerRules
@@ -277,7 +277,7 @@ class Relay:
         if handler is None:
             # Binding belongs to the STUN server's handler; other methods are unknown here.
             return [] if msg.method == Method.BINDING else [self._error(msg, five_tuple, 400)]
-        if AttrType.MESSAGE_INTEGRITY not in msg:
+        if not signed(msg):
             code = self._hopeless(msg, five_tuple, now)
             if code:
                 return [self._error(msg, five_tuple, code)]
@@ -492,13 +492,16 @@ class Relay:
     def _auth_error(
         self, msg: Message, five_tuple: FiveTuple, err: AuthError, now: float
     ) -> SendToClient:
-        extra: list[tuple[int, AttrValue]] = []
-        if err.nonce:  # RFC 8489 §9.2.4: the challenge carries REALM and a fresh NONCE
-            extra = [
-                (AttrType.REALM, self.auth.realm),
-                (AttrType.NONCE, self.auth.nonce(five_tuple.client.host, now)),
-            ]
-        return self._error(msg, five_tuple, err.code, None, extra)
+        if not err.nonce:
+            return self._error(msg, five_tuple, err.code)
+        # RFC 8489 §9.2.4: REALM, a fresh NONCE, PASSWORD-ALGORITHMS; the RFC 5389 form only
+        # for an MD5-only client's allocation (`answers.challenge` says why).
+        ip = five_tuple.client.host
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        md5_only = alloc is not None and not isinstance(alloc.key, Sha256SignedKey)
+        legacy = self.auth.challenge(ip, now, legacy=True) if md5_only else None
+        full = self.auth.challenge(ip, now)
+        return answers.challenge(msg, five_tuple, err.code, full, legacy, self.settings.software)
 
 
 def _int(value: AttrValue | None) -> int | None:

@@ -18,6 +18,7 @@ from natkit.turn.auth import Authenticator
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import AMPLIFICATION_LIMIT, Relay, RelaySettings, SendToClient
 from tests.unit.test_turn_relay_client import PEER, REALM, Client
+from tests.unit.turn_sha256_client import Sha256Client
 
 A = AttrType  # REALM "natkit.test": 11 bytes, padded like the default "natkit.local" (12)
 CLIENT = Address("198.51.100.7", 40000)
@@ -69,24 +70,24 @@ def with_allocation() -> Relay:
 CASES = [
     ("Allocate, no attributes", relay, unsigned(Method.ALLOCATE, []), 400, 40),
     ("Allocate, REQUESTED-TRANSPORT", relay,
-     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 17)]), 401, 80),
+     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 17)]), 401, 92),
     ("Allocate, REQUESTED-TRANSPORT + FINGERPRINT", relay,
-     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 17)], fingerprint=True), 401, 88),
+     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 17)], fingerprint=True), 401, 116),
     ("Allocate, REQUESTED-TRANSPORT=TCP", relay,
-     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 6)]), 401, 80),
-    ("Allocate, unknown user", relay, None, 401, 80),
-    ("Allocate, stale nonce", relay, bogus_signed(Method.ALLOCATE, "x"), 438, 76),
+     unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 6)]), 401, 92),
+    ("Allocate, unknown user", relay, None, 401, 108),
+    ("Allocate, stale nonce", relay, bogus_signed(Method.ALLOCATE, "x"), 438, 104),
     ("Refresh, no allocation", relay, unsigned(Method.REFRESH, []), 437, 48),
     ("Refresh, live allocation", with_allocation, unsigned(Method.REFRESH, []), 401, 64),
     ("CreatePermission, no peer", relay, unsigned(Method.CREATE_PERMISSION, []), 400, 40),
     ("CreatePermission, no allocation", relay,
      unsigned(Method.CREATE_PERMISSION, PEER_ATTR), 437, 48),
     ("CreatePermission, live allocation", with_allocation,
-     unsigned(Method.CREATE_PERMISSION, PEER_ATTR), 401, 80),
+     unsigned(Method.CREATE_PERMISSION, PEER_ATTR), 401, 108),
     ("ChannelBind, no attributes", relay, unsigned(Method.CHANNEL_BIND, []), 400, 40),
     ("ChannelBind, no allocation", relay, unsigned(Method.CHANNEL_BIND, BIND_ATTRS), 437, 48),
     ("ChannelBind, live allocation", with_allocation,
-     unsigned(Method.CHANNEL_BIND, BIND_ATTRS), 401, 80),
+     unsigned(Method.CHANNEL_BIND, BIND_ATTRS), 401, 108),
     ("unknown method 0x00F", relay, unsigned(0x00F, []), 400, 40),
     ("integrity without USERNAME", relay,
      Message(Method.ALLOCATE, MessageClass.REQUEST, os.urandom(12)).encode(integrity_key=b"k"),
@@ -124,19 +125,36 @@ def test_unauthenticated_answers_stay_within_the_bound(
 
 
 @pytest.mark.parametrize(
-    ("realm", "reason"),
-    [("r" * 28, "Unauthenticated"), ("r" * 29, ""), ("r" * 44, ""), ("r" * 45, "")],
+    ("realm", "within"), [("r" * 16, True), ("r" * 17, False), ("r" * 44, False)]
 )
 def test_the_challenge_drops_its_reason_phrase_to_fit_and_long_realms_are_stated(
-    realm: str, reason: str
+    realm: str, within: bool
 ) -> None:
     data = unsigned(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 17)])
     out = answer(relay(realm), data)
     assert out is not None
     msg = parse_message(out)
-    assert msg.get(A.ERROR_CODE) == (401, reason) and msg.get(A.REALM) == realm
-    # The docstring's limit: up to 44 bytes of realm the bound holds, beyond it cannot.
-    assert (len(out) <= AMPLIFICATION_LIMIT * len(data)) == (len(realm) <= 44)
+    assert msg.get(A.ERROR_CODE) == (401, "") and msg.get(A.REALM) == realm
+    # The RFC 8489 form whatever the size (answers.py: no challenge chosen by request size).
+    assert msg.get(A.PASSWORD_ALGORITHMS) is not None
+    # The docstring's limit: up to 16 bytes of realm the bound holds, beyond it cannot.
+    assert (len(out) <= AMPLIFICATION_LIMIT * len(data)) is within
+
+
+def test_the_rfc5389_challenge_goes_only_to_an_md5_clients_allocation() -> None:
+    """answers.py: a 20-byte unsigned Refresh on a live allocation cannot get the RFC 8489
+    challenge within the bound; an MD5-only client's allocation gets the RFC 5389 one (64
+    bytes), an RFC 8489 client's the full one (92 bytes, the stated exception)."""
+    for client, size in ((Client, 64), (Sha256Client, 92)):
+        r = relay()
+        assert client(r, address=CLIENT, local=SERVER, now=T0).allocate().message_class.name == (
+            "SUCCESS"
+        )
+        data = unsigned(Method.REFRESH, [])
+        out = answer(r, data)
+        assert out is not None and len(out) == size, (client, out)
+        msg = parse_message(out)
+        assert (A.PASSWORD_ALGORITHMS in msg) is (client is Sha256Client)
 
 
 def test_a_client_that_starts_like_aioice_and_chromium_still_authenticates() -> None:

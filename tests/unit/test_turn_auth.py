@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import struct
 
+import pytest
+
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.integrity import long_term_key
 from natkit.stun.message import Message, parse_message
@@ -26,17 +28,22 @@ def signed(username: str, password: str, nonce: str, realm: str = REALM) -> Mess
     return parse_message(msg.encode(integrity_key=long_term_key(username, realm, password)))
 
 
-def test_nonce_round_trip_and_expiry() -> None:
+@pytest.mark.parametrize("legacy", [False, True], ids=["rfc8489", "rfc5389"])
+def test_nonce_round_trip_and_expiry(legacy: bool) -> None:
     a = auth(nonce_lifetime=10)
-    nonce = a.nonce("198.51.100.1", NOW)
+    nonce = a.nonce("198.51.100.1", NOW, legacy=legacy)
     assert a.nonce_valid(nonce, "198.51.100.1", NOW + 9.9)
     assert not a.nonce_valid(nonce, "198.51.100.1", NOW + 10)
     assert not a.nonce_valid(nonce, "198.51.100.2", NOW)  # bound to the client IP
-    raw = base64.urlsafe_b64decode(nonce)
+    cookie, body = nonce[: len(nonce) - 16], nonce[-16:]
+    raw = base64.urlsafe_b64decode(body)
     later = struct.pack("!I", struct.unpack_from("!I", raw)[0] + 5000) + raw[4:]
-    assert not a.nonce_valid(base64.urlsafe_b64encode(later).decode(), "198.51.100.1", NOW + 11)
+    later_nonce = cookie + base64.urlsafe_b64encode(later).decode()
+    assert not a.nonce_valid(later_nonce, "198.51.100.1", NOW + 11)
     flipped = raw[:-1] + bytes([raw[-1] ^ 1])
-    assert not a.nonce_valid(base64.urlsafe_b64encode(flipped).decode(), "198.51.100.1", NOW)
+    assert not a.nonce_valid(
+        cookie + base64.urlsafe_b64encode(flipped).decode(), "198.51.100.1", NOW
+    )
     for bad in ("", nonce + "A", nonce[:-1] + "=", nonce[:-1] + "é", " " + nonce[1:], "x" * 763):
         assert not a.nonce_valid(bad, "198.51.100.1", NOW), bad
     other = Authenticator(REALM, users={}, nonce_key=b"m" * 32)
@@ -44,9 +51,11 @@ def test_nonce_round_trip_and_expiry() -> None:
 
 
 def test_nonce_is_short_and_wraps_harmlessly() -> None:
-    # 16 characters: the 401 challenge is the largest unauthenticated TURN answer (relay.py).
+    # 29 characters (16 in the RFC 5389 form): the 401 challenge is the largest
+    # unauthenticated TURN answer (natkit.turn.answers).
     a = auth(nonce_lifetime=10)
-    assert len(a.nonce("198.51.100.1", NOW)) == 16
+    assert len(a.nonce("198.51.100.1", NOW)) == 29
+    assert len(a.nonce("198.51.100.1", NOW, legacy=True)) == 16
     wrap = (2**32 - 3000) / 1000  # issued 3 s before the millisecond counter wraps
     nonce = a.nonce("2001:db8::1", wrap)
     assert a.nonce_valid(nonce, "2001:db8::1", wrap + 9.9)
