@@ -66,7 +66,7 @@ class PasswordAlgorithm(NamedTuple):
 
 
 class AddressErrorCode(NamedTuple):
-    """ADDRESS-ERROR-CODE (RFC 8656 §18.13)."""
+    """ADDRESS-ERROR-CODE (RFC 8656 §18.12)."""
 
     family: int
     code: int
@@ -74,7 +74,7 @@ class AddressErrorCode(NamedTuple):
 
 
 class Icmp(NamedTuple):
-    """ICMP (RFC 8656 §18.14): type, code and the 32-bit error data."""
+    """ICMP (RFC 8656 §18.13): type, code and the 32-bit error data."""
 
     type: int
     code: int
@@ -106,7 +106,7 @@ _U64 = struct.Struct("!Q")
 # Longest text value accepted, in bytes. RFC 8489: USERNAME "fewer than 509 bytes" (§14.3; RFC
 # 5389 §15.3 said < 513, so decoders allow 512); REALM, NONCE, SOFTWARE and the ERROR-CODE reason
 # "fewer than 128 characters (... as long as 763 bytes when decoding them)" (§14.9, §14.10,
-# §14.14, §14.8); ADDRESS-ERROR-CODE's reason follows ERROR-CODE (RFC 8656 §18.13), and
+# §14.14, §14.8); ADDRESS-ERROR-CODE's reason follows ERROR-CODE (RFC 8656 §18.12), and
 # ALTERNATE-DOMAIN is a DNS name (RFC 8489 §14.16: at most 255). The bound keeps remote text
 # small before anything parses it (a 5,000-digit REST API username made int() raise).
 MAX_TEXT_BYTES: dict[int, int] = {
@@ -268,7 +268,7 @@ def _enc_change_request(value: object, _: bytes) -> bytes:
     return _U32.pack((0x04 if value.change_ip else 0) | (0x02 if value.change_port else 0))
 
 
-# -- error codes (RFC 8489 §14.8, RFC 8656 §18.13) -------------------------------------------
+# -- error codes (RFC 8489 §14.8, RFC 8656 §18.12) -------------------------------------------
 
 
 def _split_code(v: bytes) -> tuple[int, str]:

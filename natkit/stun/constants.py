@@ -16,6 +16,8 @@ __all__ = [
     "ERROR_REASONS",
     "FINGERPRINT_XOR",
     "HEADER_LENGTH",
+    "LEGACY_ADDITIONAL_ADDRESS_FAMILY",
+    "LEGACY_ADDRESS_ERROR_CODE",
     "MAGIC_COOKIE",
     "MAGIC_COOKIE_BYTES",
     "METHOD_NAMES",
@@ -179,3 +181,11 @@ class AddressFamily(enum.IntEnum):
 
     IPV4 = 0x01
     IPV6 = 0x02
+
+
+# The draft code points coturn used for ADDITIONAL-ADDRESS-FAMILY and ADDRESS-ERROR-CODE before
+# 4.10 (Debian's 4.6.1 among them; coturn#1740, fixed by coturn 0749cd7e): outside the IANA
+# registry, so not in `AttrType` and without a codec (raw bytes); the TURN core reads and
+# answers them as aliases of 0x8000 and 0x8001 (natkit.turn.allocate).
+LEGACY_ADDITIONAL_ADDRESS_FAMILY = 0x8032
+LEGACY_ADDRESS_ERROR_CODE = 0x8033

@@ -6,7 +6,15 @@ arrives on). `AllocationTable` keeps both indexes, the per-user counts for quota
 `PortPool`, and is the only place that creates or frees allocations and their relay sockets
 (`OpenRelay` / `CloseRelay`): every path that ends an allocation (its lifetime at the sweep or
 at a lookup, Refresh 0, a re-allocation over an expired one, the loss of its TCP connection,
-shutdown) goes through `AllocationTable.free`, which yields exactly one `CloseRelay`.
+shutdown) goes through `AllocationTable.free`, which yields exactly one `CloseRelay` per relay
+socket.
+
+A dual allocation (RFC 8656 §7.2 item 9) is two `Allocation` legs, one per address family,
+linked by `Allocation.other`: each has its relay socket, its `by_relay` entry and its lifetime
+(a Refresh may name one family, §8); `by_five_tuple` holds one of them, and when that leg ends
+(`end_leg`) the other takes its place. They share the permission and channel dicts. The ports
+held for a RESERVATION-TOKEN (`natkit.turn.reservations`) are a table of this table's, so their
+sockets end here too.
 
 Every lifetime is an absolute expiry on the caller's clock (`now`, seconds). Nothing here reads a
 clock or draws randomness on its own: the relay passes `now` in and owns the `random.Random`.
@@ -34,12 +42,13 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import random
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from natkit.addr import Address, FiveTuple
 from natkit.turn.commands import CloseRelay, OpenRelay
+from natkit.turn.ports import PortPool
+from natkit.turn.reservations import Reservation, ReservationTable
 from natkit.turn.shared_quota import Quota
 
 __all__ = [
@@ -54,6 +63,7 @@ __all__ = [
     "Limits",
     "PortPool",
     "grant_lifetime",
+    "ip_family",
 ]
 
 PERMISSION_LIFETIME = 300.0  # RFC 8656 §9
@@ -66,6 +76,12 @@ class Channel:
     number: int
     peer: Address
     expires: float
+
+
+def ip_family(host: str) -> int:
+    """4 or 6 for an IP literal as the codec and the sockets spell it (`Address.family` without
+    parsing: this runs per Send indication)."""
+    return 6 if ":" in host else 4
 
 
 def grant_lifetime(requested: int | None, default: int, maximum: int) -> int:
@@ -104,10 +120,44 @@ class Allocation:
     """Set by `AllocationTable.free`: its heap entries are dead."""
     scheduled: float = 0.0
     """The expiry of this allocation's live heap entry (a Refresh may shorten the lifetime)."""
+    other: Allocation | None = None
+    """A dual allocation's leg of the other address family (RFC 8656 §7.2 item 9), linked both
+    ways: its own relay socket and lifetime (a Refresh may name one family, §8), the same
+    5-tuple, and the same permission and channel dicts (one allocation: a permission is per IP,
+    so the families never mix, and the channel numbers are the 5-tuple's)."""
+    reservation: bytes = b""
+    """The RESERVATION-TOKEN its Allocate got (EVEN-PORT R=1): a retransmit gets it again."""
+    owner: FiveTuple = None  # type: ignore[assignment]  # `five_tuple` unless given
+    """The `OpenRelay` owner of `relay`'s socket, what peer data is sent to: `five_tuple`,
+    except on a dual allocation's second leg (`other`), whose socket needs an owner of its own
+    (the client with `relay` as the server side: no real 5-tuple has a relay port there)."""
+
+    def __post_init__(self) -> None:
+        if not self.owner:
+            self.owner = self.five_tuple
 
     @property
     def family(self) -> int:
         return self.relay.family
+
+    def leg(self, family: int) -> Allocation | None:
+        """The leg that relays to peers of `family` (4 or 6): this one or `other`, else None
+        (a peer of another family is a 443, §9-§12)."""
+        if ip_family(self.relay.host) == family:
+            return self
+        other = self.other
+        return other if other is not None and ip_family(other.relay.host) == family else None
+
+    def legs(self) -> list[Allocation]:
+        """This leg and `other`, IPv4 first (the order of XOR-RELAYED-ADDRESS)."""
+        other = self.other
+        if other is None:
+            return [self]
+        return [other, self] if ":" in self.relay.host else [self, other]
+
+    def alive(self, now: float) -> bool:
+        """Whether some leg's lifetime is not over."""
+        return self.expires > now or (self.other is not None and self.other.expires > now)
 
     def permitted(self, ip: str, now: float) -> bool:
         expiry = self.permissions.get(ip)
@@ -146,59 +196,6 @@ class Allocation:
         return peer if self.permitted(peer.host, now) else None
 
 
-class PortPool:
-    """Free relay ports of one IP within LOW-HIGH; random picks (RFC 8656 §7.2 wants relay
-    ports hard to guess, RFC 6056), falling back to a scan when the range is nearly full."""
-
-    __slots__ = ("_blocked", "_used", "high", "low", "rng")
-
-    def __init__(self, low: int, high: int, rng: random.Random) -> None:
-        if not 0 < low <= high <= 65535:
-            raise ValueError(f"bad relay port range {low}-{high}")
-        self.low, self.high, self.rng = low, high, rng
-        self._used: set[int] = set()
-        self._blocked: dict[int, float] = {}  # port → until when it is not offered
-
-    @property
-    def size(self) -> int:
-        return self.high - self.low + 1
-
-    def take(self, even: bool = False) -> int | None:
-        """A free port (an even one for EVEN-PORT, §7.2), marked used; None when none is left."""
-        if len(self._used) >= self.size:
-            return None
-        for _ in range(16):
-            port = self.rng.randint(self.low, self.high)
-            if even:
-                port &= ~1
-            if port >= self.low and port not in self._used:
-                self._used.add(port)
-                return port
-        start = self.rng.randint(self.low, self.high)
-        for offset in range(self.size):
-            port = self.low + (start - self.low + offset) % self.size
-            if port not in self._used and not (even and port & 1):
-                self._used.add(port)
-                return port
-        return None
-
-    def release(self, port: int) -> None:
-        if port not in self._blocked:
-            self._used.discard(port)
-
-    def block(self, port: int, until: float) -> None:
-        """`port` could not be bound (another process holds it): not offered before `until`."""
-        self._used.add(port)
-        self._blocked[port] = until
-
-    def unblock(self, now: float) -> None:
-        """Offer again the ports whose block is over (the relay's timer calls this)."""
-        if self._blocked:
-            for port in [p for p, until in self._blocked.items() if until <= now]:
-                del self._blocked[port]
-                self._used.discard(port)
-
-
 class Limits(NamedTuple):
     """Per-allocation caps (``turn.limits``): what one client can make the server hold."""
 
@@ -221,13 +218,17 @@ class AllocationTable:
         self, pools: dict[str, PortPool], limits: Limits | None = None, quota: Quota | None = None
     ) -> None:
         self.pools = pools
+        """Port pool per relay IP."""
         self.quota = quota
         """Server-wide quota bookkeeping (`natkit.turn.shared_quota`): released in `free`."""
-        """Port pool per relay IP."""
         self.limits = limits or DEFAULT_LIMITS
         self.by_five_tuple: dict[FiveTuple, Allocation] = {}
+        """The 5-tuple's allocation (of a dual allocation, one leg: `Allocation.other`)."""
         self.by_relay: dict[Address, Allocation] = {}
+        """Every leg by its relay address."""
         self.per_user: dict[str, int] = {}
+        self.reservations = ReservationTable(pools, quota)
+        """Ports held for a RESERVATION-TOKEN (`natkit.turn.reservations`)."""
         self.examined = 0
         """Heap entries the sweeps have looked at so far (the sweep's work)."""
         self._heap: list[_Entry] = []
@@ -247,8 +248,72 @@ class AllocationTable:
         port = self.pools[ip].take(even=even)
         if port is None:
             return None
+        return self._insert(five_tuple, Address(ip, port), external, fields)
+
+    def create_pair(
+        self,
+        five_tuple: FiveTuple,
+        ip: str,
+        external: str | None,
+        token: bytes,
+        until: float,
+        **fields: object,
+    ) -> tuple[Allocation, list[OpenRelay]] | None:
+        """EVEN-PORT with the R bit (§7.2): an allocation on an even port N of `ip`, N+1
+        reserved for `token` until `until`, and the two commands that bind their sockets; None
+        when no such pair is free. The caller has acquired the reservation's quota unit."""
+        port = self.pools[ip].take_pair()
+        if port is None:
+            return None
+        alloc, open_relay = self._insert(five_tuple, Address(ip, port), external, fields)
+        alloc.reservation = token
+        relay = Address(ip, port + 1)
+        owner = FiveTuple(five_tuple.client, relay, five_tuple.transport)
+        self.reservations.add(Reservation(token, relay, owner, alloc.user, until))
+        return alloc, [open_relay, OpenRelay(relay, owner, False)]
+
+    def claim(
+        self,
+        reservation: Reservation,
+        five_tuple: FiveTuple,
+        external: str | None,
+        **fields: object,
+    ) -> tuple[Allocation, list[CloseRelay | OpenRelay]]:
+        """A RESERVATION-TOKEN's allocation on exactly the reserved address, and the commands
+        that hand its socket over (closed as the reservation's, opened for `five_tuple`). It
+        takes the reservation's port and quota unit over."""
+        close = self.reservations.claim(reservation)
+        alloc, open_relay = self._insert(five_tuple, reservation.relay, external, fields)
+        return alloc, [close, open_relay]
+
+    def add_leg(
+        self, head: Allocation, ip: str, even: bool, external: str | None
+    ) -> OpenRelay | None:
+        """A dual allocation's second leg (§7.2 item 9) on a free port of `ip` (the other
+        family), and the command that binds it; None when no port is free."""
+        port = self.pools[ip].take(even=even)
+        if port is None:
+            return None
         relay = Address(ip, port)
         advertised = relay if external is None else Address(external, port)
+        five = head.five_tuple
+        owner = FiveTuple(five.client, relay, five.transport)
+        leg = Allocation(
+            five, relay, advertised, head.username, head.user, head.key, head.expires,
+            transaction_id=head.transaction_id, dont_fragment=head.dont_fragment,
+            permissions=head.permissions, channels=head.channels,
+            peer_channels=head.peer_channels, other=head, owner=owner,
+        )  # fmt: skip
+        head.other = leg
+        self.by_relay[relay] = leg
+        leg.scheduled = leg.expires
+        self._push(leg.expires, _ALLOCATION, leg, None)
+        return OpenRelay(relay, owner, leg.dont_fragment)
+
+    def _insert(
+        self, five_tuple: FiveTuple, relay: Address, external: str | None, fields: dict[str, object]
+    ) -> tuple[Allocation, OpenRelay]:
+        advertised = relay if external is None else Address(external, relay.port)
         alloc = Allocation(five_tuple, relay, advertised, **fields)  # type: ignore[arg-type]
         self.by_five_tuple[five_tuple] = alloc
         self.by_relay[relay] = alloc
@@ -258,54 +323,82 @@ class AllocationTable:
         return alloc, OpenRelay(relay, five_tuple, alloc.dont_fragment)
 
     def free(self, allocation: Allocation) -> list[CloseRelay]:
-        """End `allocation`: both indexes, the quota, the port, and one `CloseRelay` for its
-        socket. Idempotent (a second call returns nothing)."""
-        if allocation.freed or self.by_five_tuple.get(allocation.five_tuple) is not allocation:
+        """End `allocation` (every leg, whichever is given): both indexes, the quota, the ports,
+        and one `CloseRelay` per relay socket. Idempotent (a second call returns nothing)."""
+        head = self.by_five_tuple.get(allocation.five_tuple)
+        if allocation.freed or head is None or allocation not in (head, head.other):
             return []
-        allocation.freed = True
-        del self.by_five_tuple[allocation.five_tuple]
-        del self.by_relay[allocation.relay]
-        count = self.per_user[allocation.user] - 1
+        del self.by_five_tuple[head.five_tuple]
+        count = self.per_user[head.user] - 1
         if count:
-            self.per_user[allocation.user] = count
+            self.per_user[head.user] = count
         else:
-            del self.per_user[allocation.user]
+            del self.per_user[head.user]
         if self.quota is not None:
-            self.quota.release(allocation.user)
-        pool = self.pools.get(allocation.relay.host)
-        if pool is not None:
-            pool.release(allocation.relay.port)
-        self._dead += 1 + len(allocation.permissions) + len(allocation.channels)
+            self.quota.release(head.user)
+        closed = [self._drop(leg) for leg in head.legs()]
+        self._dead += len(head.permissions) + len(head.channels)  # their entries are head's
         if self._dead > len(self._heap) // 2 and len(self._heap) > _COMPACT_MIN:
             self._heap = [e for e in self._heap if not e[3].freed]
             heapq.heapify(self._heap)
             self._dead = 0
-        return [CloseRelay(allocation.relay)]
+        return closed
+
+    def end_leg(self, leg: Allocation) -> list[CloseRelay]:
+        """End one leg of a dual allocation (its lifetime, a Refresh naming its family, §8); the
+        other carries on as the 5-tuple's allocation. A single leg ends the allocation."""
+        other = leg.other
+        if other is None or leg.freed:
+            return self.free(leg)
+        leg.other = other.other = None
+        if self.by_five_tuple.get(leg.five_tuple) is leg:
+            self.by_five_tuple[leg.five_tuple] = other
+            # The permission and channel heap entries were the old head's: give them to `other`.
+            for ip, expires in other.permissions.items():
+                self._push(expires, _PERMISSION, other, ip)
+            for number, channel in other.channels.items():
+                self._push(channel.expires + CHANNEL_QUARANTINE, _CHANNEL, other, number)
+            self._dead += len(other.permissions) + len(other.channels)
+        return [self._drop(leg)]
+
+    def _drop(self, leg: Allocation) -> CloseRelay:
+        leg.freed = True
+        del self.by_relay[leg.relay]
+        pool = self.pools.get(leg.relay.host)
+        if pool is not None:
+            pool.release(leg.relay.port)
+        self._dead += 1
+        return CloseRelay(leg.relay)
 
     def live(self, five_tuple: FiveTuple, now: float) -> tuple[Allocation | None, list[CloseRelay]]:
-        """The 5-tuple's allocation if its lifetime is not over; an expired one is freed here
-        (its `CloseRelay` returned) rather than left for the sweep."""
-        alloc = self.by_five_tuple.get(five_tuple)
-        if alloc is None or alloc.expires > now:
-            return alloc, []
-        return None, self.free(alloc)
+        """The 5-tuple's allocation if its lifetime is not over; an expired one (or leg) is
+        freed here (its `CloseRelay` returned) rather than left for the sweep."""
+        alloc, closed = self.by_five_tuple.get(five_tuple), []
+        while alloc is not None and alloc.expires <= now:
+            closed += self.end_leg(alloc)
+            alloc = self.by_five_tuple.get(five_tuple)
+        return alloc, closed
 
     def refresh(self, allocation: Allocation, expires: float) -> None:
-        """A new expiry (§8); a shorter one gets its own heap entry, a longer one waits."""
+        """A new expiry for one leg (§8); a shorter one gets its own heap entry, a longer one
+        waits."""
         allocation.expires = expires
         if expires < allocation.scheduled:
             allocation.scheduled = expires
             self._push(expires, _ALLOCATION, allocation, None)
 
     def move(self, allocation: Allocation, relay: Address, advertised: Address) -> None:
-        """Give `allocation` another relay address (its first port could not be bound)."""
+        """Give a leg another relay address (its first port could not be bound)."""
         del self.by_relay[allocation.relay]
+        if allocation.owner != allocation.five_tuple:  # a second leg's owner names its relay
+            allocation.owner = allocation.owner._replace(local=relay)
         allocation.relay, allocation.advertised = relay, advertised
         self.by_relay[relay] = allocation
 
     def close_all(self) -> list[CloseRelay]:
-        """Shutdown: free every allocation."""
-        return [cmd for alloc in list(self.by_five_tuple.values()) for cmd in self.free(alloc)]
+        """Shutdown: free every allocation and reservation."""
+        closed = [cmd for alloc in list(self.by_five_tuple.values()) for cmd in self.free(alloc)]
+        return closed + self.reservations.close_all()
 
     # -- permissions and channels ----------------------------------------------------------
 
@@ -341,7 +434,7 @@ class AllocationTable:
     def sweep(self, now: float) -> list[CloseRelay]:
         """Free expired allocations, drop expired permissions and channels whose quarantine is
         over; looks only at the entries that are due (and at dead ones as they come up)."""
-        heap, closed = self._heap, []
+        heap, closed = self._heap, self.reservations.sweep(now)
         while heap and heap[0][0] <= now:
             _, _, kind, alloc, key = heapq.heappop(heap)
             self.examined += 1
@@ -357,8 +450,8 @@ class AllocationTable:
         return closed
 
     def _due_allocation(self, alloc: Allocation, now: float) -> list[CloseRelay]:
-        if alloc.expires <= now:  # §7: the allocation ends with its lifetime
-            return self.free(alloc)
+        if alloc.expires <= now:  # §7: the allocation (or this leg) ends with its lifetime
+            return self.end_leg(alloc)
         if alloc.scheduled <= now:  # refreshed: wait for the new expiry
             alloc.scheduled = alloc.expires
             self._push(alloc.expires, _ALLOCATION, alloc, None)

@@ -15,15 +15,22 @@ between and `now`, and return a list of commands for the caller to carry out, in
 Commands: `SendToClient` (on the listener 5-tuple), `SendToPeer` (from a relay socket),
 `OpenRelay` (bind a relay socket; always followed by the Allocate response that announces it —
 if the bind fails, drop the rest of that batch and run `relay_unavailable(...)`'s commands
-instead) and `CloseRelay` (`natkit.turn.commands`). Every `OpenRelay` the core issues is matched
-by exactly one `CloseRelay` when its allocation ends, whatever ends it (`AllocationTable.free`).
+instead) and `CloseRelay` (`natkit.turn.commands`). An Allocate may open two sockets (an
+EVEN-PORT pair, a dual allocation) or close and reopen one (a RESERVATION-TOKEN claim), all
+before its response (`natkit.turn.allocate`). Every `OpenRelay` the core issues is matched by
+exactly one `CloseRelay` when its allocation, leg or reservation ends, whatever ends it
+(`AllocationTable.free`, `end_leg`, `ReservationTable.end`). Each socket has an `owner` of its
+own (`Allocation.owner`): an adapter may key per-socket state, such as the reply for peer
+data, by owner, and drop it on that socket's CloseRelay.
 
 Rules enforced here: long-term auth, MD5 or SHA-256, USERHASH (`natkit.turn.auth`), the peer policy
 plus relay to relay (`natkit.turn.relay_peers`, 403), quotas (486 per user, 508 in total or when
 no port is free), the per-allocation limits (``turn.limits``: peers per CreatePermission,
 permissions and channels per allocation, 508), lifetimes and the channel rules
-(`natkit.turn.allocation`). Answers and their amplification bound (3.5x for a request without
-MESSAGE-INTEGRITY; `_hopeless` picks the requests not worth a challenge): `natkit.turn.answers`.
+(`natkit.turn.allocation`), a peer's family picking a dual allocation's relay (443 without
+one), Refresh per family (§8). The Allocate rules: `natkit.turn.allocate`. Answers and their
+amplification bound (3.5x for a request without MESSAGE-INTEGRITY; `_hopeless` picks the
+requests not worth a challenge): `natkit.turn.answers`.
 """
 
 from __future__ import annotations
@@ -36,12 +43,13 @@ from typing import cast
 
 from natkit.addr import Address, Transport
 from natkit.net.demux import CHANNEL_DATA, OTHER, classify
-from natkit.stun.attributes import AddressErrorCode, AttrValue
+from natkit.stun.attributes import AttrValue
 from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.errors import StunDecodeError
 from natkit.stun.framing import build_channel_data
 from natkit.stun.message import Message, parse_message
 from natkit.turn import answers
+from natkit.turn.allocate import Allocator, family_of
 from natkit.turn.allocation import (
     DEFAULT_LIMITS,
     Allocation,
@@ -50,6 +58,7 @@ from natkit.turn.allocation import (
     Limits,
     PortPool,
     grant_lifetime,
+    ip_family,
 )
 from natkit.turn.answers import AMPLIFICATION_LIMIT
 from natkit.turn.auth import Authenticator, AuthError, Credentials, Sha256SignedKey, signed
@@ -69,10 +78,6 @@ __all__ = [
     "SendToPeer",
 ]
 
-UDP_PROTOCOL = 17  # REQUESTED-TRANSPORT value for UDP (RFC 8656 §18.9)
-_FAMILIES = {1: 4, 2: 6}  # REQUESTED-ADDRESS-FAMILY value → IP version (§18.10)
-_OPEN_TRIES = 8  # relay ports tried per Allocate when binding fails (taken by another process)
-_BLOCK_SECONDS = 60.0  # a port we could not bind is not offered again for this long
 _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
 
 
@@ -126,7 +131,11 @@ class Relay:
         self.peers = PeerRules(
             policy, [*settings.relay_ips.values(), *settings.external_ips.values()], settings.ports
         )
-        self._opening: dict[Address, tuple[Message, int]] = {}
+        # The Allocate rules (natkit.turn.allocate); `_opening` is its batch in flight.
+        self.allocator = Allocator(
+            settings, self.allocations, self.quota, self.rng, self._response, self._error
+        )
+        self._opening = self.allocator.opening
         self.draining = False  # a graceful drain: new Allocates get `answers.drain`
         self.alternate: Address | None = None  # its ALTERNATE-SERVER (None: 508)
         self._methods: dict[int, _Handler] = {
@@ -199,6 +208,9 @@ class Relay:
         peer = alloc.channel_peer(data[0] << 8 | data[1], now)
         if peer is None:
             return None
+        if alloc.other is not None:  # a dual allocation: out of the peer's family's relay
+            leg = alloc.leg(ip_family(peer.host))
+            return None if leg is None else (leg.relay, bytes(data[4 : 4 + length]), peer)
         return alloc.relay, bytes(data[4 : 4 + length]), peer
 
     def peer_data(
@@ -224,7 +236,7 @@ class Relay:
                 (AttrType.DATA, data),
             ]
             frame = Message(Method.DATA, MessageClass.INDICATION, tid, attrs).encode()
-        return frame, alloc.five_tuple
+        return frame, alloc.owner
 
     def handle_timeout(self, now: float) -> list[Command]:
         for pool in self.allocations.pools.values():
@@ -244,31 +256,12 @@ class Relay:
     def relay_unavailable(
         self, relay: Address, now: float, *, exhausted: bool = False
     ) -> list[Command]:
-        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2).
+        """The adapter could not bind `relay`: try another port, or answer 508 (§7.2;
+        `natkit.turn.allocate` says what happens to pairs, reservations and dual allocations).
 
         `exhausted`: the host is out of a resource (file descriptors, buffers), not this port:
         508 at once (Insufficient Capacity), and the port goes back to the pool unblocked."""
-        table = self.allocations
-        alloc = table.by_relay.get(relay)
-        pending = self._opening.pop(relay, None)
-        if alloc is None or pending is None:
-            return []
-        msg, tries = pending
-        pool, port = table.pools[relay.host], None
-        if not exhausted:  # taken by another process: not offered again for a while
-            pool.block(relay.port, now + _BLOCK_SECONDS)
-            if tries < _OPEN_TRIES:
-                port = pool.take(even=msg.get(AttrType.EVEN_PORT) is False)
-        if port is None:
-            table.free(alloc)  # its socket was never bound: no CloseRelay to carry out
-            return [self._error(msg, alloc.five_tuple, 508, alloc.key)]
-        new = Address(relay.host, port)
-        table.move(alloc, new, self._advertised(new))
-        self._opening[new] = (msg, tries + 1)
-        return [
-            OpenRelay(new, alloc.five_tuple, alloc.dont_fragment),
-            self._allocate_success(msg, alloc, now),
-        ]
+        return self.allocator.unavailable(relay, now, exhausted)
 
     # -- requests --------------------------------------------------------------------------
 
@@ -301,7 +294,7 @@ class Relay:
         ):
             return 400
         alloc = self.allocations.by_five_tuple.get(five_tuple)
-        return 437 if alloc is None or alloc.expires <= now else 0
+        return 437 if alloc is None or not alloc.alive(now) else 0
 
     def _allocate(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -311,64 +304,12 @@ class Relay:
         existing, closed = self.allocations.live(five_tuple, now)
         if existing is not None:
             if existing.transaction_id == msg.transaction_id:  # §7.2: a retransmission
-                return [self._allocate_success(msg, existing, now)]
+                return [self.allocator.success(msg, existing, now)]
             return [self._error(msg, five_tuple, 437, creds.key)]
         if self.draining:
             software = self.settings.software
             return [*closed, answers.drain(msg, five_tuple, creds.key, self.alternate, software)]
-        # The quota last: `acquire` counts the allocation (server-wide), `free` gives it back.
-        code = self._allocate_check(msg, creds) or self.quota.acquire(creds.user)
-        if code:
-            return [*closed, self._error(msg, five_tuple, code, creds.key)]
-        even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
-        family = _FAMILIES.get(_int(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)) or 1, 4)
-        ip = self.settings.relay_ips[family]
-        lifetime = grant_lifetime(_int(msg.get(AttrType.LIFETIME)), *self._lifetimes)
-        created = self.allocations.create(
-            five_tuple, ip, even, self.settings.external_ips.get(family),
-            username=creds.username, user=creds.user, key=creds.key, expires=now + lifetime,
-            transaction_id=msg.transaction_id, dont_fragment=AttrType.DONT_FRAGMENT in msg,
-        )  # fmt: skip
-        if created is None:
-            self.quota.release(creds.user)
-            return [*closed, self._error(msg, five_tuple, 508, creds.key)]
-        alloc, open_relay = created
-        self._opening[alloc.relay] = (msg, 1)
-        return [*closed, open_relay, self._allocate_success(msg, alloc, now)]
-
-    def _allocate_check(self, msg: Message, creds: Credentials) -> int:
-        """The error code an Allocate gets before any state changes (§7.2), or 0."""
-        requested = msg.get(AttrType.REQUESTED_TRANSPORT)
-        if not isinstance(requested, int) or isinstance(requested, bool):
-            return 400
-        if requested != UDP_PROTOCOL:
-            return 442  # TCP relays (RFC 6062) are not offered
-        token = AttrType.RESERVATION_TOKEN in msg
-        even = msg.get(AttrType.EVEN_PORT)
-        family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
-        additional = msg.get(AttrType.ADDITIONAL_ADDRESS_FAMILY)
-        if token and (even is not None or family is not None):
-            return 400
-        if family is not None and additional is not None:
-            return 400
-        if additional == 1:  # §7.2: ADDITIONAL-ADDRESS-FAMILY may only ask for IPv6
-            return 400
-        if token or even is True:
-            return 508  # port reservations (R bit, RESERVATION-TOKEN) are not offered
-        if _FAMILIES.get(_int(family) or 1, 4) not in self.settings.relay_ips:
-            return 440
-        return 0
-
-    def _allocate_success(self, msg: Message, alloc: Allocation, now: float) -> SendToClient:
-        attrs: list[tuple[int, AttrValue]] = [
-            (AttrType.XOR_RELAYED_ADDRESS, alloc.advertised),
-            (AttrType.LIFETIME, max(0, int(alloc.expires - now))),
-            (AttrType.XOR_MAPPED_ADDRESS, alloc.five_tuple.client),
-        ]
-        if msg.get(AttrType.ADDITIONAL_ADDRESS_FAMILY) == 2:
-            # §7.2: dual allocations are not offered; say so for IPv6, keep the IPv4 relay.
-            attrs.append((AttrType.ADDRESS_ERROR_CODE, AddressErrorCode(2, 440, "Not Supported")))
-        return self._response(msg, alloc.five_tuple, alloc.key, attrs)
+        return [*closed, *self.allocator.allocate(msg, five_tuple, creds, now)]
 
     def _owned(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -388,23 +329,32 @@ class Relay:
         alloc = self._owned(msg, five_tuple, creds, now)
         if not isinstance(alloc, Allocation):
             return alloc
-        family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
-        if family is not None and _FAMILIES.get(_int(family) or 0) != alloc.family:
-            return [self._error(msg, five_tuple, 443, creds.key)]  # §8
+        # §8: REQUESTED-ADDRESS-FAMILY names one leg of a dual allocation (443 if it has no
+        # leg of that family); without it the Refresh is for every leg.
+        legs = alloc.legs()
+        if AttrType.REQUESTED_ADDRESS_FAMILY in msg:
+            leg = alloc.leg(family_of(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)) or 0)
+            if leg is None:
+                return [self._error(msg, five_tuple, 443, creds.key)]
+            legs = [leg]
         requested = _int(msg.get(AttrType.LIFETIME))
-        if requested == 0:  # §8: a zero lifetime deletes the allocation now
-            closed = self.allocations.free(alloc)
+        if requested == 0:  # §8: a zero lifetime deletes the allocation (or that leg) now
+            table = self.allocations
+            closed = [cmd for leg in legs for cmd in table.end_leg(leg)]
             response = self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, 0)])
             return [response, *closed]
         lifetime = grant_lifetime(requested, *self._lifetimes)
-        self.allocations.refresh(alloc, now + lifetime)
+        for leg in legs:
+            self.allocations.refresh(leg, now + lifetime)
         return [self._response(msg, five_tuple, creds.key, [(AttrType.LIFETIME, lifetime)])]
 
     def _peer_error(self, alloc: Allocation, peer: AttrValue | None, port: bool = False) -> int:
         """400 malformed, 443 family mismatch (§10, §12.2), 403 refused (§9, `PeerRules`)."""
         if not isinstance(peer, Address):
             return 400
-        return 443 if peer.family != alloc.family else self.peers.error(peer, port)
+        if alloc.leg(ip_family(peer.host)) is None:  # no relay of the peer's family
+            return 443
+        return self.peers.error(peer, port)
 
     def _create_permission(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float
@@ -449,26 +399,23 @@ class Relay:
     def _send(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
         """Send indication (§11.2): no answer ever; dropped unless permitted."""
         alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None or alloc.expires <= now:
+        if alloc is None:
             return []
         peer, payload = msg.get(AttrType.XOR_PEER_ADDRESS), msg.get(AttrType.DATA)
         if not isinstance(peer, Address) or not isinstance(payload, bytes):
             return []
-        if peer.family != alloc.family or not alloc.permitted(peer.host, now):
+        leg = alloc.leg(ip_family(peer.host))  # the relay of the peer's family (dual: §7.2)
+        if leg is None or leg.expires <= now or not alloc.permitted(peer.host, now):
             return []
         if not self.peers.port_allowed(peer):
             return []  # a permission to our own relay IP covers only the relay ports
-        return [SendToPeer(alloc.relay, payload, peer)]
+        return [SendToPeer(leg.relay, payload, peer)]
 
     # -- responses -------------------------------------------------------------------------
 
     @property
     def _lifetimes(self) -> tuple[int, int]:
         return self.settings.lifetime_default, self.settings.lifetime_max
-
-    def _advertised(self, relay: Address) -> Address:
-        external = self.settings.external_ips.get(relay.family)
-        return relay if external is None else Address(external, relay.port)
 
     def _response(
         self,

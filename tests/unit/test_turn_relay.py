@@ -162,19 +162,21 @@ def test_unsupported_family_is_440() -> None:
 
 
 def test_additional_address_family() -> None:
-    client = Client(make_relay())
+    # Dual allocations in full: tests/unit/test_turn_dual.py. Here a server with no IPv6 relay.
+    client = Client(make_relay(relay_ips={4: RELAY4}))
     assert error_code(client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, 1))) == 400
     both = [(A.REQUESTED_ADDRESS_FAMILY, 1), (A.ADDITIONAL_ADDRESS_FAMILY, 2)]
     assert error_code(client.allocate(*both)) == 400
     response = client.allocate((A.ADDITIONAL_ADDRESS_FAMILY, 2))
     assert response.message_class is MessageClass.SUCCESS
-    assert response.get(A.ADDRESS_ERROR_CODE) == AddressErrorCode(2, 440, "Not Supported")
+    expected = AddressErrorCode(2, 440, "Address Family not Supported")
+    assert response.get(A.ADDRESS_ERROR_CODE) == expected
 
 
 def test_even_port_and_reservations() -> None:
+    # Reservations in full: tests/unit/test_turn_evenport.py.
     client = Client(make_relay())
-    assert error_code(client.allocate((A.EVEN_PORT, True))) == 508  # R bit: no reservations
-    assert error_code(client.allocate((A.RESERVATION_TOKEN, bytes(8)))) == 508
+    assert error_code(client.allocate((A.RESERVATION_TOKEN, bytes(8)))) == 508  # unknown token
     both = [(A.EVEN_PORT, False), (A.RESERVATION_TOKEN, bytes(8))]
     assert error_code(client.allocate(*both)) == 400
     relayed = client.allocate((A.EVEN_PORT, False)).get(A.XOR_RELAYED_ADDRESS)
