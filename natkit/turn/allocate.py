@@ -41,7 +41,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from natkit.addr import Address
 from natkit.stun.attributes import AddressErrorCode, AttrValue, encode_attribute
@@ -62,10 +61,8 @@ from natkit.turn.allocation import (
 from natkit.turn.auth import Credentials
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient
 from natkit.turn.reservations import RESERVATION_LIFETIME, TOKEN_SIZE
+from natkit.turn.settings import RelaySettings
 from natkit.turn.shared_quota import Quota
-
-if TYPE_CHECKING:
-    from natkit.turn.relay import RelaySettings
 
 __all__ = ["FAMILIES", "UDP_PROTOCOL", "Allocator", "additional", "family_of"]
 

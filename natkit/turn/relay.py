@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import random
 import struct
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import cast
 
 from natkit.addr import Address, Transport
@@ -51,11 +50,9 @@ from natkit.stun.message import Message, parse_message
 from natkit.turn import answers
 from natkit.turn.allocate import Allocator, family_of
 from natkit.turn.allocation import (
-    DEFAULT_LIMITS,
     Allocation,
     AllocationTable,
     FiveTuple,
-    Limits,
     PortPool,
     grant_lifetime,
     ip_family,
@@ -65,6 +62,7 @@ from natkit.turn.auth import Authenticator, AuthError, Credentials, Sha256Signed
 from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay_peers import PeerRules
+from natkit.turn.settings import RelaySettings
 from natkit.turn.shared_quota import LocalQuota, Quota
 
 __all__ = [
@@ -79,29 +77,6 @@ __all__ = [
 ]
 
 _CHANNEL_HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (§12.4)
-
-
-@dataclass(frozen=True, slots=True)
-class RelaySettings:
-    """What the core needs from ``turn.*`` (built by `natkit.turn.engine.relay_settings`)."""
-
-    relay_ips: Mapping[int, str]
-    """IP version → the local IP relay sockets bind to; a family missing here answers 440."""
-    external_ips: Mapping[int, str] = field(default_factory=dict)
-    """IP version → the IP advertised in XOR-RELAYED-ADDRESS (1:1 NAT), else the relay IP."""
-    ports: tuple[int, int] = (49152, 65535)
-    """``turn.relay.ports``: every worker's relay ports (the peer rules' "our relay ports")."""
-    pool_ports: tuple[int, int] | None = None
-    """The slice of `ports` this worker allocates from (`worker_ports`); None: all of them."""
-    lifetime_default: int = 600
-    lifetime_max: int = 3600
-    quota_per_user: int = 10
-    quota_total: int = 1000
-    software: str = "natkit"
-    limits: Limits = DEFAULT_LIMITS
-    """Permissions and channels per allocation (``turn.limits``)."""
-    peers_per_request: int = 10
-    """XOR-PEER-ADDRESS attributes one CreatePermission may carry (``turn.limits``)."""
 
 
 _Handler = Callable[[Message, FiveTuple, Credentials, float], list["Command"]]

@@ -30,15 +30,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from natkit.addr import Address
+from natkit.addr import Address, FiveTuple
 from natkit.turn.commands import CloseRelay
 from natkit.turn.ports import PortPool
 from natkit.turn.shared_quota import Quota
-
-if TYPE_CHECKING:
-    from natkit.turn.allocation import FiveTuple
 
 __all__ = ["RESERVATION_LIFETIME", "TOKEN_SIZE", "Reservation", "ReservationTable"]
 
