@@ -190,19 +190,20 @@ static uint64_t percentile(uint32_t *hist, uint64_t over, uint64_t total, double
 }
 
 static void usage(void) {
-    fprintf(stderr, "usage: loadgen -s IP -p PORT [-b BIND_IP] [-c SOCKETS] [-w WINDOW] "
-                    "[-t THREADS] [-d SECONDS] [-W WARMUP] [-r RATE]\n");
+    fprintf(stderr, "usage: loadgen -s IP -p PORT [-b BIND_IP] [-n SOURCE_IPS] [-c SOCKETS] "
+                    "[-w WINDOW] [-t THREADS] [-d SECONDS] [-W WARMUP] [-r RATE]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
     const char *host = "127.0.0.1", *bind_ip = "127.0.0.1";
-    int port = 3478, opt;
-    while ((opt = getopt(argc, argv, "s:p:b:c:w:t:d:W:r:")) != -1) {
+    int port = 3478, opt, sources = 1;
+    while ((opt = getopt(argc, argv, "s:p:b:n:c:w:t:d:W:r:")) != -1) {
         switch (opt) {
         case 's': host = optarg; break;
         case 'p': port = atoi(optarg); break;
         case 'b': bind_ip = optarg; break;
+        case 'n': sources = atoi(optarg); break;  /* socket i binds BIND_IP + i % n */
         case 'c': nsocks = atoi(optarg); break;
         case 'w': window = atoi(optarg); break;
         case 't': nthreads = atoi(optarg); break;
@@ -212,7 +213,8 @@ int main(int argc, char **argv) {
         default: usage();
         }
     }
-    if (nsocks < 1 || nsocks > MAX_SOCKS || nthreads < 1 || nthreads > nsocks || duration <= 0)
+    if (nsocks < 1 || nsocks > MAX_SOCKS || nthreads < 1 || nthreads > nsocks || duration <= 0 ||
+        sources < 1 || sources > 250)
         usage();
     memset(&server, 0, sizeof server);
     server.sin_family = AF_INET;
@@ -232,7 +234,11 @@ int main(int argc, char **argv) {
             int fd = socket(AF_INET, SOCK_DGRAM, 0);
             int big = 4 << 20;
             setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
-            if (bind(fd, (struct sockaddr *)&bind_addr, sizeof bind_addr) != 0 ||
+            /* Many client hosts, as a server sees them: natkit steers workers by source IP. */
+            struct sockaddr_in from = bind_addr;
+            uint32_t host = ntohl(bind_addr.sin_addr.s_addr) + (uint32_t)((w->first + i) % sources);
+            from.sin_addr.s_addr = htonl(host);
+            if (bind(fd, (struct sockaddr *)&from, sizeof from) != 0 ||
                 connect(fd, (struct sockaddr *)&server, sizeof server) != 0) {
                 perror("loadgen: socket");
                 return 1;

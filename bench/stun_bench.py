@@ -99,12 +99,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def loadgen(
     port: int, duration: float, *, rate: float = 0.0, sockets: int = 64, window: int = 4
 ) -> dict[str, Any]:
-    # 64 source ports: SO_REUSEPORT hashes flows onto workers, and with 16 the split between two
-    # workers is often 10:6, which idles one of them (measured: 65k/s with 16 vs 110k/s with 64).
+    # 64 client hosts (127.0.0.2-65), one socket each, as a server sees them: natkit steers a
+    # host to one worker (natkit.net.steering), and with 16 the split between two workers is
+    # often 10:6, which idles one of them (measured: 65k/s with 16 vs 110k/s with 64).
     argv = [
         str(LOADGEN),
         "-s",
         HOST,
+        "-b",
+        "127.0.0.2",
+        "-n",
+        str(sockets),
         "-p",
         str(port),
         "-c",

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import socket
 import ssl
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from natkit.addr import Address, ListenURI, Transport, parse_hostport
 from natkit.config.model import StunConfig, TlsConfig
 from natkit.errors import ConfigError, NatkitError
+from natkit.net.steering import steer_by_source
 
 __all__ = [
     "ListenerPlan",
@@ -43,6 +45,8 @@ __all__ = [
     "make_ssl_context",
     "plan_listeners",
 ]
+
+log = logging.getLogger("natkit.net.sockets")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +171,8 @@ def bind_stream(addr: Address, reuse_port: bool = True, *, join: bool = False) -
 def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.socket]]:
     """Every listening socket of `workers` workers, in `Listeners.bind` order (plan by plan,
     address by address): one reuseport group per address whose first member is bound
-    exclusively. NatkitError (and nothing left open) if any address is taken."""
+    exclusively, steered by source address (`natkit.net.steering`: one client host, one
+    worker). NatkitError (and nothing left open) if any address is taken."""
     per_worker: list[list[socket.socket]] = [[] for _ in range(workers)]
     try:
         for plan in plan_listeners(config):
@@ -176,6 +181,13 @@ def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.so
                 for i, socks in enumerate(per_worker):
                     bind = bind_udp if udp else bind_stream
                     socks.append(bind(addr, reuse_port=True, join=i > 0))
+                if not steer_by_source(per_worker[0][-1], workers):
+                    log.warning(
+                        "%s: the kernel refused source-address steering: a client's sockets "
+                        "may meet different workers (RESERVATION-TOKEN claims, RFC 6062 data "
+                        "connections and per-source rate limits then work per worker)",
+                        addr,
+                    )
     except NatkitError:
         for socks in per_worker:
             for sock in socks:

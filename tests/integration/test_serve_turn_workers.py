@@ -1,10 +1,10 @@
 """TURN with `stun.workers: 2`: quotas are exact server-wide, and each worker has its own ports.
 
-SO_REUSEPORT spreads UDP 5-tuples over the workers; a test cannot choose the worker, so it
-opens many client sockets and learns where each landed from its relayed port (worker 0 relays
-from the low half of `turn.relay.ports`, worker 1 from the high half), allocating as a mapping
-user and freeing it again (Refresh lifetime 0). The quota user's allocations are then made from
-sockets known to land on each worker.
+natkit steers each client host (source IP) to one worker; a test cannot choose the worker, so
+it opens client sockets from many loopback addresses and learns where each landed from its
+relayed port (worker 0 relays from the low half of `turn.relay.ports`, worker 1 from the high
+half), allocating as a mapping user and freeing it again (Refresh lifetime 0). The quota
+user's allocations are then made from sockets known to land on each worker.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def clients(request: pytest.FixtureRequest) -> Iterator[Callable[[int, int], Tur
         for _ in range(64):
             if spare[worker]:
                 return spare[worker].pop()
-            client = TurnClient(port, "mapper", USERS["mapper"], REALM)
+            source = f"127.0.0.{2 + len(opened)}"  # another host: another hash
+            client = TurnClient(port, "mapper", USERS["mapper"], REALM, source=source)
             # A respawned worker answers what queued on its socket once it has started.
             client.sock.settimeout(20)
             opened.append(client)

@@ -32,18 +32,20 @@ class TurnClient:
         *,
         tcp: bool = False,
         tls: ssl.SSLContext | None = None,
+        source: str = HOST,
     ) -> None:
-        """UDP by default; `tcp` for TCP, plus `tls` (a client context) for TLS."""
+        """UDP by default; `tcp` for TCP, plus `tls` (a client context) for TLS; `source` is
+        the client's loopback address (natkit steers a client host to one worker)."""
+        assert source.startswith("127."), source  # loopback only
         kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
         self.sock = socket.socket(socket.AF_INET, kind)
         self.sock.settimeout(5)
         self.tcp = tcp
+        self.sock.bind((source, 0))
         if tcp:
             self.sock.connect((HOST, port))
             if tls is not None:
                 self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
-        else:
-            self.sock.bind((HOST, 0))
         self.server = (HOST, port)
         self.user, self.realm = user, realm
         self.key = long_term_key(user, realm, password)
