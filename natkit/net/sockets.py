@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from natkit.addr import Address, ListenURI, Transport, parse_hostport
 from natkit.config.model import StunConfig, TlsConfig
 from natkit.errors import ConfigError, NatkitError
+from natkit.net.steering import steer_by_source_ip
 
 __all__ = [
     "ListenerPlan",
@@ -176,6 +177,8 @@ def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.so
                 for i, socks in enumerate(per_worker):
                     bind = bind_udp if udp else bind_stream
                     socks.append(bind(addr, reuse_port=True, join=i > 0))
+                if not udp and workers > 1 and not config.proxy_protocol:
+                    steer_by_source_ip(per_worker[0][-1], workers)  # natkit.net.steering
     except NatkitError:
         for socks in per_worker:
             for sock in socks:
