@@ -1,4 +1,4 @@
-"""The built-in TURN server core, sans-IO (RFC 8656, UDP relays).
+"""The built-in TURN server core, sans-IO (RFC 8656; RFC 6062 TCP relays: `natkit.turn.tcp_relay`).
 
 Theory of operation (the shape of firezone's relay). The caller owns every socket and the clock;
 `Relay` owns the state and the rules. Three entry points take bytes, the addresses they moved
@@ -57,6 +57,7 @@ from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient, S
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay_peers import PeerRules
 from natkit.turn.shared_quota import LocalQuota, Quota
+from natkit.turn.tcp_relay import DEFAULT_TCP_CONNECTIONS, TCP_PROTOCOL, TcpRelay
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -97,6 +98,8 @@ class RelaySettings:
     """Permissions and channels per allocation (``turn.limits``)."""
     peers_per_request: int = 10
     """XOR-PEER-ADDRESS attributes one CreatePermission may carry (``turn.limits``)."""
+    tcp_connections: int = DEFAULT_TCP_CONNECTIONS
+    """RFC 6062 connections per TCP allocation (``turn.limits``)."""
 
 
 _Handler = Callable[[Message, FiveTuple, Credentials, float], list["Command"]]
@@ -135,6 +138,11 @@ class Relay:
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
         }
+        # RFC 6062 TCP relays: their state and rules (natkit.turn.tcp_relay).
+        self.tcp = TcpRelay(self.allocations, self.peers, software=settings.software,
+                            rng=self.rng, limit=settings.tcp_connections)  # fmt: skip
+        self._methods[Method.CONNECT] = self.tcp.connect
+        self._methods[Method.CONNECTION_BIND] = self.tcp.connection_bind
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -295,6 +303,8 @@ class Relay:
         method = msg.method
         if method == Method.ALLOCATE:
             return 0 if _int(msg.get(AttrType.REQUESTED_TRANSPORT)) is not None else 400
+        if method == Method.CONNECTION_BIND:  # RFC 6062 §5.4: on a connection of no allocation
+            return 0 if AttrType.CONNECTION_ID in msg else 400
         if (method == Method.CREATE_PERMISSION and AttrType.XOR_PEER_ADDRESS not in msg) or (
             method == Method.CHANNEL_BIND
             and not (AttrType.XOR_PEER_ADDRESS in msg and AttrType.CHANNEL_NUMBER in msg)
@@ -317,7 +327,11 @@ class Relay:
             software = self.settings.software
             return [*closed, answers.drain(msg, five_tuple, creds.key, self.alternate, software)]
         # The quota last: `acquire` counts the allocation (server-wide), `free` gives it back.
-        code = self._allocate_check(msg, creds) or self.quota.acquire(creds.user)
+        code = (
+            self.tcp.allocate_error(msg, five_tuple)  # RFC 6062 §5.1
+            or self._allocate_check(msg, creds)
+            or self.quota.acquire(creds.user)
+        )
         if code:
             return [*closed, self._error(msg, five_tuple, code, creds.key)]
         even = msg.get(AttrType.EVEN_PORT) is False  # present with R=0: an even port, no reserve
@@ -333,6 +347,7 @@ class Relay:
             self.quota.release(creds.user)
             return [*closed, self._error(msg, five_tuple, 508, creds.key)]
         alloc, open_relay = created
+        self.tcp.mark(msg, alloc)
         self._opening[alloc.relay] = (msg, 1)
         return [*closed, open_relay, self._allocate_success(msg, alloc, now)]
 
@@ -341,8 +356,8 @@ class Relay:
         requested = msg.get(AttrType.REQUESTED_TRANSPORT)
         if not isinstance(requested, int) or isinstance(requested, bool):
             return 400
-        if requested != UDP_PROTOCOL:
-            return 442  # TCP relays (RFC 6062) are not offered
+        if requested not in (UDP_PROTOCOL, TCP_PROTOCOL):
+            return 442  # RFC 6062 §5.1: UDP or TCP (TCP only over TCP/TLS: `TcpRelay`)
         token = AttrType.RESERVATION_TOKEN in msg
         even = msg.get(AttrType.EVEN_PORT)
         family = msg.get(AttrType.REQUESTED_ADDRESS_FAMILY)
