@@ -99,7 +99,10 @@ class TcpSockets:
         self._adopting: set[asyncio.Task[None]] = set()
         timeout = os.environ.get(BIND_TIMEOUT_ENV)
         if timeout:
-            core.bind_timeout = float(timeout)
+            try:
+                core.bind_timeout = float(timeout)
+            except ValueError:
+                log.warning("ignoring %s=%r: not a number of seconds", BIND_TIMEOUT_ENV, timeout)
 
     # -- the engine's delegation -----------------------------------------------------------
 

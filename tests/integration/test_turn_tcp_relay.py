@@ -317,6 +317,46 @@ def test_connect_pipes_bytes_both_ways_peer_data_first(served: Served, peer: Pee
         assert closed(conn)
 
 
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmRSS:"))
+    return int(line.split()[1]) * 1024
+
+
+def _push(sock: socket.socket, data: bytes, stall: float) -> int:
+    """Send `data` until the other side stops taking it for `stall` seconds: bytes sent."""
+    sock.settimeout(stall)
+    view, sent = memoryview(data), 0
+    with contextlib.suppress(TimeoutError):
+        while sent < len(data):
+            sent += sock.send(view[sent : sent + 65536])
+    sock.settimeout(5)
+    return sent
+
+
+@pytest.mark.parametrize("direction", ["client_to_peer", "peer_to_client"])
+def test_a_reader_that_stops_stops_the_writer(served: Served, peer: Peer, direction: str) -> None:
+    # Nobody reads one end: the relay stops reading the other (its buffers are bounded), so
+    # the writer stalls once the kernel's socket buffers are full, and the relay's memory
+    # does not grow by what was sent. Then the reader drains it all, byte-exact.
+    (worker,) = served.workers()
+    with connected(served, peer) as (client, cid, conn):
+        data = Data(served, client, cid)
+        assert code(data.answer) == 0
+        writer, reader = (data.sock, conn) if direction == "client_to_peer" else (conn, data.sock)
+        payload = bytes(range(256)) * (400 * 1024)  # 100 MiB, more than every buffer between
+        before = _rss(worker)
+        sent = _push(writer, payload, stall=2.0)
+        grown = _rss(worker) - before
+        assert sent < len(payload), "the writer never stalled"
+        assert grown < 24 << 20, f"the relay grew by {grown >> 20} MiB holding {sent >> 20} MiB"
+        assert (
+            read_exactly(reader, sent, data.take() if reader is data.sock else b"")
+            == (payload[:sent])
+        )
+        data.close()
+
+
 def test_bytes_behind_the_connection_bind_go_to_the_peer(served: Served, peer: Peer) -> None:
     with connected(served, peer) as (client, cid, conn):
         raw = b"\xff not STUN, not ChannelData: raw bytes behind the request"
