@@ -94,6 +94,8 @@ TURN_REASONS: tuple[tuple[str, int], ...] = (
     ("alternate_server", 300),
     ("draining", 508),
     ("downgrade", 400),
+    ("connection_exists", 446),
+    ("connection_failed", 447),
 )
 """(reason, error code) of every TURN error answer counted (`natkit.turn.refusals` explains
 each answer as one of them)."""

@@ -289,6 +289,7 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (TurnLimitsConfig, "peers_per_request"): _at_least_one,
     (TurnLimitsConfig, "permissions_per_allocation"): _at_least_one,
     (TurnLimitsConfig, "channels_per_allocation"): _channels,
+    (TurnLimitsConfig, "tcp_connections_per_allocation"): _at_least_one,
     (TurnConfig, "alternate_server"): _alternate,
     (TurnConfig, "drain_timeout"): _positive,
     (DiagnoseTurnServer, "url"): _turn_url,

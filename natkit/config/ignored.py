@@ -81,7 +81,7 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
     Ignored(
         "turn.limits",
         lambda c: c.turn.limits != TurnLimitsConfig(),
-        "coturn 4.6 has no per-allocation permission or channel limit",
+        "coturn 4.6 has no per-allocation permission, channel or TCP connection limit",
     ),
     Ignored(
         "turn.alternate_server",

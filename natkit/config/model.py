@@ -267,6 +267,10 @@ class TurnLimitsConfig:
     channels_per_allocation: int = field(
         default=64, metadata=doc("Channels one allocation may bind, at most 4096 (then 508).")
     )
+    tcp_connections_per_allocation: int = field(
+        default=32,
+        metadata=doc("RFC 6062 peer TCP connections one TCP allocation may hold (then 508)."),
+    )
 
 
 @dataclass(frozen=True, slots=True)

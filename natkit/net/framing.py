@@ -8,6 +8,8 @@ resynchronised: `FramingError`, and the listener closes the connection.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from natkit.net.demux import CHANNEL_DATA, OTHER, classify
 
 __all__ = ["FramingError", "StreamFramer", "frame_size"]
@@ -49,17 +51,28 @@ class StreamFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        return list(self.frames(data))
+
+    def frames(self, data: bytes) -> Iterator[bytes]:
+        """The complete frames, one at a time: a frame leaves the buffer only when it is taken,
+        so a consumer that stops early (a connection handed over, `natkit.net.routes.Link`)
+        finds every later byte still in `take()`, unparsed."""
         buf = self._buf
         buf += data
-        frames: list[bytes] = []
         while True:
             total = frame_size(bytes(buf[:4]))
             if total is None:
-                break
+                return
             if total > self.max_size:
                 raise FramingError(f"frame of {total} bytes exceeds {self.max_size}")
             if len(buf) < total:
-                break
-            frames.append(bytes(buf[:total]))
+                return
+            frame = bytes(buf[:total])
             del buf[:total]
-        return frames
+            yield frame
+
+    def take(self) -> bytes:
+        """Every buffered byte, unparsed; the buffer is empty afterwards."""
+        rest = bytes(self._buf)
+        self._buf.clear()
+        return rest

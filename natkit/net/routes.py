@@ -10,6 +10,14 @@ A `Route` is a handler plus what the listener must know about its traffic: wheth
 against ``stun.rate_limit`` (all of it, only requests, or none), the largest message it takes,
 and an optional fast path for batched IPv4 UDP. `Dispatcher` maps each `natkit.net.demux` kind
 to a route; `serve` registers the Binding handler and, with TURN on, the TURN engine.
+
+Handing a stream over. A handler may turn a TCP/TLS connection into a raw byte pipe (RFC 6062
+§5.4: a TURN client data connection): it calls `Link.hand_over` and returns its last answer;
+the listener writes that answer, then stops framing: every later byte (also what arrived behind
+the frame, in the same read) goes to `receive` as it comes, with no rate limit and no idle
+timeout, and what the handler writes to the returned `Pipe` goes out as is. A handed-over
+connection still holds its admission slot, pinned. A `Transmit` with empty `data` answers a
+request whose answer the handler sends later on the link (RFC 6062 §5.2: Connect).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from typing import Protocol
 from natkit.addr import Address, Transport
 from natkit.net.demux import BINDING, CHANNEL_DATA, KINDS, OTHER, STUN
 
-__all__ = ["Dispatcher", "FastV4", "Handle", "Limit", "Link", "Route", "Transmit"]
+__all__ = ["Dispatcher", "FastV4", "Handle", "Limit", "Link", "Pipe", "Route", "Transmit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +49,32 @@ class Link(Protocol):
     def pin(self) -> None:
         """The client now holds state that ends with the link (RFC 8656 §7: a TCP allocation):
         a full listener must not evict it while it moves data."""
+
+    def hand_over(self, receive: Callable[[bytes], None], closed: Callable[[], None]) -> Pipe:
+        """Streams only (the module docstring): after the answer being returned, the connection
+        is a raw pipe; `receive` gets every later byte, `closed` is called once when it ends,
+        whichever side ends it. UDP links raise NotImplementedError."""
+
+
+class Pipe(Protocol):
+    """A handed-over stream connection: raw bytes both ways, with flow control."""
+
+    def write(self, data: bytes) -> bool:
+        """Queue `data` for the client (behind the answer that handed the link over); False
+        once more than the high-water mark waits to go out: feed no more before `on_drained`
+        calls back."""
+
+    def on_drained(self, callback: Callable[[], None]) -> None:
+        """Call `callback` once what waits to go out is below the low-water mark (not at all
+        if the connection ends first)."""
+
+    def pause_reading(self) -> None:
+        """Stop passing the client's bytes to `receive` (the other side is congested)."""
+
+    def resume_reading(self) -> None: ...
+
+    def close(self) -> None:
+        """Write what is queued, then close; `closed` follows."""
 
 
 Handle = Callable[[bytes, Address, Address, Transport, Link], "Transmit | None"]

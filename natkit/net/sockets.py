@@ -181,7 +181,10 @@ def bind_worker_sockets(config: StunConfig, workers: int) -> list[list[socket.so
                 for i, socks in enumerate(per_worker):
                     bind = bind_udp if udp else bind_stream
                     socks.append(bind(addr, reuse_port=True, join=i > 0))
-                if not steer_by_source(per_worker[0][-1], workers):
+                # Behind a PROXY-protocol balancer every connection comes from its address:
+                # steering would put them all on one worker.
+                proxied = not udp and config.proxy_protocol
+                if not proxied and not steer_by_source(per_worker[0][-1], workers):
                     log.warning(
                         "%s: the kernel refused source-address steering: a client's sockets "
                         "may meet different workers (RESERVATION-TOKEN claims, RFC 6062 data "

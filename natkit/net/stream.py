@@ -190,6 +190,11 @@ class StreamService:
         finally:
             counts[CONNECTIONS] -= 1
             self.table.release(conn)
+            try:
+                conn.end()  # a handed-over connection's handler hears of its end
+            except Exception:
+                counts[error_index("internal")] += 1
+                log.exception("a handed-over connection's handler failed at its end")
             if dispatcher.on_close is not None:
                 dispatcher.on_close(source, local, transport)
             writer.close()
@@ -242,15 +247,11 @@ class StreamService:
             if not data:
                 return
             loop_now = clock()
-            frames = framer.feed(data)
-            if frames:
-                conn.last_active = loop_now  # complete frames are activity; stray bytes are not
-                frame_start = loop_now if framer.pending else None
-            elif frame_start is None:
-                frame_start = loop_now
             now = time.monotonic()
             rl = self.limiter()
-            for frame in frames:
+            moved = False
+            for frame in framer.frames(data):
+                moved = True
                 kind = classify(frame)
                 route = routes[kind]
                 if route is None:
@@ -276,10 +277,42 @@ class StreamService:
                     )
                     counts[request_index(name, family, result)] += 1
                 if tx is not None:
-                    conn.send(tx.data)
+                    if tx.data:  # empty: answered later on the link (natkit.net.routes)
+                        conn.send(tx.data)
                 elif kind != CHANNEL_DATA and not is_indication(frame):
                     raise FramingError("unanswerable message on a stream")
+                if conn.handover is not None:
+                    break  # what follows is raw bytes, left unparsed in the framer
+            if moved:
+                conn.last_active = loop_now  # complete frames are activity; stray bytes are not
+                frame_start = loop_now if framer.pending and conn.handover is None else None
+            elif frame_start is None:
+                frame_start = loop_now
             await conn.writer.drain()
+            if conn.handover is not None:
+                await self._pipe(conn, reader, framer.take())
+                return
+
+    async def _pipe(self, conn: StreamConn, reader: asyncio.StreamReader, rest: bytes) -> None:
+        """A handed-over connection (`natkit.net.routes`): every byte to the handler as it
+        comes, no framing, rate limit or idle deadline; flow control is the handler's."""
+        assert conn.handover is not None
+        receive, clock = conn.handover[0], conn.clock
+        conn.start_pipe()
+        data = rest
+        while True:
+            if data:
+                conn.last_active = clock()
+                try:
+                    receive(data)
+                except Exception:
+                    self.counts[error_index("internal")] += 1
+                    log.exception("a handed-over connection's handler failed (%d bytes)", len(data))
+                    return
+            await conn.flowing()
+            data = await reader.read(65536)
+            if not data:
+                return
 
 
 async def _read_proxy_header(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> ProxyHeader:

@@ -24,7 +24,7 @@ from natkit.metrics import error_index, ratelimited_index, request_index
 from natkit.net import mmsg
 from natkit.net.demux import BINDING, classify, is_request
 from natkit.net.ratelimit import RateLimiter
-from natkit.net.routes import Dispatcher, Limit
+from natkit.net.routes import Dispatcher, Limit, Pipe
 
 __all__ = ["UdpLink", "ratelimit_key", "udp_reader"]
 
@@ -63,6 +63,9 @@ class UdpLink:
 
     def pin(self) -> None:
         """UDP has no connection to keep: nothing to do."""
+
+    def hand_over(self, receive: Callable[[bytes], None], closed: Callable[[], None]) -> Pipe:
+        raise NotImplementedError("a UDP link has no stream to hand over")
 
 
 def udp_reader(

@@ -63,6 +63,7 @@ from natkit.turn.commands import CloseRelay, Command, OpenRelay, SendToClient
 from natkit.turn.reservations import RESERVATION_LIFETIME, TOKEN_SIZE
 from natkit.turn.settings import RelaySettings
 from natkit.turn.shared_quota import Quota
+from natkit.turn.tcp_relay import TCP_PROTOCOL
 
 __all__ = ["FAMILIES", "UDP_PROTOCOL", "Allocator", "additional", "family_of"]
 
@@ -139,8 +140,8 @@ class Allocator:
         requested = msg.get(AttrType.REQUESTED_TRANSPORT)
         if not isinstance(requested, int) or isinstance(requested, bool):
             return 400  # item 3
-        if requested != UDP_PROTOCOL:
-            return 442  # TCP relays (RFC 6062) are not offered
+        if requested not in (UDP_PROTOCOL, TCP_PROTOCOL):
+            return 442  # RFC 6062 §5.1: UDP or TCP (TCP only over TCP/TLS: `TcpRelay`)
         even = msg.get(AttrType.EVEN_PORT)
         family = family_of(msg.get(AttrType.REQUESTED_ADDRESS_FAMILY))
         extra = additional(msg)[0]

@@ -52,6 +52,7 @@ from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
+from natkit.turn.tcp_sockets import TcpSockets
 
 __all__ = ["BuiltinTurn"]
 
@@ -107,6 +108,7 @@ class BuiltinTurn:
         # The way back to each allocation's client: its link's send and its address.
         self._senders: dict[FiveTuple, tuple[Callable[[bytes, Address], None], Address]] = {}
         self._timer: asyncio.Task[None] | None = None
+        self.tcp = TcpSockets(self.relay.tcp, self._run, self._refused, self.counters, clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.send_errors = 0
 
@@ -125,6 +127,7 @@ class BuiltinTurn:
                 await self._timer
             self._timer = None
         self._run(self.relay.close())  # every allocation ends through the table
+        await self.tcp.close()
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
             self._close_relay(relay)
@@ -167,6 +170,7 @@ class BuiltinTurn:
             self._sync_unix_time()
             try:
                 self._run(self.relay.handle_timeout(self.clock()))
+                self.tcp.tick(self.clock())  # RFC 6062 connect and bind deadlines
                 self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
@@ -187,6 +191,8 @@ class BuiltinTurn:
     ) -> Transmit | None:
         """One TURN request or indication from a client: the answer to send back, if any."""
         commands = self.relay.handle_client(data, source, local, transport, self.clock())
+        if self.relay.tcp.outbox and self.tcp.run(link):
+            return Transmit(b"", source, local)  # RFC 6062 §5.2: Connect is answered later
         if not commands:
             return None
         # A refusal is always one error response alone: two byte tests for everything else.
@@ -289,6 +295,11 @@ class BuiltinTurn:
     def _open_relay(self, cmd: OpenRelay, link: Link | None) -> bool | None:
         """Bind the relay socket: None when it is open, else whether the host ran out of a
         resource (file descriptors: `exhausted`) rather than the port being taken."""
+        if self.relay.tcp.is_tcp(cmd.relay):  # RFC 6062: a TCP allocation listens instead
+            failed = self.tcp.listen(cmd.relay, cmd.owner)
+            if failed is None:
+                self._announce(cmd, link)
+            return failed
         family = socket.AF_INET6 if cmd.relay.family == 6 else socket.AF_INET
         sock: socket.socket | None = None
         try:
@@ -311,6 +322,13 @@ class BuiltinTurn:
             log.debug("relay %s unavailable: %s", cmd.relay, err)
             return False
         self._sockets[cmd.relay] = (sock, cmd.owner)
+        self._announce(cmd, link)
+        assert self._loop is not None, "BuiltinTurn.start() was not awaited"
+        self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
+        return None
+
+    def _announce(self, cmd: OpenRelay, link: Link | None) -> None:
+        """The relay of `cmd` is open: count and log the allocation, keep the way back."""
         alloc = self.relay.allocations.by_relay.get(cmd.relay)
         if alloc is not None:
             self._opened[cmd.relay] = alloc
@@ -319,17 +337,18 @@ class BuiltinTurn:
         if link is not None:  # what the peer reader sends to this client with
             link.pin()  # a TCP allocation ends with its connection: keep it from eviction
             self._senders[cmd.owner] = (link.send, cmd.owner.client)
-        assert self._loop is not None, "BuiltinTurn.start() was not awaited"
-        self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
-        return None
 
     def _close_relay(self, relay: Address) -> None:
         entry = self._sockets.pop(relay, None)
-        if entry is None:
-            return
-        sock, owner = entry
+        if entry is not None:
+            sock, owner = entry
+            self._unwatch(sock)
+        else:  # RFC 6062: a TCP allocation's listening socket and connections
+            tcp_owner = self.tcp.close_relay(relay)
+            if tcp_owner is None:
+                return
+            owner = tcp_owner
         self._senders.pop(owner, None)
-        self._unwatch(sock)
         alloc = self._opened.pop(relay, None)
         if alloc is not None:
             now = self.clock()

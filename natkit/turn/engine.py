@@ -196,6 +196,7 @@ def relay_settings(config: Config, worker: int = 0, workers: int | None = None) 
         software=config.stun.software,
         limits=Limits(turn.limits.permissions_per_allocation, turn.limits.channels_per_allocation),
         peers_per_request=turn.limits.peers_per_request,
+        tcp_connections=turn.limits.tcp_connections_per_allocation,
     )
 
 

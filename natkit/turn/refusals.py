@@ -57,7 +57,10 @@ quota 486 (turn.quota.per_user), capacity 508 (turn.quota.total, turn.limits, no
 file descriptor for a relay socket, a reservation), alternate_server 300 and draining 508 (a new
 Allocate during a graceful drain, with and without turn.alternate_server), downgrade 400
 (PASSWORD-ALGORITHMS stripped or altered, or a PASSWORD-ALGORITHM not offered: RFC 8489 §9.2.4's
-bid-down check, `natkit.turn.auth.request_error`)."""
+bid-down check, `natkit.turn.auth.request_error`), connection_exists 446 (an RFC 6062 Connect
+to a peer the TCP allocation already has a connection with), connection_failed 447 (that
+Connect's dial from the relayed address failed or timed out). Connect and ConnectionBind count
+under method ``other``."""
 
 _METHOD_LABELS: dict[int, str] = {
     Method.ALLOCATE: "allocate",
@@ -120,6 +123,8 @@ def explain(
     problem = request_error(msg) if code == 400 else None
     if problem is not None:  # what the authenticator refused, named from the request alone
         return Refusal(code, method, problem.reason, f"{who}: {problem.detail}")
+    if code == 400 and msg.method in _TCP_400:
+        return Refusal(code, method, "bad_request", f"{who}: {_TCP_400[msg.method]}")
     if code == 403:
         peers = [
             v.host
@@ -161,6 +166,14 @@ def _credentials(msg: Message, unix_now: Callable[[], float]) -> str:
     return "wrong password or unknown user (or a credential not minted with turn.auth.secret)"
 
 
+_TCP_400: dict[int, str] = {
+    Method.CONNECT: "Connect without a usable XOR-PEER-ADDRESS (RFC 6062 §5.2)",
+    Method.CONNECTION_BIND: (
+        "ConnectionBind: no pending TCP connection with that CONNECTION-ID, or not on a new "
+        "TCP/TLS connection (RFC 6062 §5.4)"
+    ),
+}
+
 _DETAILS = {
     "bad_request": "malformed request (bad or missing attribute)",
     "unknown_attribute": "unknown comprehension-required attribute",
@@ -168,14 +181,16 @@ _DETAILS = {
     "stale_nonce": "stale nonce (the client retries with the fresh one)",
     "family_unsupported": "no relay address of the requested family",
     "wrong_user": "the allocation belongs to another user",
-    "unsupported_transport": "only UDP relays are offered (REQUESTED-TRANSPORT)",
+    "unsupported_transport": "REQUESTED-TRANSPORT neither UDP nor TCP (RFC 6062)",
+    "connection_exists": "a TCP connection to that peer exists already (RFC 6062 §5.2)",
+    "connection_failed": "the relay's TCP connection to the peer failed or timed out (RFC 6062)",
     "family_mismatch": "peer address family differs from the allocation's",
     "quota": "allocation quota per user reached (turn.quota.per_user)",
     "alternate_server": "server draining: sent to turn.alternate_server (300 Try Alternate)",
     "draining": "server draining: no new allocations (set turn.alternate_server to redirect)",
     "capacity": (
         "no capacity (turn.quota.total, turn.limits, no free relay port or file descriptor, "
-        "or a port reservation)"
+        "or a port reservation; a TCP allocation's tcp_connections_per_allocation)"
     ),
 }
 

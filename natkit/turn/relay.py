@@ -1,4 +1,4 @@
-"""The built-in TURN server core, sans-IO (RFC 8656, UDP relays).
+"""The built-in TURN server core, sans-IO (RFC 8656; RFC 6062 TCP relays: `natkit.turn.tcp_relay`).
 
 Theory of operation (the shape of firezone's relay). The caller owns every socket and the clock;
 `Relay` owns the state and the rules. Three entry points take bytes, the addresses they moved
@@ -64,6 +64,7 @@ from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay_peers import PeerRules
 from natkit.turn.settings import RelaySettings
 from natkit.turn.shared_quota import LocalQuota, Quota
+from natkit.turn.tcp_relay import TcpRelay
 
 __all__ = [
     "AMPLIFICATION_LIMIT",
@@ -119,6 +120,11 @@ class Relay:
             Method.CREATE_PERMISSION: self._create_permission,
             Method.CHANNEL_BIND: self._channel_bind,
         }
+        # RFC 6062 TCP relays: their state and rules (natkit.turn.tcp_relay).
+        self.tcp = TcpRelay(self.allocations, self.peers, software=settings.software,
+                            rng=self.rng, limit=settings.tcp_connections)  # fmt: skip
+        self._methods[Method.CONNECT] = self.tcp.connect
+        self._methods[Method.CONNECTION_BIND] = self.tcp.connection_bind
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -263,6 +269,8 @@ class Relay:
         method = msg.method
         if method == Method.ALLOCATE:
             return 0 if _int(msg.get(AttrType.REQUESTED_TRANSPORT)) is not None else 400
+        if method == Method.CONNECTION_BIND:  # RFC 6062 §5.4: on a connection of no allocation
+            return 0 if AttrType.CONNECTION_ID in msg else 400
         if (method == Method.CREATE_PERMISSION and AttrType.XOR_PEER_ADDRESS not in msg) or (
             method == Method.CHANNEL_BIND
             and not (AttrType.XOR_PEER_ADDRESS in msg and AttrType.CHANNEL_NUMBER in msg)
@@ -284,7 +292,14 @@ class Relay:
         if self.draining:
             software = self.settings.software
             return [*closed, answers.drain(msg, five_tuple, creds.key, self.alternate, software)]
-        return [*closed, *self.allocator.allocate(msg, five_tuple, creds, now)]
+        code = self.tcp.allocate_error(msg, five_tuple)  # RFC 6062 §5.1
+        if code:
+            return [*closed, self._error(msg, five_tuple, code, creds.key)]
+        made = self.allocator.allocate(msg, five_tuple, creds, now)
+        alloc = self.allocations.by_five_tuple.get(five_tuple)
+        if alloc is not None:
+            self.tcp.mark(msg, alloc)  # a TCP allocation if it asked for one
+        return [*closed, *made]
 
     def _owned(
         self, msg: Message, five_tuple: FiveTuple, creds: Credentials, now: float

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from natkit.turn.allocation import DEFAULT_LIMITS, Limits
+from natkit.turn.tcp_relay import DEFAULT_TCP_CONNECTIONS
 
 __all__ = ["RelaySettings"]
 
@@ -32,3 +33,5 @@ class RelaySettings:
     """Permissions and channels per allocation (``turn.limits``)."""
     peers_per_request: int = 10
     """XOR-PEER-ADDRESS attributes one CreatePermission may carry (``turn.limits``)."""
+    tcp_connections: int = DEFAULT_TCP_CONNECTIONS
+    """RFC 6062 connections per TCP allocation (``turn.limits``)."""

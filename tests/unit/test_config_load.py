@@ -57,6 +57,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
             "peers_per_request": 10,
             "permissions_per_allocation": 64,
             "channels_per_allocation": 64,
+            "tcp_connections_per_allocation": 32,
         },
         "peers": {"deny": list(natkit.config.DEFAULT_DENIED_PEERS), "allow": []},
         "coturn": {"binary": "turnserver", "extra": [], "allow_vulnerable": False},

@@ -146,7 +146,9 @@ def test_allocation_lifetime_is_clamped(requested: int | None, granted: int) -> 
 def test_requested_transport_rules() -> None:
     client = Client(make_relay())
     assert error_code(client.request(Method.ALLOCATE, [])) == 400
-    assert error_code(client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 6)])) == 442
+    # RFC 6062 §5.1: TCP over a UDP client connection is a 400; neither UDP nor TCP a 442.
+    assert error_code(client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 6)])) == 400
+    assert error_code(client.request(Method.ALLOCATE, [(A.REQUESTED_TRANSPORT, 132)])) == 442
 
 
 def test_ipv6_relay_via_requested_address_family() -> None:
