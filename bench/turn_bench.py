@@ -175,8 +175,12 @@ def run_generator(
         peer = stack.enter_context(_udp())
         peer_addr = Address(*peer.getsockname())
         clients: list[tuple[socket.socket, int]] = []
-        for _ in range(allocs):
-            sock = stack.enter_context(_udp())
+        for i in range(allocs):
+            # One client host per allocation (127.0.0.2, ...), as a server sees them: natkit
+            # steers a host to one worker (natkit.net.steering), so with workers = cores the
+            # allocations spread as a real server's do.
+            source = HOST if port is None else f"127.0.0.{2 + i % 250}"
+            sock = stack.enter_context(_udp((source, 0)))
             sock.settimeout(2)
             if port is None:
                 sock.connect(peer_addr)

@@ -376,6 +376,8 @@ class Relay:
         code = self._peer_error(alloc, peer, port=True)
         if number is None or not 0x4000 <= number <= 0x4FFF:
             code = 400
+        if self.tcp.is_tcp(alloc.relay):
+            code = 400  # RFC 6062 §6: a TCP allocation has no channels (no UDP socket to relay)
         if code:
             return [self._error(msg, five_tuple, code, creds.key)]
         assert isinstance(peer, Address) and number is not None
@@ -389,7 +391,7 @@ class Relay:
     def _send(self, msg: Message, five_tuple: FiveTuple, now: float) -> list[Command]:
         """Send indication (§11.2): no answer ever; dropped unless permitted."""
         alloc = self.allocations.by_five_tuple.get(five_tuple)
-        if alloc is None:
+        if alloc is None or self.tcp.is_tcp(alloc.relay):  # RFC 6062: no Send on TCP relays
             return []
         peer, payload = msg.get(AttrType.XOR_PEER_ADDRESS), msg.get(AttrType.DATA)
         if not isinstance(peer, Address) or not isinstance(payload, bytes):

@@ -459,3 +459,19 @@ def test_a_refused_connection_bind_says_why() -> None:
     refusal = explain(request, answer.data, data.address, client.relay.policy.is_allowed)
     assert refusal is not None and refusal.reason == "bad_request"
     assert "CONNECTION-ID" in refusal.detail
+
+
+def test_a_tcp_allocation_has_no_channels_and_no_send() -> None:
+    """RFC 6062 §6: data of a TCP allocation moves on connections only. A ChannelBind would
+    install a permission and a channel nothing can use: 400; a Send indication is dropped."""
+    client = control()
+    bind_attrs: list[tuple[int, AttrValue]] = [
+        (A.CHANNEL_NUMBER, 0x4000),
+        (A.XOR_PEER_ADDRESS, PEER),
+    ]
+    assert error_code(client.request(Method.CHANNEL_BIND, bind_attrs)) == 400
+    alloc = client.relay.allocations.by_five_tuple[(client.address, client.local, client.transport)]
+    assert not alloc.channels and not alloc.permitted(PEER.host, client.now)
+    send = Message(Method.SEND, MessageClass.INDICATION, bytes(12),
+                   [(A.XOR_PEER_ADDRESS, PEER), (A.DATA, b"hello")]).encode()  # fmt: skip
+    assert client.send_raw(send) == []
