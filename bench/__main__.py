@@ -12,7 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 
-from bench import alloc_bench, cli_bench, diagnose_bench, lab_bench, stun_bench, turn_bench
+from bench import (
+    alloc_bench,
+    cli_bench,
+    diagnose_bench,
+    lab_bench,
+    listener_bench,
+    stun_bench,
+    turn_bench,
+)
 
 
 def _lab(argv: list[str]) -> int:
@@ -25,6 +33,7 @@ def _lab(argv: list[str]) -> int:
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "stun": stun_bench.main,
+    "listener": listener_bench.main,
     "turn": turn_bench.main,
     "alloc": alloc_bench.main,
     "lab": _lab,
