@@ -330,7 +330,9 @@ class BuiltinTurn:
     def _announce(self, cmd: OpenRelay, link: Link | None) -> None:
         """The relay of `cmd` is open: count and log the allocation, keep the way back."""
         alloc = self.relay.allocations.by_relay.get(cmd.relay)
-        if alloc is not None:
+        # A dual allocation's second leg (its own owner) is the same allocation: counted and
+        # logged once, with its first leg; so is its end.
+        if alloc is not None and alloc.owner == alloc.five_tuple:
             self._opened[cmd.relay] = alloc
             self.counters[_CREATED] += 1
             self.allocation_log("created", alloc, self.clock())

@@ -208,6 +208,12 @@ def test_dual_allocation_relays_to_either_family(
         versions = [r[0] for r in run.relayed]
         assert versions.count(4) == versions.count(6) >= CLIENTS, run.relayed
         assert all(host == "::1" for v, host, *_ in run.relayed if v == 6)
+        # A dual allocation is one allocation in the outcome counts, not one per relay socket.
+        created = r'natkit_turn_allocation_outcomes_total\{outcome="created"\}'
+        assert wait_until(lambda: server.metric(created) == versions.count(4), 5), (
+            server.metric(created),
+            run.relayed,
+        )
 
 
 def test_channel_mode_numbers_above_0x4fff_are_refused(server: Served, peer_port: int) -> None:
