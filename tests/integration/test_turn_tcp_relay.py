@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -39,6 +40,7 @@ from natkit.stun.constants import AttrType, MessageClass, Method
 from natkit.stun.message import Message, parse_message
 from natkit.testing import Served, free_port, self_signed_certificate, serve, wait_until
 from natkit.turn.tcp_sockets import BIND_TIMEOUT_ENV
+from tests.integration.conftest import has_ipv6_loopback
 from tests.integration.turn_client import TurnClient, code
 
 pytestmark = [pytest.mark.integration]
@@ -478,3 +480,25 @@ def test_tls_control_and_data_connections(
         conn.close()
     finally:
         client.close()
+
+
+@pytest.mark.skipif(UCLIENT is None, reason="coturn's turnutils_uclient is not installed")
+@pytest.mark.skipif(not has_ipv6_loopback(), reason="no IPv6 loopback (::1) here")
+def test_turnutils_uclient_ipv6_tcp_relay(certificate: tuple[Path, Path]) -> None:
+    # -x: IPv6 relayed addresses (REQUESTED-ADDRESS-FAMILY) over an IPv6 control connection;
+    # the two clients' allocations Connect to each other's [::1] relayed addresses.
+    config = _config(certificate, workers=1)
+    port = int(config["stun"]["listen"][0].rpartition(":")[2])
+    config["stun"]["listen"].append(f"tcp://[::1]:{port}")
+    config["turn"]["peers"]["allow"].append("::1/128")
+    with _serve(config) as running:
+        assert UCLIENT is not None
+        argv = [UCLIENT, "-v", "-T", "-x", "-n", "20", "-m", "2", "-l", "120",
+                "-u", USER, "-w", PASSWORD, "-p", str(port), "::1"]  # fmt: skip
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60).stdout
+        relays = re.findall(r"IPv(\d)\. Received relay addr: (\S+)", out)
+        assert relays and all(v == "6" and a.startswith("::1:") for v, a in relays), out
+        assert "tot_send_msgs=40, tot_recv_msgs=40" in out, out
+        assert "Total lost packets 0 " in out, out
+        to_peer = r'natkit_turn_relayed_bytes_total\{direction="client_to_peer"\}'
+        assert wait_until(lambda: running.metric(to_peer) >= 40 * 120)
