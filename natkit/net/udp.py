@@ -121,6 +121,8 @@ def udp_reader(
             if counted[kind]:
                 counts[ignored] += 1
             return
+        if not tx.data:
+            return  # answered later on the link (natkit.net.routes), never an empty datagram
         if counted[kind]:
             counts[err if tx.data[1] & 0x10 else ok] += 1
         try:
