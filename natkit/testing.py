@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -186,12 +187,22 @@ class Served:
     lines: list[str] = field(default_factory=list)
     metrics_host: str = "127.0.0.1"
 
-    def metrics(self) -> str:
+    def _url(self, path: str) -> str:
         assert self.metrics_port is not None, "this natkit serve has no metrics.listen"
-        url = f"http://{format_hostport(self.metrics_host, self.metrics_port)}/metrics"
-        with urllib.request.urlopen(url, timeout=5) as response:
+        return f"http://{format_hostport(self.metrics_host, self.metrics_port)}{path}"
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self._url("/metrics"), timeout=5) as response:
             body: bytes = response.read()
         return body.decode()
+
+    def status(self, path: str) -> int:
+        """The HTTP status of `path` on the metrics listener (``/healthz``, ``/readyz``)."""
+        try:
+            with urllib.request.urlopen(self._url(path), timeout=5) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as err:
+            return err.code
 
     def metric(self, pattern: str) -> float:
         """Sum of every sample whose `name{labels}` matches the regex `pattern`."""

@@ -13,8 +13,6 @@ import signal
 import socket
 import struct
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -41,14 +39,6 @@ def _turn(**extra: object) -> dict[str, object]:
         "peers": {"allow": [f"{HOST}/32"]},
         **extra,
     }
-
-
-def _status(served: Served, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{served.metrics_port}{path}", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as err:
-        return err.code
 
 
 def _relay_once(client: TurnClient, peer: socket.socket, payload: bytes) -> None:
@@ -90,13 +80,13 @@ def test_drain_keeps_relaying_redirects_new_allocations_and_ends_with_the_last(
 ) -> None:
     turn = _turn(alternate_server=ALTERNATE, drain_timeout=60)
     served = natkit_serve(stun={"workers": 1}, turn=turn)
-    assert wait_until(lambda: _status(served, "/readyz") == 200)
+    assert wait_until(lambda: served.status("/readyz") == 200)
     client = _allocated(served, peer)
     newcomer = TurnClient(served.port, USER, PASSWORD, REALM)
     try:
         os.kill(served.proc.pid, signal.SIGTERM)  # the supervisor only, as systemd would
-        assert wait_until(lambda: _status(served, "/readyz") == 503)
-        assert _status(served, "/healthz") == 200
+        assert wait_until(lambda: served.status("/readyz") == 503)
+        assert served.status("/healthz") == 200
         for i in range(5):
             _relay_once(client, peer, f"after SIGTERM {i}".encode())
         assert _binding_answered(served.port)
@@ -126,7 +116,7 @@ def test_without_an_alternate_new_allocations_get_508_and_the_timeout_ends_the_d
     try:
         started = time.monotonic()
         os.kill(served.proc.pid, signal.SIGTERM)
-        assert wait_until(lambda: _status(served, "/readyz") == 503)
+        assert wait_until(lambda: served.status("/readyz") == 503)
         time.sleep(0.3)  # /readyz turns first; the workers take their SIGTERM a moment later
         _relay_once(client, peer, b"still relaying")
         assert code(newcomer.allocate()) == 508

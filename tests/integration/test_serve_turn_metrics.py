@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 
 import pytest
@@ -37,14 +35,6 @@ N, SIZE = 25, 100
 CHANNEL = 0x4000
 
 
-def _status(served: Served, path: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{HOST}:{served.metrics_port}{path}", timeout=5) as r:
-            return int(r.status)
-    except urllib.error.HTTPError as err:
-        return err.code
-
-
 def _relay_both_ways(client: TurnClient, peer: socket.socket) -> None:
     assert client.relayed is not None
     for i in range(N):
@@ -59,8 +49,8 @@ def _relay_both_ways(client: TurnClient, peer: socket.socket) -> None:
 
 def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Served]) -> None:
     served = natkit_serve(stun={"workers": 1}, turn=TURN, logging={"level": "info"})
-    assert _status(served, "/healthz") == 200
-    assert wait_until(lambda: _status(served, "/readyz") == 200)
+    assert served.status("/healthz") == 200
+    assert wait_until(lambda: served.status("/readyz") == 200)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind((HOST, 0))
     peer.settimeout(5)
