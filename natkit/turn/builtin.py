@@ -46,8 +46,9 @@ from natkit.metrics import (
     turn_outcome_index,
     turn_refusal_index,
 )
-from natkit.net.routes import Limit, Link, Route, Transmit
+from natkit.net.routes import Limit, Link, Route, Sender, Transmit
 from natkit.turn.allocation import Allocation, FiveTuple
+from natkit.turn.channel_routes import ChannelRoutes
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
@@ -105,12 +106,18 @@ class BuiltinTurn:
         self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
         self._opened: dict[Address, Allocation] = {}  # to tell an expiry from a deletion
-        # The way back to each allocation's client: its link's send and its address.
-        self._senders: dict[FiveTuple, tuple[Callable[[bytes, Address], None], Address]] = {}
+        # The way back to each allocation's client (`Link.sender`), by relay socket owner.
+        self._senders: dict[FiveTuple, Sender] = {}
         self._timer: asyncio.Task[None] | None = None
         self.tcp = TcpSockets(self.relay.tcp, self._run, self._refused, self.counters, clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.send_errors = 0
+        self.channels = ChannelRoutes(
+            self.relay, self._sockets, self._senders, self.counters, clock, self._send_failed
+        )
+
+    def _send_failed(self) -> None:
+        self.send_errors += 1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -183,7 +190,13 @@ class BuiltinTurn:
         ChannelData) does not; both take the largest frames UDP and TCP can carry."""
         return (
             Route(self.handle, "TURN engine", Limit.REQUESTS, max_size=_MAX_FRAME),
-            Route(self.channel_data, "TURN ChannelData path", Limit.NONE, max_size=_MAX_FRAME),
+            Route(
+                self.channel_data,
+                "TURN ChannelData path",
+                Limit.NONE,
+                max_size=_MAX_FRAME,
+                relay_v4=self.channels.client_hook if self.channels.available() else None,
+            ),
         )
 
     def handle(
@@ -272,7 +285,7 @@ class BuiltinTurn:
                     sender = self._senders.get(cmd.to)
                     if sender is not None:
                         try:
-                            sender[0](cmd.data, sender[1])
+                            sender(b"", cmd.data)
                         except RuntimeError:  # uvloop: the stream client's transport closed
                             self.send_errors += 1
                 elif isinstance(cmd, OpenRelay):
@@ -324,7 +337,11 @@ class BuiltinTurn:
         self._sockets[cmd.relay] = (sock, cmd.owner)
         self._announce(cmd, link)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
-        self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
+        if family == socket.AF_INET and self.channels.available():
+            reader = self.channels.peer_reader(sock, cmd.relay)
+        else:
+            reader = self._peer_reader(sock, cmd.relay)
+        self._loop.add_reader(sock.fileno(), reader)
         return None
 
     def _announce(self, cmd: OpenRelay, link: Link | None) -> None:
@@ -338,7 +355,7 @@ class BuiltinTurn:
             self.allocation_log("created", alloc, self.clock())
         if link is not None:  # what the peer reader sends to this client with
             link.pin()  # a TCP allocation ends with its connection: keep it from eviction
-            self._senders[cmd.owner] = (link.send, cmd.owner.client)
+            self._senders[cmd.owner] = link.sender(cmd.owner.client)
 
     def _close_relay(self, relay: Address) -> None:
         entry = self._sockets.pop(relay, None)
@@ -351,6 +368,7 @@ class BuiltinTurn:
                 return
             owner = tcp_owner
         self._senders.pop(owner, None)
+        self.channels.forget(owner)
         alloc = self._opened.pop(relay, None)
         if alloc is not None:
             now = self.clock()
@@ -397,10 +415,10 @@ class BuiltinTurn:
                     continue
                 out = route(relay, data, addr, now)
                 if out is not None:
-                    entry = senders.get(out[1])
-                    if entry is not None:
+                    send = senders.get(out[1])
+                    if send is not None:
                         try:
-                            entry[0](out[0], entry[1])
+                            send(b"", out[0])
                         except (OSError, RuntimeError):  # RuntimeError: a closed transport
                             self.send_errors += 1
                             continue
