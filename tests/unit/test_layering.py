@@ -18,6 +18,9 @@ FORBIDDEN = {
     "natkit.stun": ("natkit.turn", "natkit.serve", "natkit.diag", "natkit.cli", "natkit.p2p"),
     "natkit.turn": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.p2p", "natkit.lab"),
     "natkit.config": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.net"),
+    "natkit.fastpath": (
+        "natkit.stun", "natkit.turn", "natkit.serve", "natkit.diag", "natkit.cli", "natkit.net",
+    ),  # fmt: skip
 }
 
 
