@@ -185,12 +185,21 @@ class KernelFastPath:
         self.attachments.append(attached)
         maps = {m.name: m for m in bpf.program_maps(attached.prog_id).values()}
         self._maps.append(maps)
-        per_source, burst = rate or (0, 0)
-        maps["natkit_rate"].update(struct.pack("=I", 0), _RATE.pack(per_source, burst,
-                                                                     os.getpid(), 0))  # fmt: skip
+        self._write_rate(maps, rate)
         for lst in listeners:
             value = struct.pack("=I", len(lst.suffix)) + lst.suffix.ljust(MAX_SUFFIX, b"\0")
             maps["natkit_listen"].update(_key(lst.local), value)
+
+    @staticmethod
+    def _write_rate(maps: dict[str, bpf.Map], rate: tuple[int, int] | None) -> None:
+        per_source, burst = rate or (0, 0)
+        value = _RATE.pack(per_source, burst, os.getpid(), 0)
+        maps["natkit_rate"].update(struct.pack("=I", 0), value)
+
+    def set_rate(self, rate: tuple[int, int] | None) -> None:
+        """New ``stun.rate_limit`` figures (SIGHUP): (per_source, burst), None for no limit."""
+        for maps in self._maps:
+            self._write_rate(maps, rate)
 
     def counters(self) -> dict[str, int]:
         """Each counter summed over every attachment and CPU."""

@@ -19,8 +19,13 @@ FORBIDDEN = {
     "natkit.turn": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.p2p", "natkit.lab"),
     "natkit.config": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.net"),
     "natkit.fastpath": (
-        "natkit.stun", "natkit.turn", "natkit.serve", "natkit.diag", "natkit.cli", "natkit.net",
-    ),  # fmt: skip
+        "natkit.stun",
+        "natkit.turn",
+        "natkit.serve",
+        "natkit.diag",
+        "natkit.cli",
+        "natkit.net",
+    ),
 }
 
 
