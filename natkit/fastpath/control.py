@@ -47,7 +47,14 @@ log = logging.getLogger("natkit.fastpath")
 
 SOURCE = Path(__file__).with_name("stun_binding.bpf.c")
 MAX_SUFFIX = 128  # stun_binding.bpf.c
-COUNTER_NAMES = ("answered_v4", "answered_v6", "rate_limited", "passed")
+COUNTER_NAMES = (
+    "answered_v4",
+    "answered_v6",
+    "rate_limited",
+    "passed",
+    "relayed_to_peer",
+    "relayed_to_client",
+)
 _KEY = struct.Struct("=BBH16s")  # struct listener_key (port in network order: packed by hand)
 _RATE = struct.Struct("=QQII")  # struct rate_config
 

@@ -39,7 +39,9 @@ enum {
 	C_ANSWERED_V4,
 	C_ANSWERED_V6,
 	C_RATE_LIMITED,
-	C_PASSED, /* listener traffic left to user space */
+	C_PASSED,         /* listener traffic left to user space */
+	C_RELAYED_TO_PEER, /* TURN ChannelData relayed to the peer in the kernel */
+	C_RELAYED_TO_CLIENT,
 	C_COUNT,
 };
 
@@ -66,6 +68,59 @@ struct bucket {
 	__u64 nano_tokens; /* tokens x 1e9 */
 	__u64 last_ns;
 };
+
+/* TURN (RFC 8656 §12): what a client's ChannelData arrives on (its 5-tuple and channel)... */
+struct chan_key {
+	__u8 family;
+	__u8 pad;
+	__be16 channel;
+	__be16 client_port;
+	__be16 local_port;
+	__u8 client[16];
+	__u8 local[16];
+};
+
+/* ...and what a peer's datagram arrives on (the peer and the relayed address). */
+struct peer_key {
+	__u8 family;
+	__u8 pad[3];
+	__be16 peer_port;
+	__be16 relay_port;
+	__u8 peer[16];
+	__u8 relay[16];
+};
+
+/* Where a relayed datagram goes: from src:sport to dst:dport out of `oif`; `channel` for the
+ * ChannelData header towards the client. Installed by the builtin engine for a bound channel,
+ * until `expires_ns` (CLOCK_MONOTONIC: the channel's or the permission's end, whichever comes
+ * first); the kernel counts what it relayed. */
+struct route {
+	__u8 src[16];
+	__u8 dst[16];
+	__be16 sport;
+	__be16 dport;
+	__be16 channel;
+	__u16 pad;
+	__u32 oif;
+	__u32 pad2;
+	__u64 expires_ns;
+	__u64 packets;
+	__u64 bytes;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct chan_key);
+	__type(value, struct route);
+} natkit_chans SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, struct route);
+} natkit_peers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -268,6 +323,7 @@ static __always_inline int plain_binding(const __u8 *req, __u32 len, int *finger
 struct segment {
 	__u8 udp[8];
 	__u8 payload[PAYLOAD_ROOM]; /* the request's payload, then the answer's */
+	__u8 slack[8];              /* what the verifier's rounded bounds may reach past it */
 };
 
 /* Scratch room for one segment per CPU: too large for the 512-byte BPF stack. */
@@ -336,6 +392,132 @@ static __always_inline __u32 build(struct segment *seg, const __u8 *src, int v6,
 	return len;
 }
 
+#define CHUNK 256
+#define RELAY_MAX (6 * CHUNK) /* longer datagrams go to user space */
+
+/* The one's complement sum (unfolded, as bpf_csum_diff keeps it) of `len` bytes at `off`,
+ * through the scratch buffer `buf` (PAYLOAD_ROOM bytes) in chunks; -1 if it cannot. An odd
+ * tail is summed with a zero byte after it (RFC 1071). */
+static __always_inline __s64 bytes_sum(struct __sk_buff *skb, __u32 off, __u32 len, __u8 *buf)
+{
+	__s64 sum = 0;
+	if (len > RELAY_MAX)
+		return -1;
+	for (int i = 0; i < 6; i++) {
+		__u32 done = i * CHUNK;
+		if (done >= len)
+			break;
+		__u32 n = len - done;
+		if (n > CHUNK)
+			n = CHUNK;
+		asm volatile("" : "+r"(n)); /* keep the mask below: it is the bound the verifier sees */
+		n &= 2 * CHUNK - 1;
+		if (n == 0 || n > CHUNK)
+			break;
+		if (n < CHUNK)
+			__builtin_memset(buf, 0, CHUNK);
+		if (bpf_skb_load_bytes(skb, off + done, buf, n) < 0)
+			return -1;
+		sum = bpf_csum_diff(0, 0, (__be32 *)buf, (n + 3) & ~3U, sum);
+		if (sum < 0)
+			return -1;
+	}
+	return sum;
+}
+
+struct relay_header {
+	struct udphdr udp;
+	__u8 channel_data[4]; /* towards the client: RFC 8656 §12.4 */
+};
+
+/* Relay the datagram (UDP header `uh` at `l4`, from `src` to `dst`) per `r`: towards the client
+ * it gains a ChannelData header, towards the peer it loses one (`cd`, already checked). Only a
+ * datagram whose checksum verifies is taken (header comment: a CHECKSUM_PARTIAL one would be
+ * completed at the old offsets after the move), so the new checksum is complete too. Returns
+ * the tc verdict, or -1 to leave the datagram to user space untouched. */
+static __always_inline int relay(struct __sk_buff *skb, __u32 l3, __u32 l4, int v6,
+				 const struct udphdr *uh, const __u8 *src, const __u8 *dst,
+				 const __u8 *cd, struct route *r, int to_client,
+				 struct segment *seg)
+{
+	__u32 udp_len = bpf_ntohs(uh->len);
+	if (udp_len < (to_client ? 8 : 12) || skb->len < l4 + udp_len)
+		return -1;
+	if (bpf_ktime_get_ns() >= r->expires_ns)
+		return -1; /* the channel or the permission ended: user space decides */
+	__u32 data_off = l4 + (to_client ? 8 : 12);
+	__u32 data_len = udp_len - (to_client ? 8 : 12);
+	__s64 data = bytes_sum(skb, data_off, data_len, seg->payload);
+	if (data < 0)
+		return -1;
+	__s64 sum = pseudo_sum(src, dst, udp_len, v6);
+	if (sum >= 0)
+		sum = bpf_csum_diff(0, 0, (__be32 *)uh, sizeof(*uh), sum);
+	if (sum >= 0 && !to_client)
+		sum = bpf_csum_diff(0, 0, (__be32 *)cd, 4, sum);
+	if (sum < 0 || (uh->check == 0 && v6))
+		return -1;
+	if (uh->check != 0 && fold((__u64)sum + (__u64)data) != 0xffff)
+		return -1;
+
+	__u32 new_len = to_client ? udp_len + 4 : udp_len - 4;
+	struct relay_header h = {};
+	h.udp.source = r->sport;
+	h.udp.dest = r->dport;
+	h.udp.len = bpf_htons(new_len);
+	if (to_client) {
+		__u16 channel = bpf_ntohs(r->channel);
+		h.channel_data[0] = channel >> 8;
+		h.channel_data[1] = channel & 0xff;
+		h.channel_data[2] = data_len >> 8;
+		h.channel_data[3] = data_len & 0xff;
+	}
+	__s64 fresh = pseudo_sum(r->src, r->dst, new_len, v6);
+	if (fresh >= 0)
+		fresh = bpf_csum_diff(0, 0, (__be32 *)&h, to_client ? 12 : 8, fresh);
+	if (fresh < 0)
+		return -1;
+	__u16 check = ~fold((__u64)fresh + (__u64)data);
+	h.udp.check = check ? check : 0xffff;
+	if (to_client) {
+		__u32 mtu = 0;
+		if (bpf_check_mtu(skb, r->oif, &mtu, 4, 0) != 0)
+			return -1; /* over the MTU with the header: user space (or fragments) */
+	}
+	if (bpf_skb_adjust_room(skb, to_client ? 4 : -4, BPF_ADJ_ROOM_NET, 0) < 0)
+		return -1; /* nothing changed */
+	if (bpf_skb_store_bytes(skb, l4, &h, to_client ? 12 : 8, 0) < 0)
+		return TC_ACT_SHOT; /* half rewritten: never let it go up */
+	if (v6) {
+		__be16 payload_len = bpf_htons(new_len);
+		__u8 hops = 64;
+		if (bpf_skb_store_bytes(skb, l3 + 8, r->src, 16, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, l3 + 24, r->dst, 16, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, l3 + 4, &payload_len, 2, 0) < 0 ||
+		    bpf_skb_store_bytes(skb, l3 + 7, &hops, 1, 0) < 0)
+			return TC_ACT_SHOT;
+	} else {
+		struct iphdr ip;
+		if (bpf_skb_load_bytes(skb, l3, &ip, sizeof(ip)) < 0)
+			return TC_ACT_SHOT;
+		__builtin_memcpy(&ip.saddr, r->src, 4);
+		__builtin_memcpy(&ip.daddr, r->dst, 4);
+		ip.tot_len = bpf_htons(20 + new_len);
+		ip.ttl = 64;
+		ip.check = 0;
+		__s64 ipsum = bpf_csum_diff(0, 0, (__be32 *)&ip, sizeof(ip), 0);
+		if (ipsum < 0)
+			return TC_ACT_SHOT;
+		ip.check = ~fold(ipsum);
+		if (bpf_skb_store_bytes(skb, l3, &ip, sizeof(ip), 0) < 0)
+			return TC_ACT_SHOT;
+	}
+	__sync_fetch_and_add(&r->packets, 1);
+	__sync_fetch_and_add(&r->bytes, data_len);
+	count(to_client ? C_RELAYED_TO_CLIENT : C_RELAYED_TO_PEER);
+	return bpf_redirect_neigh(r->oif, 0, 0, 0);
+}
+
 /* A datagram to UDP at offset `l4`, IP addresses at `saddr_off`/`daddr_off` (`alen` bytes). */
 static __always_inline int serve(struct __sk_buff *skb, __u32 l3, __u32 l4, int v6)
 {
@@ -361,6 +543,16 @@ static __always_inline int serve(struct __sk_buff *skb, __u32 l3, __u32 l4, int 
 		    bpf_skb_load_bytes(skb, saddr_off + 4, dst, 4) < 0)
 			return TC_ACT_OK;
 	}
+	/* A peer's datagram to a relayed address first: by its first byte it may look like STUN
+	 * or ChannelData (FIELD-NOTES: 1 in 16 would be misrouted). */
+	struct peer_key pk = {.family = key.family, .peer_port = uh.source, .relay_port = uh.dest};
+	__builtin_memcpy(pk.peer, src, 16);
+	__builtin_memcpy(pk.relay, dst, 16);
+	struct route *to_client = bpf_map_lookup_elem(&natkit_peers, &pk);
+	if (to_client) {
+		int verdict = relay(skb, l3, l4, v6, &uh, src, dst, 0, to_client, 1, seg);
+		return verdict < 0 ? TC_ACT_OK : verdict;
+	}
 	__builtin_memcpy(key.addr, dst, 16);
 	struct listener *l = bpf_map_lookup_elem(&natkit_listen, &key);
 	if (!l) {
@@ -371,6 +563,25 @@ static __always_inline int serve(struct __sk_buff *skb, __u32 l3, __u32 l4, int 
 	}
 	__u32 udp_len = bpf_ntohs(uh.len);
 	__u32 len = udp_len - 8;
+	__u8 cd[4];
+	if (udp_len >= 12 && bpf_skb_load_bytes(skb, l4 + 8, cd, 4) == 0 && cd[0] >= 0x40 &&
+	    cd[0] <= 0x4f) {
+		/* ChannelData: relayed in the kernel when the channel is bound here and the frame
+		 * is exact (a padded one, RFC 8656 §12.5, goes up). */
+		__u32 length = (__u32)cd[2] << 8 | cd[3];
+		struct chan_key ck = {.family = key.family, .client_port = uh.source,
+				      .local_port = uh.dest};
+		ck.channel = (__be16)(cd[0] | (__u16)cd[1] << 8);
+		__builtin_memcpy(ck.client, src, 16);
+		__builtin_memcpy(ck.local, dst, 16);
+		struct route *to_peer = bpf_map_lookup_elem(&natkit_chans, &ck);
+		if (to_peer && length + 12 == udp_len) {
+			int verdict = relay(skb, l3, l4, v6, &uh, src, dst, cd, to_peer, 0, seg);
+			if (verdict >= 0)
+				return verdict;
+		}
+		goto up;
+	}
 	if ((len != 20 && len != 28) || skb->len < l4 + udp_len || !uh.source)
 		goto up;
 	__u8 *req = seg->payload;

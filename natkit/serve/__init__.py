@@ -112,7 +112,8 @@ async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> No
     loop = asyncio.get_running_loop()
     count = resolve_workers(config.stun.workers)
     counters = SharedCounters(count)
-    supervisor = Supervisor(config, count, counters.array)
+    programs = () if fast is None else tuple(a.prog_id for a in fast.attachments)
+    supervisor = Supervisor(config, count, counters.array, kernel_programs=programs)
     metrics: MetricsServer | None = None
     rendezvous: SignalServer | None = None
 

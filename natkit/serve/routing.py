@@ -43,6 +43,7 @@ def create_engine(
     nonce_key: bytes | None = None,
     worker: int = 0,
     quota: SharedQuota | None = None,
+    kernel_programs: tuple[int, ...] = (),
 ) -> TurnEngine | None:
     """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
     `counters` is the worker's metrics row, where the engine counts its refusals; `nonce_key`
@@ -50,4 +51,9 @@ def create_engine(
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
     relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota)
-    return BuiltinTurn(config, relay=relay, counters=counters)
+    kernel = None
+    if kernel_programs:  # the kernel fast path runs: bound channels are relayed there too
+        from natkit.fastpath.relay import KernelRelay
+
+        kernel = KernelRelay(kernel_programs)
+    return BuiltinTurn(config, relay=relay, counters=counters, kernel=kernel)

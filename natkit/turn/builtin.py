@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from natkit.addr import Address, Transport, parse_hostport
 from natkit.config.model import Config
+from natkit.fastpath.relay import KernelRelay
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
     COUNTERS,
@@ -51,6 +52,7 @@ from natkit.turn.allocation import Allocation, FiveTuple
 from natkit.turn.channel_routes import ChannelRoutes
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
+from natkit.turn.kernel_channels import KernelChannels
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 from natkit.turn.tcp_sockets import TcpSockets
@@ -66,6 +68,8 @@ _MAX_FRAME = 65540  # ChannelData over TCP: 4-byte header + 65535 bytes, padded
 _TICK = 1.0
 _SETTLE = 0.6  # > the workers' metrics flush interval (natkit.serve.workers)
 _REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
+# Successes that change what a channel may relay: Refresh, CreatePermission, ChannelBind.
+_KERNEL_SYNC = frozenset({_REFRESH_SUCCESS, b"\x01\x08", b"\x01\x09"})
 _CREATED = turn_outcome_index("created")
 _REFRESHED = turn_outcome_index("refreshed")
 _IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
@@ -92,9 +96,12 @@ class BuiltinTurn:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         counters: list[int] | None = None,
+        kernel: KernelRelay | None = None,
     ) -> None:
         """`counters` is the worker's metrics row (`natkit.metrics.WorkerCounters.values`);
-        standalone engines count in a row of their own (`self.counters`)."""
+        standalone engines count in a row of their own (`self.counters`). With `kernel` (the
+        kernel fast path's maps, ``stun.fast_path``) bound UDP channels are relayed there too
+        (`natkit.turn.kernel_channels`)."""
         self.config = config
         self.counters = counters if counters is not None else [0] * COUNTERS
         self.refusal_log = RefusalLog(log)
@@ -115,6 +122,12 @@ class BuiltinTurn:
         self.channels = ChannelRoutes(
             self.relay, self._sockets, self._senders, self.counters, clock, self._send_failed
         )
+        self.kernel: KernelChannels | None = None
+        if kernel is not None:
+            if clock is time.monotonic:  # the kernel's expiries are on CLOCK_MONOTONIC
+                self.kernel = KernelChannels(kernel, self.relay, self.counters, clock)
+            else:
+                kernel.close()
 
     def _send_failed(self) -> None:
         self.send_errors += 1
@@ -134,6 +147,8 @@ class BuiltinTurn:
                 await self._timer
             self._timer = None
         self._run(self.relay.close())  # every allocation ends through the table
+        if self.kernel is not None:
+            self.kernel.close_all()
         await self.tcp.close()
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
@@ -179,6 +194,8 @@ class BuiltinTurn:
                 self._run(self.relay.handle_timeout(self.clock()))
                 self.tcp.tick(self.clock())  # RFC 6062 connect and bind deadlines
                 self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
+                if self.kernel is not None:
+                    self.kernel.tick()  # what the kernel relayed, into the TURN counters
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
 
@@ -221,6 +238,8 @@ class BuiltinTurn:
             self._refused(data, failed, source)
         if not answers:
             return None
+        if self.kernel is not None and answers[-1][:2] in _KERNEL_SYNC:
+            self.kernel.sync(FiveTuple(source, local, transport))
         for earlier in answers[:-1]:  # never more than one today; kept in order if so
             link.send(earlier, source)
         return Transmit(answers[-1], source, local)
@@ -361,6 +380,8 @@ class BuiltinTurn:
         entry = self._sockets.pop(relay, None)
         if entry is not None:
             sock, owner = entry
+            if self.kernel is not None:
+                self.kernel.close(owner)  # before the port can serve another allocation
             self._unwatch(sock)
         else:  # RFC 6062: a TCP allocation's listening socket and connections
             tcp_owner = self.tcp.close_relay(relay)

@@ -288,3 +288,79 @@ def test_ipv6_and_loopback(nat_lab: Any, tmp_path: Path) -> None:
             line for line in text.splitlines() if 'path="kernel"' in line and "ipv6" in line
         )
         assert float(answered.rsplit(" ", 1)[1]) == 2, answered
+
+
+# -- TURN ChannelData relayed in the kernel ---------------------------------------------------
+
+
+def _turn_config() -> dict[str, Any]:
+    config = _config()
+    config["stun"]["listen"] = [f"udp://{PRIMARY}:3478"]
+    del config["stun"]["alternate"]
+    config["turn"] = {
+        "enabled": True,
+        "engine": "builtin",
+        "realm": "natkit.lab",
+        "auth": {"users": {"alice": "wonderland"}},
+        "relay": {"address": PRIMARY, "ports": "50000-50099"},
+        "peers": {"allow": ["203.0.113.0/24"]},
+    }
+    return config
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name))  # fmt: skip
+
+
+@pytest.mark.parametrize("offload", ["offload-on", "offload-off"])
+def test_channel_data_relayed_in_the_kernel_both_ways(
+    nat_lab: Any, tmp_path: Path, offload: str
+) -> None:
+    """Node `peer` holds both the TURN client and its peer (the relay sends to 203.0.113.x
+    only). With checksum offload on, the client's datagrams are CHECKSUM_PARTIAL: the kernel
+    leaves them to user space; with it off they are complete and the kernel relays them."""
+    from tests.integration.turn_client import TurnClient, code
+
+    lab = nat_lab("open")
+    kernel = offload == "offload-off"
+    if kernel:
+        _checksum_offload_off(lab, "peer")
+    with serving(lab, tmp_path, _turn_config()):
+        peer_ip = lab.address("peer")
+        assert peer_ip.startswith("203.0.113."), peer_ip  # a lab host: safe to relay to
+        client_sock, peer = lab.socket("peer"), lab.socket("peer")
+        client_sock.bind((peer_ip, 0))
+        peer.bind((peer_ip, 0))
+        peer.settimeout(2)
+        client = TurnClient(3478, "alice", "wonderland", "natkit.lab", lab_socket=client_sock,
+                            server_host=PRIMARY)  # fmt: skip
+        assert code(client.allocate()) == 0
+        relay = client.relayed
+        assert relay is not None and relay.host == PRIMARY
+        peer_address = Address(peer_ip, peer.getsockname()[1])
+        assert code(client.channel_bind(0x4001, peer_address)) == 0
+        for n in range(50):
+            payload = b"up %d " % n + bytes(n * 20)  # up to ~1 kB: several checksum chunks
+            client.sock.sendto(struct.pack("!HH", 0x4001, len(payload)) + payload, client.server)
+            data, source = peer.recvfrom(4096)
+            assert data == payload and source == (relay.host, relay.port)
+            back = b"down %d " % n + bytes(n * 19 + 1)  # odd lengths too
+            peer.sendto(back, (relay.host, relay.port))
+            frame = client.sock.recv(4096)
+            assert frame == struct.pack("!HH", 0x4001, len(back)) + back
+            assert client.sock.getsockname()[0] == peer_ip
+        rows = filters(lab)
+        relayed = (rows[0]["relayed_to_peer"], rows[0]["relayed_to_client"])
+        assert relayed == ((50, 50) if kernel else (0, 0)), rows
+        time.sleep(1.2)  # the engine's tick adds the kernel's counts to the TURN metrics
+        text = metrics(lab)
+        sent = 'natkit_turn_relayed_packets_total{direction="client_to_peer"'
+        assert _metric(text, sent) == 50, text
+        # Refresh 0 ends the allocation: the kernel relays nothing more, at once.
+        assert code(client.refresh(0)) == 0
+        peer.sendto(b"too late", (relay.host, relay.port))
+        client.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.sock.recv(4096)
+        assert filters(lab)[0]["relayed_to_client"] == (50 if kernel else 0)
