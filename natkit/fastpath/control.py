@@ -1,7 +1,7 @@
 """The control plane of the kernel fast path: build the BPF object, attach it where natkit's UDP
 listeners receive, write what it answers with, read its counters, and remove it again.
 
-Theory of operation. `KernelFastPath.start` compiles ``stun_binding.bpf.c`` once per source
+Theory of operation. `KernelFastPath.start` compiles ``fastpath.bpf.c`` once per source
 version (clang, cached), attaches it with `tc` to the ingress of every interface a UDP listener
 receives on (its IP's interface; every interface for a wildcard), and writes three things into
 each attachment's maps: per listener its address and the bytes user space puts after
@@ -45,8 +45,8 @@ __all__ = [
 
 log = logging.getLogger("natkit.fastpath")
 
-SOURCE = Path(__file__).with_name("stun_binding.bpf.c")
-MAX_SUFFIX = 128  # stun_binding.bpf.c
+SOURCE = Path(__file__).with_name("fastpath.bpf.c")
+MAX_SUFFIX = 128  # fastpath.bpf.c
 COUNTER_NAMES = (
     "answered_v4",
     "answered_v6",
@@ -86,7 +86,7 @@ def build_object() -> Path:
     source = SOURCE.read_bytes()
     digest = hashlib.sha256(source).hexdigest()[:16]
     directory = _cache_dir()
-    obj = directory / f"stun_binding-{digest}.o"
+    obj = directory / f"fastpath-{digest}.o"
     if obj.exists():
         return obj
     clang = shutil.which("clang")
@@ -101,7 +101,7 @@ def build_object() -> Path:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
         directory = Path(tempfile.gettempdir())
-        obj = directory / f"natkit-stun_binding-{digest}-{os.getpid()}.o"
+        obj = directory / f"natkit-fastpath-{digest}-{os.getpid()}.o"
     partial = obj.with_suffix(f".{os.getpid()}.tmp")
     proc = subprocess.run(
         [clang, "-O2", "-g", "-target", "bpf", include, "-c", str(SOURCE), "-o", str(partial)],

@@ -1,22 +1,33 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
-/* natkit kernel fast path: plain STUN Binding requests answered in tc ingress.
+/* natkit kernel fast path (tc ingress): plain STUN Binding requests answered, TURN ChannelData
+ * relayed, both in place; everything else passes up unchanged (TC_ACT_OK) to the user-space
+ * server bound to the same ports, which stays the authority.
  *
- * A UDP datagram (IPv4 without options, or IPv6 without extension headers, not a fragment) to a
- * listener in `natkit_listen`, whose payload is a plain Binding request (RFC 8489: the 20-byte
- * header alone, or with FINGERPRINT only, the CRC right), from a source with a token left in
- * its bucket (`stun.rate_limit`), is turned into its Binding success response in place: the
- * same transaction ID, XOR-MAPPED-ADDRESS of the source, the listener's suffix (RESPONSE-ORIGIN,
- * OTHER-ADDRESS, SOFTWARE: exactly the bytes user space would send, written by the control
- * plane), FINGERPRINT when the request had one; addresses and ports swapped, lengths and
- * checksums right; then sent back out of the interface it came in on. Everything else passes
- * up unchanged (TC_ACT_OK) to the user-space server bound to the same port, which stays the
- * authority: RFC 5780 requests, RESPONSE-PORT, PADDING, TURN, RFC 3489, anything malformed.
+ * STUN. A UDP datagram (IPv4 without options, or IPv6 without extension headers, not a
+ * fragment) to a listener in `natkit_listen`, whose payload is a plain Binding request (RFC
+ * 8489: the 20-byte header alone, or with FINGERPRINT only, the CRC right), from a source with a
+ * token left in its bucket (`stun.rate_limit`), is turned into its Binding success response:
+ * the same transaction ID, XOR-MAPPED-ADDRESS of the source, the listener's suffix
+ * (RESPONSE-ORIGIN, OTHER-ADDRESS, SOFTWARE: exactly the bytes user space would send, written by
+ * the control plane), FINGERPRINT when the request had one; addresses and ports swapped,
+ * lengths and checksums right; then sent back out of the interface it came in on. RFC 5780
+ * requests, RESPONSE-PORT, PADDING, TURN requests, RFC 3489, anything malformed go up.
  *
- * Checksums: a datagram sent by a local process (over lo, or a veth from a namespace) is
+ * TURN (RFC 8656 §12). A peer's datagram to a relayed address with an entry in `natkit_peers`
+ * (looked up first: by its first byte a peer's datagram may look like anything) gains a
+ * ChannelData header and goes to the client from the listener address; a client's exact
+ * ChannelData (not padded) with an entry in `natkit_chans` loses its header and goes to the
+ * peer from the relayed address. The builtin engine installs the entries for bound channels and
+ * removes them (natkit/fastpath/relay.py); each ends by itself at its `expires_ns`. Both leave
+ * by bpf_redirect_neigh on the interface the engine found the route on.
+ *
+ * Checksums. A datagram sent by a local process (over lo, or a veth from a namespace) is
  * CHECKSUM_PARTIAL: its UDP checksum field holds only the pseudo-header sum and whoever
- * transmits it last completes it. The request's own checksum tells which case this is: if it
- * verifies, the answer gets a full checksum; if not, the answer's field gets its pseudo-header
- * sum, which completes the same way (a corrupt request then gets an answer its sender drops).
+ * transmits it last completes it. For a Binding the request's own checksum tells which case
+ * this is: if it verifies, the answer gets a full checksum; if not, the answer's field gets its
+ * pseudo-header sum, which completes the same way (a corrupt request then gets an answer its
+ * sender drops). A relayed datagram moves its payload, which a later completion would get wrong
+ * (FIELD-NOTES): only one whose checksum verifies is relayed here, with a full new checksum.
  */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
