@@ -85,12 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fastpath", description=__doc__)
     parser.add_argument("--duration", type=float, default=2.5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating closed-loop runs")
+    parser.add_argument("--part", choices=("all", "stun", "turn"), default="all")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("fastpath: skipped, attaching tc-BPF needs root")
         return 0
-    build_c("loadgen")
     started = time.monotonic()
+    if args.part in ("all", "turn"):
+        from bench import fastpath_turn
+
+        turn = fastpath_turn.measure()
+        fastpath_turn.report(turn)
+        out = HERE / "out"
+        out.mkdir(exist_ok=True)
+        (out / "fastpath-turn.json").write_text(json.dumps(turn, indent=2))
+        if args.part == "turn":
+            return 0
+    build_c("loadgen")
     with tempfile.TemporaryDirectory(prefix="natkit-bench-") as tmpdir:
         res = measure(Path(tmpdir), args.duration, args.rounds)
     labels = {
