@@ -159,8 +159,6 @@ class KernelFastPath:
     def start(cls, listeners: list[Listener], rate: tuple[int, int] | None) -> KernelFastPath:
         """Attach for `listeners` (`rate`: (per_source, burst), None for no limit). Raises
         FastPathError (nothing left attached) when it cannot run here."""
-        if os.geteuid() != 0:
-            raise FastPathError("the kernel fast path needs root (or CAP_BPF + CAP_NET_ADMIN)")
         if not bpf.available():
             raise FastPathError("bpf(2) is not available on this platform")
         served = [lst for lst in listeners if len(lst.suffix) <= MAX_SUFFIX]
@@ -183,7 +181,9 @@ class KernelFastPath:
                 fast._attach(device, obj, mine, rate)
         except (tc.TcError, bpf.BpfError, OSError) as err:
             fast.close()
-            raise FastPathError(str(err)) from err
+            denied = "not permitted" in str(err) or isinstance(err, PermissionError)
+            hint = " (it needs root, or CAP_BPF + CAP_NET_ADMIN)" if denied else ""
+            raise FastPathError(f"{err}{hint}") from err
         return fast
 
     def _attach(self, device: str, obj: Path, listeners: list[Listener],

@@ -41,7 +41,8 @@ class TurnClient:
         `lab_socket` is a bound UDP socket in a node and `server_host` the lab server."""
         self.tcp = tcp
         if lab_socket is not None:
-            assert server_host.startswith("203.0.113."), server_host  # the lab's server only
+            lab = ("203.0.113.", "2001:db8::")
+            assert server_host.startswith(lab), server_host  # the lab's server only
             self.sock = lab_socket
         else:
             assert source.startswith("127.") and server_host == HOST, source  # loopback only

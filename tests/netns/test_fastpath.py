@@ -58,7 +58,10 @@ def serving(lab: Lab, tmp: Path, config: dict[str, Any]) -> Iterator[subprocess.
         argv = [sys.executable, "-m", "natkit", "serve", "-c", str(path)]
         proc = lab.spawn("server", argv, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
-        wait_udp(lab)
+        deadline = time.monotonic() + 30
+        while out.read_text().count("\nlistening ") + out.read_text().startswith("listening") < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:
@@ -138,6 +141,7 @@ def test_kernel_answers_plain_bindings_and_user_space_the_rest(
         assert (report["mapping"], report["filtering"]) == (
             "endpoint-independent", "address-and-port-dependent"
         ), report  # fmt: skip
+        time.sleep(0.7)  # the workers flush their counters every 0.5 s
         text = metrics(lab)
         kernel = [line for line in text.splitlines() if 'path="kernel"' in line]
         answered = next(line for line in kernel if 'family="ipv4"' in line)
@@ -293,17 +297,20 @@ def test_ipv6_and_loopback(nat_lab: Any, tmp_path: Path) -> None:
 # -- TURN ChannelData relayed in the kernel ---------------------------------------------------
 
 
-def _turn_config() -> dict[str, Any]:
+SERVER6 = "2001:db8::10"
+
+
+def _turn_config(server: str = PRIMARY) -> dict[str, Any]:
     config = _config()
-    config["stun"]["listen"] = [f"udp://{PRIMARY}:3478"]
+    config["stun"]["listen"] = [f"udp://{Address(server, 3478)}"]
     del config["stun"]["alternate"]
     config["turn"] = {
         "enabled": True,
         "engine": "builtin",
         "realm": "natkit.lab",
         "auth": {"users": {"alice": "wonderland"}},
-        "relay": {"address": PRIMARY, "ports": "50000-50099"},
-        "peers": {"allow": ["203.0.113.0/24"]},
+        "relay": {"address": server, "ports": "50000-50099"},
+        "peers": {"allow": ["203.0.113.0/24", "2001:db8::/64"]},
     }
     return config
 
@@ -313,38 +320,49 @@ def _metric(text: str, name: str) -> float:
                if line.startswith(name))  # fmt: skip
 
 
-@pytest.mark.parametrize("offload", ["offload-on", "offload-off"])
+@pytest.mark.parametrize(
+    ("offload", "family"), [("offload-on", 4), ("offload-off", 4), ("offload-off", 6)]
+)
 def test_channel_data_relayed_in_the_kernel_both_ways(
-    nat_lab: Any, tmp_path: Path, offload: str
+    nat_lab: Any, tmp_path: Path, offload: str, family: int
 ) -> None:
     """Node `peer` holds both the TURN client and its peer (the relay sends to 203.0.113.x
     only). With checksum offload on, the client's datagrams are CHECKSUM_PARTIAL: the kernel
     leaves them to user space; with it off they are complete and the kernel relays them."""
-    from tests.integration.turn_client import TurnClient, code
+    from natkit.stun.constants import AttrType
+    from tests.integration.turn_client import TurnClient, code, relayed
 
     lab = nat_lab("open")
     kernel = offload == "offload-off"
     if kernel:
         _checksum_offload_off(lab, "peer")
-    with serving(lab, tmp_path, _turn_config()):
-        peer_ip = lab.address("peer")
-        assert peer_ip.startswith("203.0.113."), peer_ip  # a lab host: safe to relay to
-        client_sock, peer = lab.socket("peer"), lab.socket("peer")
+    server = PRIMARY if family == 4 else SERVER6
+    with serving(lab, tmp_path, _turn_config(server)):
+        kind = socket.AF_INET if family == 4 else socket.AF_INET6
+        peer_ip = lab.address("peer", kind)
+        assert peer_ip.startswith(("203.0.113.", "2001:db8::")), peer_ip  # safe to relay to
+        client_sock, peer = lab.socket("peer", kind), lab.socket("peer", kind)
         client_sock.bind((peer_ip, 0))
         peer.bind((peer_ip, 0))
         peer.settimeout(2)
         client = TurnClient(3478, "alice", "wonderland", "natkit.lab", lab_socket=client_sock,
-                            server_host=PRIMARY)  # fmt: skip
-        assert code(client.allocate()) == 0
-        relay = client.relayed
-        assert relay is not None and relay.host == PRIMARY
+                            server_host=server)  # fmt: skip
+        wire_family = 1 if family == 4 else 2  # RFC 8656 §18.6
+        want = [
+            (AttrType.REQUESTED_TRANSPORT, 17),
+            (AttrType.REQUESTED_ADDRESS_FAMILY, wire_family),
+        ]
+        answer = client.ask(Method.ALLOCATE, want)
+        assert code(answer) == 0, answer
+        relay = relayed(answer)
+        assert relay.host == server
         peer_address = Address(peer_ip, peer.getsockname()[1])
         assert code(client.channel_bind(0x4001, peer_address)) == 0
         for n in range(50):
             payload = b"up %d " % n + bytes(n * 20)  # up to ~1 kB: several checksum chunks
             client.sock.sendto(struct.pack("!HH", 0x4001, len(payload)) + payload, client.server)
             data, source = peer.recvfrom(4096)
-            assert data == payload and source == (relay.host, relay.port)
+            assert data == payload and source[:2] == (relay.host, relay.port)
             back = b"down %d " % n + bytes(n * 19 + 1)  # odd lengths too
             peer.sendto(back, (relay.host, relay.port))
             frame = client.sock.recv(4096)
