@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the lab, the coturn engine and the interop tests need (installed when root).
-APT_PACKAGES := iproute2 nftables conntrack coturn
+APT_PACKAGES := iproute2 nftables conntrack coturn redis-server
 CONFIG ?= configs/natkit.yaml
 
 .PHONY: install system-packages run test test-fast lint bench demo clean

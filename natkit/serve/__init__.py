@@ -23,7 +23,7 @@ from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
 from natkit.fdlimit import fd_budget, raise_nofile
-from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
+from natkit.metrics import MetricsServer, SharedCounters, cluster_ready, render, render_signal
 from natkit.net.sockets import make_ssl_context, plan_listeners
 from natkit.serve.workers import Supervisor, resolve_workers
 from natkit.signal.http import SignalServer, serve_signal
@@ -87,6 +87,22 @@ def preflight(config: Config) -> None:
         from natkit.turn.engine import build_relay
 
         build_relay(config)  # the relay IP, the port range, credentials: checked once, here
+    if config.cluster.redis is not None:
+        _cluster_preflight(config)
+
+
+def _cluster_preflight(config: Config) -> None:
+    if not (config.turn.enabled and config.turn.engine == "builtin"):
+        raise NatkitError(
+            f"{config.source or 'config'}: cluster.redis: a fleet shares the builtin TURN "
+            "engine's state; set turn.enabled: true and turn.engine: builtin, or remove cluster"
+        )
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise NatkitError(
+            "cluster.redis needs the Redis client: pip install 'natkit[cluster]' (redis-py)"
+        ) from None
 
 
 def warn_ignored(config: Config) -> None:
@@ -111,10 +127,14 @@ async def _run(config: Config, out: TextIO) -> None:
     readiness = {"ready": False}  # listeners bound and not draining (/readyz)
 
     def ready() -> bool:
-        return readiness["ready"] and bool(supervisor.live())
+        fleet_ok = cluster_ready(counters.totals(), config.cluster.fail_open)[0]
+        return readiness["ready"] and bool(supervisor.live()) and fleet_ok
+
+    def detail() -> str:
+        return cluster_ready(counters.totals(), config.cluster.fail_open)[1]
 
     if config.metrics.listen:
-        metrics = MetricsServer(config.metrics.listen, scrape, ready)
+        metrics = MetricsServer(config.metrics.listen, scrape, ready, detail)
         try:
             await metrics.start()
         except OSError as err:

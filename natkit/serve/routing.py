@@ -49,5 +49,15 @@ def create_engine(
     the key shared by every worker (None: a random one of its own)."""
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
+    if config.cluster.redis is not None:  # one member of a fleet (natkit.serve.clustered)
+        from natkit.cluster.quota import ClusterQuota
+        from natkit.serve.clustered import ClusteredTurn
+
+        limits = config.turn.quota
+        counting = ClusterQuota(limits.per_user, limits.total, config.cluster.fail_open)
+        relay = build_relay(
+            config, nonce_key=nonce_key, worker=worker, quota=quota, counting=counting
+        )
+        return ClusteredTurn(config, BuiltinTurn(config, relay=relay, counters=counters), worker)
     relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota)
     return BuiltinTurn(config, relay=relay, counters=counters)
