@@ -33,20 +33,25 @@ class TurnClient:
         tcp: bool = False,
         tls: ssl.SSLContext | None = None,
         source: str = HOST,
+        sock: socket.socket | None = None,
+        server: str = HOST,
     ) -> None:
         """UDP by default; `tcp` for TCP, plus `tls` (a client context) for TLS; `source` is
-        the client's loopback address (natkit steers a client host to one worker)."""
-        assert source.startswith("127."), source  # loopback only
-        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        self.sock = socket.socket(socket.AF_INET, kind)
+        the client's loopback address (natkit steers a client host to one worker). A lab test
+        passes `sock`, a UDP socket in a lab node, and the `server` address inside the lab."""
+        if sock is None:
+            assert source.startswith("127.") and server.startswith("127."), source  # loopback
+            kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+            sock = socket.socket(socket.AF_INET, kind)
+            sock.bind((source, 0))
+        self.sock = sock
         self.sock.settimeout(5)
         self.tcp = tcp
-        self.sock.bind((source, 0))
         if tcp:
-            self.sock.connect((HOST, port))
+            self.sock.connect((server, port))
             if tls is not None:
                 self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
-        self.server = (HOST, port)
+        self.server = (server, port)
         self.user, self.realm = user, realm
         self.key = long_term_key(user, realm, password)
         self.nonce = ""
