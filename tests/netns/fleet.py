@@ -166,18 +166,20 @@ class Fleet:
 
     # -- clients and checks ------------------------------------------------------------------
 
-    def client(self, node: str, user: str) -> TurnClient:
-        client = TurnClient(3478, user, USERS[user], REALM, sock=self.lab.socket("peer"),
-                            server=NODES[node])  # fmt: skip
+    def client(self, node: str, user: str, password: str | None = None) -> TurnClient:
+        client = TurnClient(3478, user, password or USERS[user], REALM,
+                            sock=self.lab.socket("peer"), server=NODES[node])  # fmt: skip
         client.sock.settimeout(3)
         self.clients.append(client)
         return client
 
-    def cli(self, *args: str, config: str = "n1") -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, config: str = "n1", env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """`natkit cluster ARGS -c <node's config>`, run in node `redis`."""
         argv = [sys.executable, "-m", "natkit", "cluster", *args, "-c",
                 str(self.tmp / f"{config}.yaml")]  # fmt: skip
-        return self.lab.exec("redis", argv, timeout=20)
+        return self.lab.exec("redis", argv, timeout=20, env={**os.environ, **(env or {})})
 
     def status(self) -> dict[str, Any]:
         done = self.cli("status", "--json")
