@@ -24,6 +24,7 @@ Revocation. When the fleet's list names a user or credential, the authenticator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -55,6 +56,7 @@ __all__ = ["ClusteredTurn", "end_allocations", "member_name", "pick_alternate"]
 log = logging.getLogger("natkit.serve.cluster")
 
 _ALLOCATE_REQUEST = b"\x00\x03"  # Allocate (0x003) request: RFC 8656 §18
+_MAX_PENDING = 1024  # Allocates awaiting the fleet at once; more are dropped (clients retransmit)
 
 
 def member_name(config: Config, worker: int) -> str:
@@ -126,6 +128,7 @@ class ClusteredTurn:
         )  # fmt: skip
         self.addresses = _addresses(config)
         self._pending: set[FiveTuple] = set()
+        self._lost: set[FiveTuple] = set()  # TCP/TLS clients gone while the fleet decided
         self._tasks: set[asyncio.Task[None]] = set()
         self._bytes = (0, time.monotonic())
         self.bps = 0
@@ -160,6 +163,9 @@ class ClusteredTurn:
         return route, channel_data  # ChannelData never passes through here
 
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
+        five_tuple = FiveTuple(source, local, transport)
+        if five_tuple in self._pending:  # no allocation may be made for it any more (§7)
+            self._lost.add(five_tuple)
         self.inner.connection_lost(source, local, transport)
 
     def sync_gauges(self) -> None:
@@ -204,8 +210,8 @@ class ClusteredTurn:
                 return Transmit(redirect, source, local)
         if not units or not self.agent.online:
             return self.inner.handle(data, source, local, transport, link)  # local quotas
-        if five_tuple in self._pending:
-            return None  # a retransmission while the fleet decides
+        if five_tuple in self._pending or len(self._pending) >= _MAX_PENDING:
+            return None  # a retransmission while the fleet decides (or a flood): dropped
         self._pending.add(five_tuple)
         task = asyncio.get_running_loop().create_task(
             self._admit(data, five_tuple, user, units, link)
@@ -238,19 +244,27 @@ class ClusteredTurn:
     ) -> None:
         try:
             code = await self.agent.acquire(user, units)
+            if five_tuple in self._lost:  # the client went away meanwhile: nothing to make
+                if code == 0:
+                    self.agent.release(user, units)
+                return
             if code == 0:
                 self.quota.grant(user, units)
             elif code is not None:
                 self.quota.refuse(user, code)
             source, local, transport = five_tuple
-            answer = self.inner.handle(data, source, local, transport, link)
-            left = self.quota.settle(user)
-            if left:
-                self.agent.release(user, left)
+            try:
+                answer = self.inner.handle(data, source, local, transport, link)
+            finally:
+                left = self.quota.settle(user)
+                if left:
+                    self.agent.release(user, left)
             if answer is not None and answer.data:
-                link.send(answer.data, source)
+                with contextlib.suppress(OSError, RuntimeError):  # a closed stream
+                    link.send(answer.data, source)
         finally:
             self._pending.discard(five_tuple)
+            self._lost.discard(five_tuple)
 
     # -- redirection -----------------------------------------------------------------------
 

@@ -102,3 +102,24 @@ def test_redirect_goes_to_the_least_loaded_healthy_other_node() -> None:
     assert pick_alternate(peers[:3], "me", "udp") == peers[2]  # b's least-loaded worker
     assert pick_alternate(peers, "me", "tcp") is None  # no node listens on TCP
     assert pick_alternate(peers[:1], "me", "udp") is None
+
+
+def test_channeldata_route_is_the_engines_own() -> None:
+    """Redis adds nothing to the data path: ChannelData goes to the engine's own handler, not
+    through the fleet's wrapper (only Allocate requests do)."""
+    from natkit.config import loads
+    from natkit.serve.clustered import ClusteredTurn
+    from natkit.serve.routing import create_engine
+
+    text = (
+        "version: 1\nstun: {listen: ['udp://127.0.0.1:3478']}\n"
+        "turn: {enabled: true, auth: {users: {a: b}}}\n"
+        "cluster: {redis: 'redis://127.0.0.1:1/0', node_id: n1}\n"
+    )
+    engine = create_engine(loads(text, "natkit.yaml", env={}))
+    assert isinstance(engine, ClusteredTurn)
+    stun, channel_data = engine.routes()
+    assert channel_data.handle == engine.inner.channel_data
+    assert (
+        stun.handle == engine.handle and engine.routes()[0].limit == engine.inner.routes()[0].limit
+    )
