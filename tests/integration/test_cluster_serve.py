@@ -36,7 +36,7 @@ def _config(redis: RedisServer, port: int) -> dict[str, object]:
             "realm": "r",
             "auth": {"users": {"alice": "pw"}},
             "quota": {"per_user": 5},
-        },  # fmt: skip
+        },
         "metrics": {"listen": None},
         "cluster": {"redis": redis.url, "node_id": "solo", "prefix": "h17serve"},
     }
