@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,21 +33,36 @@ class RedisServer:
 
     def __init__(
         self, host: str, port: int, spawn: Spawn | None = None,
-        ping: Callable[[], bool] | None = None,
+        ping: Callable[[], bool] | None = None, tls: tuple[Path, Path] | None = None,
+        password: str | None = None,
     ) -> None:  # fmt: skip
+        """`tls`: (certificate, key) to serve TLS only (the certificate is also the CA);
+        `password`: requirepass."""
         self.host, self.port = host, port
+        self.tls, self.password = tls, password
         self._spawn = spawn or (lambda argv: subprocess.Popen(argv, stdout=subprocess.DEVNULL))
         self._ping = ping or self._ping_here
         self.proc: subprocess.Popen[Any] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://{self.host}:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        if self.tls is not None:
+            return (f"rediss://{auth}{self.host}:{self.port}/0?ssl_ca_certs={self.tls[0]}"
+                    "&ssl_check_hostname=false")  # fmt: skip
+        return f"redis://{auth}{self.host}:{self.port}/0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         argv = [redis_binary(), "--bind", self.host, "--port", str(self.port), "--save", "",
                 "--appendonly", "no", "--protected-mode", "no", "--dir", "/tmp",
                 "--loglevel", "warning"]  # fmt: skip
+        if self.tls is not None:
+            cert, key = self.tls
+            argv[3:5] = ["--port", "0", "--tls-port", str(self.port)]
+            argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key),
+                     "--tls-ca-cert-file", str(cert), "--tls-auth-clients", "no"]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
         self.proc = self._spawn(argv)
         deadline = time.monotonic() + timeout
         while not self._ping():
@@ -67,6 +83,13 @@ class RedisServer:
                 proc.wait()
 
     def _ping_here(self) -> bool:
+        if self.tls is not None or self.password:
+            import redis
+
+            try:
+                return bool(redis.Redis.from_url(self.url, socket_timeout=0.5).ping())
+            except (redis.RedisError, OSError):
+                return False
         try:
             with socket.create_connection((self.host, self.port), timeout=0.5) as sock:
                 sock.sendall(b"PING\r\n")

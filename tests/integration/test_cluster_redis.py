@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -14,7 +15,7 @@ from natkit.cluster import admin
 from natkit.cluster.agent import ClusterAgent, Shared
 from natkit.cluster.quota import ClusterQuota
 from natkit.config.model import ClusterConfig
-from natkit.testing import free_port
+from natkit.testing import free_port, self_signed_certificate
 from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.integration
@@ -166,3 +167,25 @@ def test_unreachable_redis_is_one_line_error() -> None:
     config = dataclasses.replace(ClusterConfig(), redis=f"redis://127.0.0.1:{free_port('tcp')}")
     with pytest.raises(admin.ClusterError, match=r"^Redis at redis://127\.0\.0\.1:\d+: "):
         admin.run(config, admin.status)
+
+
+def test_rediss_with_a_password_and_a_verified_certificate(tmp_path: Path) -> None:
+    """cluster.redis over TLS with AUTH (Debian's redis-server is built with TLS): the CA and
+    options ride in the URL's query, as redis-py reads them."""
+    cert, key = self_signed_certificate(tmp_path, "localhost")
+    with RedisServer("127.0.0.1", free_port("tcp"), tls=(cert, key), password="pw") as server:
+        assert server.url.startswith("rediss://:pw@")
+        config = ClusterConfig(redis=server.url, prefix="h17tls")
+        wrong = ClusterConfig(redis=server.url.replace(":pw@", ":nope@"), prefix="h17tls")
+
+        async def main() -> None:
+            agent = _agent(config, "a/0")
+            await agent.start()
+            assert agent.online and await _take(agent, "alice") == 0
+            await agent.close()
+            bad = _agent(wrong, "b/0")
+            await bad.start()
+            assert not bad.online and bad.outages == 1  # refused: fail policy, logged once
+            await bad.close()
+
+        asyncio.run(main())
