@@ -12,13 +12,14 @@ nodes would otherwise never end).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl as ssl_module
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from aioice import stun, turn
 
-__all__ = ["MAX_REDIRECTS", "Redirected", "create_turn_endpoint"]
+__all__ = ["MAX_REDIRECTS", "Redirected", "create_turn_endpoint", "following_redirects"]
 
 MAX_REDIRECTS = 2
 _ALTERNATE_SERVER, _ALTERNATE_DOMAIN = 0x8023, 0x8003  # RFC 8489 §14.15, §14.16
@@ -53,20 +54,24 @@ async def create_turn_endpoint(
     transport: str = "udp",
     ssl: ssl_module.SSLContext | None = None,
     on_redirect: Callable[[tuple[str, int], str | None], None] | None = None,
+    _create: Any = None,
     **kwargs: Any,
 ) -> tuple[turn.TurnTransport, P]:
-    """`aioice.turn.create_turn_endpoint`, following 300 ALTERNATE-SERVER. `on_redirect(address,
+    """`aioice.turn.create_turn_endpoint`, following 300 ALTERNATE-SERVER (`_create` is the one
+    it calls: aioice's own, kept aside by `following_redirects`). `on_redirect(address,
     domain)` hears of each redirect, with ALTERNATE-DOMAIN when the server sent one (over TLS
     the name the next server's certificate is for; asyncio checks the certificate against the
     address connected to, so a caller verifying names needs a context that expects it)."""
+    create = _create or turn.create_turn_endpoint
     tried = [server_addr]
     target, domain = server_addr, None
     while True:
         try:
-            return await turn.create_turn_endpoint(
+            result: tuple[turn.TurnTransport, P] = await create(
                 protocol_factory, target, username, password, ssl=ssl,
                 transport=transport, **kwargs,
             )  # fmt: skip
+            return result
         except stun.TransactionFailed as err:
             response = err.response
             alternate = response.attributes.get("ALTERNATE-SERVER")
@@ -80,3 +85,25 @@ async def create_turn_endpoint(
             tried.append(target)
             if on_redirect is not None:
                 on_redirect(target, domain)
+
+
+@contextlib.contextmanager
+def following_redirects() -> Iterator[None]:
+    """Within the block every TURN allocation aioice makes follows 300 Try Alternate: also
+    those of its ICE agent (`aioice.Connection`), hence aiortc's. It swaps aioice's module
+    function, so it is for one event loop at a time (a test, a diagnosis), not a library
+    default."""
+    original = turn.create_turn_endpoint
+
+    async def following(
+        protocol_factory: Any, server_addr: tuple[str, int], username: str | None,
+        password: str | None, **kwargs: Any,
+    ) -> Any:  # fmt: skip
+        return await create_turn_endpoint(protocol_factory, server_addr, username, password,
+                                          _create=original, **kwargs)  # fmt: skip
+
+    turn.create_turn_endpoint = following  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        turn.create_turn_endpoint = original

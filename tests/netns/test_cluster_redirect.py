@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from natkit.addr import Address
-from natkit.diag.redirect import create_turn_endpoint
+from natkit.diag.redirect import create_turn_endpoint, following_redirects
 from natkit.lab import Lab
 from natkit.stun.constants import AttrType
 from natkit.testing import self_signed_certificate
@@ -53,6 +53,25 @@ def _aioice_relay(server: str) -> tuple[list[tuple[str, int]], bytes]:
     return redirects, asyncio.run(main())
 
 
+def _ice_relay_candidate(server: str) -> list[str]:
+    """In node `peer`: aioice's ICE agent (what aiortc runs) gathers with `server` as its TURN
+    server, redirects followed; the relayed candidates' addresses."""
+    from aioice import Connection
+
+    async def main() -> list[str]:
+        conn = Connection(ice_controlling=True, components=1, use_ipv6=False,
+                          turn_server=(server, 3478), turn_username="bob",
+                          turn_password=USERS["bob"])  # fmt: skip
+        try:
+            with following_redirects():
+                await asyncio.wait_for(conn.gather_candidates(), 10)
+            return [c.host for c in conn.local_candidates if c.type == "relay"]
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
 def _tls_context() -> ssl.SSLContext:
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
@@ -82,6 +101,10 @@ def test_full_and_draining_nodes_redirect_to_the_least_loaded(
         redirects, echoed = lab.call("peer", _aioice_relay, NODES["n1"])
         assert redirects == [(NODES["n2"], 3478)]
         assert echoed == b"via the alternate"
+        # aioice's ICE agent too (aiortc's): its relayed candidate is on a node other than full
+        # n1 (whichever of n2 and n3 held fewer allocations at that moment).
+        relays = lab.call("peer", _ice_relay_candidate, NODES["n1"])
+        assert len(relays) == 1 and relays[0] in (NODES["n2"], NODES["n3"]), relays
         # Over TLS: to the only other TLS node, with its domain (RFC 8489 §14.16).
         stream = lab.socket("peer", type=socket.SOCK_STREAM)
         tls = TurnClient(5349, "carol", USERS["carol"], REALM, tcp=True, tls=_tls_context(),
