@@ -92,11 +92,6 @@ def preflight(config: Config) -> None:
 
 
 def _cluster_preflight(config: Config) -> None:
-    if not (config.turn.enabled and config.turn.engine == "builtin"):
-        raise NatkitError(
-            f"{config.source or 'config'}: cluster.redis: a fleet shares the builtin TURN "
-            "engine's state; set turn.enabled: true and turn.engine: builtin, or remove cluster"
-        )
     try:
         import redis  # noqa: F401
     except ImportError:

@@ -123,3 +123,24 @@ def test_channeldata_route_is_the_engines_own() -> None:
     assert (
         stun.handle == engine.handle and engine.routes()[0].limit == engine.inner.routes()[0].limit
     )
+
+
+def test_cluster_config_rules() -> None:
+    import pytest
+
+    from natkit.config import loads
+    from natkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"natkit.yaml:2: cluster.redis: a fleet shares"):
+        loads("version: 1\ncluster: {redis: 'redis://127.0.0.1:6379'}\n", "natkit.yaml", env={})
+    with pytest.raises(ConfigError, match=r"cluster.redis: must be a redis://") as info:
+        loads("version: 1\ncluster: {redis: 'http://u:hunter2@x'}\n", "natkit.yaml", env={})
+    assert "hunter2" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"cluster.lease: must be at least 1 second"):
+        loads("version: 1\ncluster: {lease: 0.5}\n", "natkit.yaml", env={})
+    # Credentials may all come from the fleet: no open relay, since nobody gets in until then.
+    fleet = loads(
+        "version: 1\nturn: {enabled: true}\ncluster: {redis: 'redis://127.0.0.1:6379'}\n",
+        "natkit.yaml", env={},
+    )  # fmt: skip
+    assert fleet.turn.auth.secret is None and not fleet.turn.auth.users
