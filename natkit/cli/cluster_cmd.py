@@ -58,6 +58,7 @@ def status(config_path: str | None, as_json: bool) -> None:
                f"{report['quota']['total']} allocation(s) counted")  # fmt: skip
     for node in report["nodes"]:
         state = "draining" if node["draining"] else "healthy" if node["healthy"] else "down"
+        state += ", full" if node["full"] else ""
         click.echo(f"  {node['node']}: {state}, {node['allocations']} allocation(s), "
                    f"{node['bps']} bit/s, {len(node['members'])} worker(s)")  # fmt: skip
     for user, count in report["quota"]["users"].items():

@@ -92,6 +92,9 @@ async def status(client: Any, keys: Keys) -> dict[str, Any]:
             for field, value in held.items():
                 if field.startswith("u:"):
                     users[field[2:]] = users.get(field[2:], 0) + int(value)
+    for node in nodes.values():  # full: it redirects new Allocates (cluster.capacity)
+        capacity = max(m["capacity"] for m in node["members"])
+        node["full"] = bool(capacity) and node["allocations"] >= capacity
     revoked = await client.hgetall(keys.revoked)
     now = time.time()
     live = {n: int(u) for n, u in revoked.items() if int(u) == 0 or int(u) > now}

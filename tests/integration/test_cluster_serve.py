@@ -82,6 +82,9 @@ def test_cluster_commands_fail_in_one_line(tmp_path: Path) -> None:
     assert result.output.count("\n") == 1 and "cluster.redis is not set" in result.output
     dead = tmp_path / "dead.yaml"
     dead.write_text(
+        "version: 1\nturn: {enabled: true, auth: {users: {a: b}}}\n"
+        f"cluster: {{redis: 'redis://:secret@127.0.0.1:{free_port('tcp')}'}}\n"
+    )
         f"version: 1\ncluster: {{redis: 'redis://:secret@127.0.0.1:{free_port('tcp')}'}}\n"
     )
     result = CliRunner().invoke(cli, ["cluster", "revoke", "-c", str(dead), "x"])

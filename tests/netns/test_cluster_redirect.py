@@ -125,6 +125,7 @@ def test_full_and_draining_nodes_redirect_to_the_least_loaded(
         assert answer.get(AttrType.ALTERNATE_DOMAIN) is None  # UDP: no domain
         nodes = {n["node"]: n for n in fleet.status()["nodes"]}
         assert nodes["n2"]["draining"] and not nodes["n2"]["healthy"]
+        assert nodes["n1"]["full"] and not nodes["n3"]["full"]
         # Nobody healthy but a full node: the engine answers as alone (508 while draining).
         fleet.kill("n3")
         time.sleep(3.6)  # its lease (3 s) runs out
