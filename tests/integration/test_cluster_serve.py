@@ -85,8 +85,6 @@ def test_cluster_commands_fail_in_one_line(tmp_path: Path) -> None:
         "version: 1\nturn: {enabled: true, auth: {users: {a: b}}}\n"
         f"cluster: {{redis: 'redis://:secret@127.0.0.1:{free_port('tcp')}'}}\n"
     )
-        f"version: 1\ncluster: {{redis: 'redis://:secret@127.0.0.1:{free_port('tcp')}'}}\n"
-    )
     result = CliRunner().invoke(cli, ["cluster", "revoke", "-c", str(dead), "x"])
     assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
     assert "Redis at redis://127.0.0.1:" in result.output and "secret" not in result.output
