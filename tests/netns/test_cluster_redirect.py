@@ -20,7 +20,17 @@ from natkit.lab import Lab
 from natkit.stun.constants import AttrType
 from natkit.testing import self_signed_certificate
 from tests.integration.turn_client import TurnClient
-from tests.netns.fleet import ECHO, NODES, REALM, TOPOLOGY, USERS, Fleet, code, node_config
+from tests.netns.fleet import (
+    ECHO,
+    NODES,
+    REALM,
+    TOPOLOGY,
+    USERS,
+    Fleet,
+    code,
+    node_config,
+    wait_for,
+)  # fmt: skip
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -118,7 +128,8 @@ def test_full_and_draining_nodes_redirect_to_the_least_loaded(
         # Allocates there go to n3, the one healthy node left (n1 is full).
         assert code(fleet.client("n2", "bob").allocate()) == 0
         os.killpg(fleet.procs["n2"].pid, signal.SIGTERM)
-        time.sleep(0.6)
+        wait_for(lambda: any(n["draining"] for n in fleet.status()["nodes"] if n["node"] == "n2"),
+                 5.0, step=0.2)  # fmt: skip
         answer = fleet.client("n2", "carol").allocate()
         assert code(answer) == 300
         assert answer.get(AttrType.ALTERNATE_SERVER) == Address(NODES["n3"], 3478)
@@ -127,8 +138,7 @@ def test_full_and_draining_nodes_redirect_to_the_least_loaded(
         assert nodes["n2"]["draining"] and not nodes["n2"]["healthy"]
         assert nodes["n1"]["full"] and not nodes["n3"]["full"]
         # Nobody healthy but a full node: the engine answers as alone (508 while draining).
-        fleet.kill("n3")
-        time.sleep(3.6)  # its lease (3 s) runs out
-        assert code(fleet.client("n2", "carol").allocate()) == 508
+        fleet.kill("n3")  # once its lease (3 s) ran out:
+        wait_for(lambda: code(fleet.client("n2", "carol").allocate()) == 508, 4.5, step=0.3)
     finally:
         fleet.close()
