@@ -233,7 +233,10 @@ class ClusteredTurn:
         creds = self.relay.auth.check(msg, source.host, now)
         if isinstance(creds, AuthError):
             return None
-        if self.relay.allocations.live(FiveTuple(source, local, transport), now)[0] is not None:
+        # A look only: `AllocationTable.live` would free an expired one, and its CloseRelay is
+        # the engine's to carry out (it does, when it handles this Allocate).
+        existing = self.relay.allocations.by_five_tuple.get(FiveTuple(source, local, transport))
+        if existing is not None and existing.alive(now):
             return None
         # A RESERVATION-TOKEN claim takes the reservation's unit; R=1 takes two (a pair).
         units = 0 if AttrType.RESERVATION_TOKEN in msg else 2 if msg.get(AttrType.EVEN_PORT) else 1
