@@ -137,6 +137,7 @@ class ClusteredTurn:
         self.base_users = dict(config.turn.auth.users)
         self.base_secrets = [config.turn.auth.secret] if config.turn.auth.secret else []
         self._users: Mapping[str, str] = self.base_users
+        self._written: dict[str, int] = {}  # counter values already added to the metrics row
 
     # -- TurnEngine ------------------------------------------------------------------------
 
@@ -182,7 +183,9 @@ class ClusteredTurn:
             ("redis_errors", agent.errors),
             ("outages", agent.outages),
         ):
-            row[cluster_index(name)] = value
+            # Deltas: the row's counters outlive a worker restart (natkit.metrics), ours not.
+            row[cluster_index(name)] += value - self._written.get(name, 0)
+            self._written[name] = value
 
     @property
     def allocation_count(self) -> int:
