@@ -207,7 +207,9 @@ class ClusteredTurn:
             return self.inner.handle(data, source, local, transport, link)
         user, units, key = held
         five_tuple = FiveTuple(source, local, transport)
-        if self._full_or_draining():
+        # Only with a current view of the fleet: while Redis is away the last one may name a
+        # node that died since (draining then falls back to the engine's own answer).
+        if self.agent.online and self._full_or_draining():
             redirect = self._redirect(msg, five_tuple, key)
             if redirect is not None:
                 return Transmit(redirect, source, local)
