@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # Debian packages the lab, the coturn engine, the interop tests, the cluster tests (redis-server)
 # and the packaging test (systemd-analyze) need (installed when root).
-APT_PACKAGES := iproute2 nftables conntrack coturn redis-server systemd
+APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd
 CONFIG ?= configs/natkit.yaml
 
 .PHONY: install system-packages run test test-fast lint bench demo clean

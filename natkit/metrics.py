@@ -232,8 +232,14 @@ def _family_label(family: int) -> str:
     return f"ipv{family}"
 
 
-def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
-    """Prometheus text exposition of summed counters; `workers` is (index, pid) of live workers."""
+def render(
+    totals: Sequence[int],
+    workers: Iterable[tuple[int, int]],
+    kernel: Mapping[str, int] | None = None,
+) -> str:
+    """Prometheus text exposition of summed counters; `workers` is (index, pid) of live workers;
+    `kernel` the kernel fast path's counters (`natkit.fastpath.COUNTER_NAMES`), if it runs:
+    its answers join the same series with ``path="kernel"``."""
     workers = list(workers)
     out: list[str] = []
 
@@ -254,6 +260,13 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
                     f'natkit_stun_requests_total{{transport="{t}",family="{_family_label(f)}",'
                     f'result="{r}"}} {value}'
                 )
+    if kernel is not None:
+        for f in FAMILIES:
+            value = kernel.get(f"answered_v{f}", 0)
+            out.append(
+                f'natkit_stun_requests_total{{transport="udp",family="{_family_label(f)}",'
+                f'result="success",path="kernel"}} {value}'
+            )
     head(
         "natkit_stun_ratelimited_total",
         "counter",
@@ -263,6 +276,9 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
         out.append(
             f'natkit_stun_ratelimited_total{{transport="{t}"}} {totals[ratelimited_index(t)]}'
         )
+    if kernel is not None:
+        limited = kernel.get("rate_limited", 0)
+        out.append(f'natkit_stun_ratelimited_total{{transport="udp",path="kernel"}} {limited}')
     head(
         "natkit_stun_errors_total",
         "counter",

@@ -24,6 +24,7 @@ COMMANDS = {
     "diagnose": "diagnose_cmd",
     "p2p": "p2p_cmd",
     "lab": "lab_cmd",
+    "fastpath": "fastpath_cmd",
     "cluster": "cluster_cmd",
 }
 

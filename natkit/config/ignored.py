@@ -69,6 +69,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "(no trusted list) on a port of its own and turns coturn's TLS listener off",
     ),
     Ignored(
+        "stun.fast_path",
+        lambda c: c.stun.fast_path != "off",
+        "coturn answers every Binding itself; the kernel fast path is the builtin engine's",
+    ),
+    Ignored(
         "stun.software",
         lambda c: c.stun.software not in ("", _STUN.software),
         "coturn sends its own SOFTWARE; only an empty value is rendered (no-software-attribute)",

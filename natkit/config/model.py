@@ -154,6 +154,13 @@ class StunConfig:
         default=(),
         metadata=doc("Load balancers (IP or CIDR) that must send the header; no one else may."),
     )
+    fast_path: Literal["off", "auto", "kernel"] = field(
+        default="off",
+        metadata=doc(
+            "Plain Binding requests over UDP answered in the kernel (tc-BPF, root): off, auto "
+            "(when it can load, else as off), kernel (a failure to load is an error)."
+        ),
+    )
     alternate_address: Address | None = field(
         init=False,
         repr=False,

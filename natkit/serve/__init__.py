@@ -22,9 +22,11 @@ from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
+from natkit.fastpath import KernelFastPath
 from natkit.fdlimit import fd_budget, raise_nofile
 from natkit.metrics import MetricsServer, SharedCounters, cluster_ready, render, render_signal
 from natkit.net.sockets import make_ssl_context, plan_listeners
+from natkit.serve.kernel import start_fast_path
 from natkit.serve.workers import Supervisor, resolve_workers
 from natkit.signal.http import SignalServer, serve_signal
 
@@ -35,6 +37,7 @@ log = logging.getLogger("natkit.serve")
 # Keys that need a restart: SIGHUP says so instead of silently ignoring a change.
 _RESTART_ONLY = (
     "listen",
+    "fast_path",
     "alternate",
     "workers",
     "software",
@@ -108,15 +111,26 @@ def warn_ignored(config: Config) -> None:
 
 
 async def _run(config: Config, out: TextIO) -> None:
+    fast = start_fast_path(config)  # before anything binds: in kernel mode a failure stops here
+    try:
+        await _serve(config, out, fast)
+    finally:
+        if fast is not None:
+            fast.close()  # last: the workers answered up to their end, the kernel alongside
+
+
+async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> None:
     loop = asyncio.get_running_loop()
     count = resolve_workers(config.stun.workers)
     counters = SharedCounters(count)
-    supervisor = Supervisor(config, count, counters.array)
+    programs = () if fast is None else tuple(a.prog_id for a in fast.attachments)
+    supervisor = Supervisor(config, count, counters.array, kernel_programs=programs)
     metrics: MetricsServer | None = None
     rendezvous: SignalServer | None = None
 
     def scrape() -> str:
-        text = render(counters.totals(), supervisor.live())
+        kernel = fast.counters() if fast is not None else None
+        text = render(counters.totals(), supervisor.live(), kernel)
         return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
 
     readiness = {"ready": False}  # listeners bound and not draining (/readyz)
@@ -141,7 +155,7 @@ async def _run(config: Config, out: TextIO) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state = {"config": config}
-    loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor)
+    loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor, fast)
     try:
         await supervisor.start()
         # The rendezvous keeps pairings in memory: one instance, in the supervisor, not per worker.
@@ -170,7 +184,9 @@ async def _run(config: Config, out: TextIO) -> None:
             await metrics.close()
 
 
-def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
+def _reload(
+    state: dict[str, Config], supervisor: Supervisor, fast: KernelFastPath | None = None
+) -> None:
     old = state["config"]
     if old.source is None:
         log.warning("SIGHUP: running on built-in defaults, no config file to reload")
@@ -192,4 +208,7 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)
+    if fast is not None:
+        limit = new.stun.rate_limit
+        fast.set_rate((limit.per_source, limit.burst) if limit.enabled else None)
     log.info("SIGHUP: reloaded rate limits, logging and TLS certificates from %s", new.source)

@@ -58,7 +58,7 @@ def test_two_workers_share_the_fleet_quota_and_leave_cleanly(
     with serve(config):
         # Clients from 8 loopback hosts: steered over both workers (by source address).
         codes = [code(TurnClient(port, "alice", "pw", "r", source=f"127.0.1.{i}",
-                                 server=HOST).allocate()) for i in range(8)]  # fmt: skip
+                                 server_host=HOST).allocate()) for i in range(8)]  # fmt: skip
         assert sorted(codes) == [0] * 5 + [486] * 3
         report = json.loads(_status(path, "--json"))
         (node,) = report["nodes"]

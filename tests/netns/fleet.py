@@ -167,8 +167,9 @@ class Fleet:
     # -- clients and checks ------------------------------------------------------------------
 
     def client(self, node: str, user: str, password: str | None = None) -> TurnClient:
-        client = TurnClient(3478, user, password or USERS[user], REALM,
-                            sock=self.lab.socket("peer"), server=NODES[node])  # fmt: skip
+        sock = self.lab.socket("peer")
+        client = TurnClient(3478, user, password or USERS[user], REALM, lab_socket=sock,
+                            server_host=NODES[node])  # fmt: skip
         client.sock.settimeout(3)
         self.clients.append(client)
         return client

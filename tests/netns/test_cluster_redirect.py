@@ -118,7 +118,7 @@ def test_full_and_draining_nodes_redirect_to_the_least_loaded(
         # Over TLS: to the only other TLS node, with its domain (RFC 8489 §14.16).
         stream = lab.socket("peer", type=socket.SOCK_STREAM)
         tls = TurnClient(5349, "carol", USERS["carol"], REALM, tcp=True, tls=_tls_context(),
-                         sock=stream, server=NODES["n1"])  # fmt: skip
+                         lab_socket=stream, server_host=NODES["n1"])  # fmt: skip
         fleet.clients.append(tls)
         answer = tls.allocate()
         assert code(answer) == 300
