@@ -97,6 +97,7 @@ def _revoked_everywhere_within_two_seconds(fleet: Fleet) -> None:
     assert len(holders) == 5 and {c.server[0] for c in holders} == set(on_live_nodes)
     bob = fleet.client("n1", "bob")
     assert code(bob.allocate()) == 0
+    assert relays(holders[0])  # before: its allocation relays
     done = fleet.cli("revoke", "alice")
     assert done.returncode == 0, done.stderr
     revoked = time.monotonic()
@@ -105,6 +106,7 @@ def _revoked_everywhere_within_two_seconds(fleet: Fleet) -> None:
     for client in holders:  # and the existing allocations: 401 on their Refresh
         assert code(client.refresh(600)) == 401
     assert time.monotonic() - revoked <= 2.0 + 0.5 * len(holders)
+    assert not relays(holders[0], b"after the revocation")  # torn down: nothing relays
     wait_for(lambda: "alice" not in fleet.status()["quota"]["users"], 2.0, step=0.2)
     ended = ("n1", "n2")
     # At least the five held (an Allocate may get in on a node in the ≤ 0.5 s before it heard).
