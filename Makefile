@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the lab, the coturn engine and the interop tests need (installed when root).
-APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool
+# Debian packages the lab, the coturn engine, the interop tests, the cluster tests (redis-server)
+# and the packaging test (systemd-analyze) need (installed when root).
+APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd
 CONFIG ?= configs/natkit.yaml
 
 .PHONY: install system-packages run test test-fast lint bench demo clean

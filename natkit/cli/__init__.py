@@ -25,6 +25,7 @@ COMMANDS = {
     "p2p": "p2p_cmd",
     "lab": "lab_cmd",
     "fastpath": "fastpath_cmd",
+    "cluster": "cluster_cmd",
 }
 
 

@@ -108,6 +108,12 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         lambda c: c.signal.enabled,
         "the rendezvous runs with the builtin engine only; run natkit p2p signal",
     ),
+    Ignored(
+        "cluster.redis",
+        lambda c: c.cluster.redis is not None,
+        "fleet quotas, revocations and redirects are the builtin engine's (coturn's own Redis "
+        "holds users and statistics only)",
+    ),
 )
 
 

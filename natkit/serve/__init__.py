@@ -24,7 +24,7 @@ from natkit.config.model import Config
 from natkit.errors import NatkitError
 from natkit.fastpath import KernelFastPath
 from natkit.fdlimit import fd_budget, raise_nofile
-from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
+from natkit.metrics import MetricsServer, SharedCounters, cluster_ready, render, render_signal
 from natkit.net.sockets import make_ssl_context, plan_listeners
 from natkit.serve.kernel import start_fast_path
 from natkit.serve.workers import Supervisor, resolve_workers
@@ -90,6 +90,17 @@ def preflight(config: Config) -> None:
         from natkit.turn.engine import build_relay
 
         build_relay(config)  # the relay IP, the port range, credentials: checked once, here
+    if config.cluster.redis is not None:
+        _cluster_preflight(config)
+
+
+def _cluster_preflight(config: Config) -> None:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise NatkitError(
+            "cluster.redis needs the Redis client: pip install 'natkit[cluster]' (redis-py)"
+        ) from None
 
 
 def warn_ignored(config: Config) -> None:
@@ -125,10 +136,14 @@ async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> No
     readiness = {"ready": False}  # listeners bound and not draining (/readyz)
 
     def ready() -> bool:
-        return readiness["ready"] and bool(supervisor.live())
+        fleet_ok = cluster_ready(counters.totals(), config.cluster.fail_open)[0]
+        return readiness["ready"] and bool(supervisor.live()) and fleet_ok
+
+    def detail() -> str:
+        return cluster_ready(counters.totals(), config.cluster.fail_open)[1]
 
     if config.metrics.listen:
-        metrics = MetricsServer(config.metrics.listen, scrape, ready)
+        metrics = MetricsServer(config.metrics.listen, scrape, ready, detail)
         try:
             await metrics.start()
         except OSError as err:
@@ -187,7 +202,9 @@ def _reload(
     # Compared with what runs (not with the last file read): a change stays "to apply" until a
     # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
-    changed += [k for k in ("turn", "signal", "metrics") if getattr(new, k) != getattr(old, k)]
+    changed += [
+        k for k in ("turn", "signal", "metrics", "cluster") if getattr(new, k) != getattr(old, k)
+    ]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)

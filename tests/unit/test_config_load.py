@@ -78,6 +78,17 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     },
     "metrics": {"listen": "127.0.0.1:9641"},
     "logging": {"level": "info", "format": "text"},
+    "cluster": {
+        "redis": None,
+        "node_id": None,
+        "fail_open": True,
+        "timeout": 0.1,
+        "lease": 10.0,
+        "capacity": 0,
+        "advertise": None,
+        "domain": None,
+        "prefix": "natkit",
+    },
 }
 
 

@@ -26,6 +26,15 @@ FORBIDDEN = {
         "natkit.cli",
         "natkit.net",
     ),
+    # The fleet's state beside turn/stun (DESIGN.md): it knows Redis and the config, no protocol.
+    "natkit.cluster": (
+        "natkit.turn",
+        "natkit.stun",
+        "natkit.net",
+        "natkit.serve",
+        "natkit.diag",
+        "natkit.cli",
+    ),
 }
 
 
