@@ -65,16 +65,9 @@ def member_name(config: Config, worker: int) -> str:
 
 
 def end_allocations(engine: BuiltinTurn, names: frozenset[str]) -> int:
-    """End every allocation whose user or credential is in `names`, sockets and all.
-
-    The hook into the engine (natkit/turn/builtin.py is not ours to change): it frees through
-    the table, the one place allocations end, and hands the CloseRelay commands to the engine
-    as its own timer does. Returns how many ended."""
-    table = engine.relay.allocations
-    doomed = [a for a in table.by_five_tuple.values() if a.user in names or a.username in names]
-    for alloc in doomed:
-        engine._run(list(table.free(alloc)))
-    return len(doomed)
+    """End every allocation whose user or credential is in `names`, sockets and all; returns
+    how many ended (`BuiltinTurn.end_allocations`)."""
+    return engine.end_allocations(lambda a: a.user in names or a.username in names)
 
 
 def pick_alternate(peers: tuple[Member, ...], own_node: str, transport: str) -> Member | None:

@@ -273,6 +273,16 @@ class BuiltinTurn:
                 counters[TURN_PACKETS_TO_PEER] += 1
                 counters[TURN_BYTES_TO_PEER] += len(route[1])
 
+    def end_allocations(self, doomed: Callable[[Allocation], bool]) -> int:
+        """End every allocation `doomed` picks (a revoked user's: `natkit.serve.clustered`),
+        through the table like every other end, sockets and kernel entries included; how many
+        ended."""
+        table = self.relay.allocations
+        picked = [alloc for alloc in table.by_five_tuple.values() if doomed(alloc)]
+        for alloc in picked:
+            self._run(list(table.free(alloc)))
+        return len(picked)
+
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         five_tuple = FiveTuple(source, local, transport)
         self._run(self.relay.connection_lost(five_tuple, self.clock()))
