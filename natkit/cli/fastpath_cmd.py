@@ -21,7 +21,10 @@ def command() -> None:
 @command.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status_cmd(as_json: bool) -> None:
-    """List natkit's tc-BPF filters in this network namespace, their owner and counters.
+    """List natkit's tc-BPF programs in this network namespace, their owner and counters.
+
+    A running serve holds its program by a tcx link (it goes when serve goes, even on SIGKILL);
+    a "tc" row is a filter an interrupted start left: natkit serve --cleanup removes it.
 
     \b
     Example:
@@ -49,5 +52,6 @@ def status_cmd(as_json: bool) -> None:
         owner = row["owner_pid"]
         state = "running" if row["owner_alive"] else "LEFTOVER (run natkit serve --cleanup)"
         counts = "  ".join(f"{name} {row.get(name, 0)}" for name in COUNTER_NAMES)
-        click.echo(f"{row['device']} pref {row['pref']} program {row['program_id']} "
+        where = f"tcx link {row['link_id']}" if row["kind"] == "tcx" else f"tc pref {row['pref']}"
+        click.echo(f"{row['device']} {where} program {row['program_id']} "
                    f"owner {owner} {state}: {counts}")  # fmt: skip

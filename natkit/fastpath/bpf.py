@@ -18,11 +18,24 @@ import struct
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["BpfError", "Map", "available", "possible_cpus", "program_maps"]
+__all__ = [
+    "BpfError",
+    "Map",
+    "available",
+    "possible_cpus",
+    "program_maps",
+    "program_name",
+    "programs",
+    "tcx_attach",
+    "tcx_links",
+]
 
 _SYSCALL_BPF = {"x86_64": 321, "aarch64": 280}.get(platform.machine())
 _MAP_LOOKUP_ELEM, _MAP_UPDATE_ELEM, _MAP_DELETE_ELEM, _MAP_GET_NEXT_KEY = 1, 2, 3, 4
-_PROG_GET_FD_BY_ID, _MAP_GET_FD_BY_ID, _OBJ_GET_INFO_BY_FD = 13, 14, 15
+_PROG_GET_NEXT_ID, _PROG_GET_FD_BY_ID, _MAP_GET_FD_BY_ID, _OBJ_GET_INFO_BY_FD = 11, 13, 14, 15
+_LINK_CREATE, _LINK_GET_FD_BY_ID, _LINK_GET_NEXT_ID = 28, 30, 31
+_TCX_INGRESS = 46  # enum bpf_attach_type (Linux 6.6): BPF_TCX_INGRESS
+_LINK_TYPE_TCX = 11
 _PROG_INFO_SIZE = 224  # enough for every field up to map_ids and name
 _MAP_INFO_SIZE = 88
 
@@ -188,3 +201,81 @@ def program_maps(prog_id: int) -> dict[str, Map]:
         opened = Map.by_id(map_id)
         maps[opened.name] = opened
     return maps
+
+
+def _prog_fd(prog_id: int) -> int:
+    attr = ctypes.create_string_buffer(struct.pack("=III", prog_id, 0, 0), 16)
+    return _bpf(_PROG_GET_FD_BY_ID, attr, f"program id {prog_id}")
+
+
+def program_name(prog_id: int) -> str:
+    """The name a loaded program was given (at most 15 characters), or "" if it is gone."""
+    try:
+        fd = _prog_fd(prog_id)
+    except BpfError:
+        return ""
+    try:
+        info = ctypes.create_string_buffer(_PROG_INFO_SIZE)
+        attr = ctypes.create_string_buffer(struct.pack("=IIQ", fd, _PROG_INFO_SIZE,
+                                                       ctypes.addressof(info)), 16)  # fmt: skip
+        _bpf(_OBJ_GET_INFO_BY_FD, attr, "program info")
+    finally:
+        os.close(fd)
+    return info.raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _next_ids(cmd: int, what: str) -> list[int]:
+    found: list[int] = []
+    current = 0
+    while len(found) < 100_000:
+        attr = ctypes.create_string_buffer(struct.pack("=III", current, 0, 0), 16)
+        try:
+            _bpf(cmd, attr, what)
+        except BpfError as err:
+            if err.errno == errno.ENOENT:
+                break
+            raise
+        (current,) = struct.unpack_from("=I", attr.raw, 4)
+        found.append(current)
+    return found
+
+
+def programs(name: str) -> list[int]:
+    """IDs of every loaded program called `name` (host-wide)."""
+    return [p for p in _next_ids(_PROG_GET_NEXT_ID, "next program") if program_name(p) == name]
+
+
+def tcx_attach(prog_id: int, ifindex: int) -> int:
+    """Attach the loaded program `prog_id` to `ifindex`'s ingress (in this process's network
+    namespace) through a tcx link (Linux 6.6); the link fd. The program stays attached exactly
+    as long as that fd is open: a process that dies, even by SIGKILL, leaves nothing behind."""
+    prog_fd = _prog_fd(prog_id)
+    try:
+        attr = ctypes.create_string_buffer(struct.pack("=IIII", prog_fd, ifindex, _TCX_INGRESS, 0),
+                                           64)  # fmt: skip
+        return _bpf(_LINK_CREATE, attr, f"tcx link on ifindex {ifindex}")
+    finally:
+        os.close(prog_fd)
+
+
+def tcx_links() -> list[tuple[int, int, int]]:
+    """(link id, program id, ifindex) of every tcx link (host-wide; ifindex is its namespace's)."""
+    found = []
+    for link_id in _next_ids(_LINK_GET_NEXT_ID, "next link"):
+        attr = ctypes.create_string_buffer(struct.pack("=III", link_id, 0, 0), 16)
+        try:
+            fd = _bpf(_LINK_GET_FD_BY_ID, attr, f"link id {link_id}")
+        except BpfError:
+            continue  # gone meanwhile
+        try:
+            info = ctypes.create_string_buffer(64)
+            attr = ctypes.create_string_buffer(struct.pack("=IIQ", fd, 64, ctypes.addressof(info)),
+                                               16)  # fmt: skip
+            _bpf(_OBJ_GET_INFO_BY_FD, attr, "link info")
+        finally:
+            os.close(fd)
+        kind, _, prog_id = struct.unpack_from("=III", info.raw)
+        if kind == _LINK_TYPE_TCX:
+            (ifindex,) = struct.unpack_from("=I", info.raw, 16)
+            found.append((link_id, prog_id, ifindex))
+    return found

@@ -148,11 +148,20 @@ def _key(local: Address) -> bytes:
     return _KEY.pack(family, 0, socket.htons(local.port), raw)
 
 
+@dataclass(frozen=True)
+class Attachment:
+    """The program on one interface, held by a tcx link (`bpf.tcx_attach`)."""
+
+    device: str
+    prog_id: int
+    link_fd: int
+
+
 @dataclass
 class KernelFastPath:
     """What one natkit serve attached (`start`), until `close`."""
 
-    attachments: list[tc.Attached] = field(default_factory=list)
+    attachments: list[Attachment] = field(default_factory=list)
     _maps: list[dict[str, bpf.Map]] = field(default_factory=list)
 
     @classmethod
@@ -188,14 +197,21 @@ class KernelFastPath:
 
     def _attach(self, device: str, obj: Path, listeners: list[Listener],
                 rate: tuple[int, int] | None) -> None:  # fmt: skip
-        attached = tc.attach(device, obj)
-        self.attachments.append(attached)
-        maps = {m.name: m for m in bpf.program_maps(attached.prog_id).values()}
-        self._maps.append(maps)
-        self._write_rate(maps, rate)
-        for lst in listeners:
-            value = struct.pack("=I", len(lst.suffix)) + lst.suffix.ljust(MAX_SUFFIX, b"\0")
-            maps["natkit_listen"].update(_key(lst.local), value)
+        """`tc` (libbpf) loads the object as a filter for a moment; a tcx link on the same
+        interface then holds the program and the filter goes: the program lives exactly as
+        long as this process holds the link, so a SIGKILL leaves nothing answering."""
+        loaded = tc.attach(device, obj)
+        try:
+            maps = bpf.program_maps(loaded.prog_id)
+            self._maps.append(maps)
+            self._write_rate(maps, rate)
+            for lst in listeners:
+                value = struct.pack("=I", len(lst.suffix)) + lst.suffix.ljust(MAX_SUFFIX, b"\0")
+                maps["natkit_listen"].update(_key(lst.local), value)
+            link = bpf.tcx_attach(loaded.prog_id, socket.if_nametoindex(device))
+        finally:
+            tc.detach(loaded)
+        self.attachments.append(Attachment(device, loaded.prog_id, link))
 
     @staticmethod
     def _write_rate(maps: dict[str, bpf.Map], rate: tuple[int, int] | None) -> None:
@@ -222,7 +238,7 @@ class KernelFastPath:
                 opened.close()
         self._maps.clear()
         for attached in self.attachments:
-            tc.detach(attached)
+            os.close(attached.link_fd)  # the link goes, and the program with it
         self.attachments.clear()
 
 
@@ -255,30 +271,58 @@ def _all_devices() -> list[str]:
     return [link["ifname"] for link in json.loads(proc.stdout or "[]") if "ifname" in link]
 
 
+def _same_netns(pid: int) -> bool:
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return False
+
+
+def _row(prog_id: int, row: dict[str, object]) -> dict[str, object]:
+    """`row` completed with the program's owner and counters."""
+    owner = _owner(prog_id)
+    row["owner_pid"] = owner
+    row["owner_alive"] = bool(owner) and _alive(owner or 0)
+    try:
+        maps = bpf.program_maps(prog_id)
+    except bpf.BpfError:
+        maps = {}
+    try:
+        if "natkit_counters" in maps:
+            counters = maps["natkit_counters"]
+            for index, name in enumerate(COUNTER_NAMES):
+                row[name] = counters.per_cpu_sum_u64(struct.pack("=I", index))
+        if "natkit_listen" in maps:
+            row["listeners"] = len(maps["natkit_listen"].keys())
+        if "natkit_chans" in maps:
+            row["channels"] = len(maps["natkit_chans"].keys())
+    finally:
+        for opened in maps.values():
+            opened.close()
+    return row
+
+
 def status(devices: list[str] | None = None) -> list[dict[str, object]]:
-    """Every natkit filter in this network namespace: where, its program, owner and counters."""
+    """Every natkit program attached in this network namespace: its tcx links (owned by a
+    running natkit serve here) and any tc filter an older or interrupted start left."""
     rows: list[dict[str, object]] = []
+    for link_id, prog_id, ifindex in bpf.tcx_links():
+        if bpf.program_name(prog_id) != tc.PROGRAM_NAME:
+            continue
+        owner = _owner(prog_id)
+        if not owner or not _same_netns(owner):
+            continue  # another namespace's (ifindexes are per namespace)
+        try:
+            device = socket.if_indextoname(ifindex)
+        except OSError:
+            continue
+        if devices is None or device in devices:
+            rows.append(_row(prog_id, {"device": device, "kind": "tcx", "link_id": link_id,
+                                       "program_id": prog_id}))  # fmt: skip
     for device in devices or _all_devices():
         for pref, prog_id in tc.natkit_filters(device):
-            row: dict[str, object] = {"device": device, "pref": pref, "program_id": prog_id}
-            owner = _owner(prog_id)
-            row["owner_pid"] = owner
-            row["owner_alive"] = owner is not None and _alive(owner)
-            try:
-                maps = bpf.program_maps(prog_id)
-            except bpf.BpfError:
-                maps = {}
-            try:
-                if "natkit_counters" in maps:
-                    counters = maps["natkit_counters"]
-                    for index, name in enumerate(COUNTER_NAMES):
-                        row[name] = counters.per_cpu_sum_u64(struct.pack("=I", index))
-                if "natkit_listen" in maps:
-                    row["listeners"] = len(maps["natkit_listen"].keys())
-            finally:
-                for opened in maps.values():
-                    opened.close()
-            rows.append(row)
+            rows.append(_row(prog_id, {"device": device, "kind": "tc", "pref": pref,
+                                       "program_id": prog_id}))  # fmt: skip
     return rows
 
 
@@ -288,7 +332,7 @@ def leftovers(devices: list[str] | None = None) -> list[tuple[str, int]]:
     for device in devices or _all_devices():
         for pref, prog_id in tc.natkit_filters(device):
             owner = _owner(prog_id)
-            if owner is None or not _alive(owner):
+            if not owner or not _alive(owner):  # 0: killed before it wrote its PID
                 found.append((device, pref))
     return found
 

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from natkit.addr import Address
+from natkit.fastpath.control import build_object
 from natkit.lab import Lab
 from natkit.stun.binding import BindingHandler
 from natkit.stun.constants import MessageClass, Method
@@ -218,22 +219,38 @@ def test_the_kernel_keeps_the_per_source_limit(nat_lab: Any, tmp_path: Path) -> 
         assert row["rate_limited"] >= 43, row
 
 
-def test_sigkill_leftovers_are_found_and_removed(nat_lab: Any, tmp_path: Path) -> None:
+def test_sigkill_leaves_nothing_answering_and_tc_leftovers_are_removed(
+    nat_lab: Any, tmp_path: Path
+) -> None:
     lab = nat_lab("open")
     with serving(lab, tmp_path, _config()) as proc:
+        (row,) = filters(lab)
+        assert row["kind"] == "tcx" and row["owner_alive"], row
         proc.kill()
         proc.wait()
+    # The tcx link died with the process, and the program with it: nothing stale answers.
+    assert filters(lab) == []
+    sock = lab.socket("peer")
+    sock.settimeout(0.5)
+    sock.sendto(binding(False), (PRIMARY, 3478))
+    with pytest.raises(TimeoutError):
+        sock.recv(2048)
+    # A tc filter left by an interrupted start (made here by hand) is found and removed.
+    obj = lab.call("server", build_object)
+    device = lab.exec("server", ["ip", "-o", "link", "show"], check=True).stdout.splitlines()[1]
+    device = device.split(": ")[1].split("@")[0]
+    attach = ["tc", "qdisc", "add", "dev", device, "clsact"]
+    lab.exec("server", attach, check=True)
+    lab.exec("server", ["tc", "filter", "add", "dev", device, "ingress", "pref", "49152",
+                        "handle", "1", "bpf", "direct-action", "obj", str(obj), "sec", "tc"],
+             check=True)  # fmt: skip
     (row,) = filters(lab)
-    assert not row["owner_alive"], row
+    assert row["kind"] == "tc" and not row["owner_alive"], row
     done = natkit(lab, "server", "fastpath", "status")
     assert "LEFTOVER" in done.stdout and "natkit serve --cleanup" in done.stdout
     done = natkit(lab, "server", "serve", "--cleanup")
     assert done.returncode == 0 and "removed a leftover" in done.stdout, done
     assert filters(lab) == []
-    # A new serve removes another's leftovers by itself before it attaches.
-    with serving(lab, tmp_path, _config()) as proc:
-        proc.kill()
-        proc.wait()
     with serving(lab, tmp_path, _config()):
         rows = filters(lab)
         assert len(rows) == 1 and rows[0]["owner_alive"], rows
