@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	@$(BIN)/python -c 'import natkit.fastpath.build as b; raise SystemExit(b.main())'  # BPF object
 	@touch $@
 
 system-packages:

@@ -11,9 +11,9 @@ underneath.
 
 from __future__ import annotations
 
+from natkit.fastpath.build import FastPathError
 from natkit.fastpath.control import (
     COUNTER_NAMES,
-    FastPathError,
     KernelFastPath,
     Listener,
     remove_leftovers,

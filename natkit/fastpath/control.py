@@ -16,20 +16,18 @@ owner PID is gone, and `remove_leftovers` (run by serve at start, and by
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import socket
 import struct
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from natkit.addr import Address
 from natkit.fastpath import bpf, tc
+from natkit.fastpath.build import FastPathError, build_object
 
 __all__ = [
     "COUNTER_NAMES",
@@ -45,7 +43,6 @@ __all__ = [
 
 log = logging.getLogger("natkit.fastpath")
 
-SOURCE = Path(__file__).with_name("fastpath.bpf.c")
 MAX_SUFFIX = 128  # fastpath.bpf.c
 COUNTER_NAMES = (
     "answered_v4",
@@ -59,10 +56,6 @@ _KEY = struct.Struct("=BBH16s")  # struct listener_key (port in network order: p
 _RATE = struct.Struct("=QQII")  # struct rate_config
 
 
-class FastPathError(RuntimeError):
-    """The kernel fast path cannot run here: the message says why and what to do."""
-
-
 @dataclass(frozen=True)
 class Listener:
     """A UDP listener the kernel answers plain Binding requests for."""
@@ -71,48 +64,6 @@ class Listener:
     """Its bound address (a wildcard binds every address of its family)."""
     suffix: bytes
     """What follows XOR-MAPPED-ADDRESS in user space's plain answer (a multiple of 4 bytes)."""
-
-
-def _cache_dir() -> Path:
-    configured = os.environ.get("NATKIT_BPF_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "natkit" / "bpf"
-
-
-def build_object() -> Path:
-    """The compiled BPF object for this source (compiled now unless cached)."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    directory = _cache_dir()
-    obj = directory / f"fastpath-{digest}.o"
-    if obj.exists():
-        return obj
-    clang = shutil.which("clang")
-    if clang is None:
-        raise FastPathError(
-            "the kernel fast path needs clang to build its BPF program: "
-            "apt-get install clang libbpf-dev (or set stun.fast_path: off)"
-        )
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True, check=False)
-    include = f"-I/usr/include/{arch.stdout.strip() or 'x86_64-linux-gnu'}"
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        directory = Path(tempfile.gettempdir())
-        obj = directory / f"natkit-fastpath-{digest}-{os.getpid()}.o"
-    partial = obj.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run(
-        [clang, "-O2", "-g", "-target", "bpf", include, "-c", str(SOURCE), "-o", str(partial)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FastPathError(f"compiling {SOURCE.name} failed: {detail} (is libbpf-dev installed?)")
-    partial.replace(obj)  # atomic: a concurrent start sees a whole object or none
-    return obj
 
 
 def interfaces_for(local: Address) -> list[str]:
@@ -191,7 +142,7 @@ class KernelFastPath:
         except (tc.TcError, bpf.BpfError, OSError) as err:
             fast.close()
             denied = "not permitted" in str(err) or isinstance(err, PermissionError)
-            hint = " (it needs root, or CAP_BPF + CAP_NET_ADMIN)" if denied else ""
+            hint = " (it needs root, or CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN)" if denied else ""
             raise FastPathError(f"{err}{hint}") from err
         return fast
 
