@@ -41,11 +41,25 @@ def wait_udp(lab: Lab, seconds: float = 10.0) -> None:
     raise AssertionError("the STUN server in node server did not come up")
 
 
+def checksum_offload_off(lab: Lab, node: str) -> None:
+    """veth's checksum offload hides checksum bugs (FIELD-NOTES): off, a node's interfaces
+    complete every checksum in software, and a receiver drops a wrong one."""
+    links = lab.exec(node, ["ip", "-o", "link", "show"], check=True).stdout
+    for line in links.splitlines():
+        name = line.split(": ")[1].split("@")[0]
+        if name != "lo":
+            lab.exec(node, ["ethtool", "-K", name, "tx", "off"], check=True)
+
+
 @contextmanager
-def natkit_stun(lab: Lab, tmp: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`natkit serve` with the RFC 5780 sockets in node `server`; stopped (exit 0) at the end."""
+def natkit_stun(lab: Lab, tmp: Path, fast_path: str = "off") -> Iterator[subprocess.Popen[bytes]]:
+    """`natkit serve` with the RFC 5780 sockets in node `server`; stopped (exit 0) at the end.
+    With `fast_path` on (``stun.fast_path``) every node's checksum offload is off."""
     config = tmp / "natkit.yaml"
-    config.write_text(CONFIG)
+    config.write_text(CONFIG.replace("  workers: 1\n", f"  workers: 1\n  fast_path: {fast_path}\n"))
+    if fast_path != "off":
+        for node in lab.nodes:
+            checksum_offload_off(lab, node)
     argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
     proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

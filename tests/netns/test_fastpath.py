@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -398,3 +399,46 @@ def test_channel_data_relayed_in_the_kernel_both_ways(
         with pytest.raises(TimeoutError):
             client.sock.recv(4096)
         assert filters(lab)[0]["relayed_to_client"] == (50 if kernel else 0)
+
+
+AIOICE_GATHER = """
+import asyncio, json, sys
+import aioice
+
+async def main():
+    conn = aioice.Connection(ice_controlling=True, stun_server=(sys.argv[1], 3478))
+    await conn.gather_candidates()
+    print(json.dumps([[c.type, c.host, c.port] for c in conn.local_candidates]))
+    await conn.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("preset", ["open", "port-restricted-cone"])
+def test_clients_we_did_not_write_see_the_same_with_the_kernel_answering(
+    nat_lab: Any, tmp_path: Path, preset: str
+) -> None:
+    """turnutils_stunclient and aioice get the same server-reflexive address from the kernel
+    as from user space (offload off: a wrong checksum would be dropped)."""
+    lab = nat_lab(preset)
+    for node in lab.nodes:
+        _checksum_offload_off(lab, node)
+    seen: dict[str, tuple[list[str], set[str]]] = {}
+    for mode in ("off", "kernel"):
+        with serving(lab, tmp_path, _config(fast_path=mode)):
+            # turnutils_stunclient waits for the RFC 3489 tests a NAT filters: bounded here.
+            done = lab.exec("peer", ["timeout", "8", "turnutils_stunclient", PRIMARY], timeout=20)
+            reflexive = re.findall(r"UDP reflexive addr: (\S+):\d+", done.stdout)
+            gathered = lab.exec("peer", [sys.executable, "-c", AIOICE_GATHER, PRIMARY],
+                                timeout=30)  # fmt: skip
+            assert gathered.returncode == 0, gathered.stderr
+            srflx = {host for kind, host, _ in json.loads(gathered.stdout) if kind == "srflx"}
+            answered = filters(lab)[0]["answered_v4"] if mode == "kernel" else None
+        seen[mode] = (reflexive, srflx)
+        assert reflexive and srflx, (mode, done.stdout, gathered.stdout)
+        if answered is not None:
+            assert answered >= 2, "the kernel answered both clients' plain Bindings"
+    assert seen["kernel"] == seen["off"]
+    nat = lab.address("peer") if preset == "open" else "203.0.113.100"
+    assert seen["off"][1] == {nat} and set(seen["off"][0]) == {nat}, seen

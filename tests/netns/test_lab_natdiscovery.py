@@ -31,12 +31,13 @@ EXPECTED = {  # preset: (mapping, filtering) in natdiscovery's words
 }
 
 
+@pytest.mark.parametrize("fast_path", ["off", "kernel"])  # the same answer with the kernel's
 @pytest.mark.parametrize("preset", list(EXPECTED))
 def test_natdiscovery_reports_preset_behaviour(
-    nat_lab: Callable[..., Lab], preset: str, tmp_path: Path
+    nat_lab: Callable[..., Lab], preset: str, tmp_path: Path, fast_path: str
 ) -> None:
     lab = nat_lab(preset)
-    with natkit_stun(lab, tmp_path):
+    with natkit_stun(lab, tmp_path, fast_path):
         done = lab.exec("peer", ["turnutils_natdiscovery", "-m", "-f", PRIMARY], timeout=60)
     mapping = re.findall(r"NAT with (.+?) Mapping!", done.stdout)
     filtering = re.findall(r"NAT with (.+?) Filtering!", done.stdout)

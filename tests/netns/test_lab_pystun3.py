@@ -25,12 +25,13 @@ EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("fast_path", ["off", "kernel"])  # the same answer with the kernel's
 @pytest.mark.parametrize("preset", list(EXPECTED))
 def test_pystun3_classifies_preset(
-    nat_lab: Callable[..., Lab], preset: str, tmp_path: Path
+    nat_lab: Callable[..., Lab], preset: str, tmp_path: Path, fast_path: str
 ) -> None:
     lab = nat_lab(preset)
-    with natkit_stun(lab, tmp_path):
+    with natkit_stun(lab, tmp_path, fast_path):
         sock = lab.socket("peer")
         sock.settimeout(0.25)
         local_ip = lab.address("peer")
