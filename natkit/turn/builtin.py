@@ -444,7 +444,9 @@ class BuiltinTurn:
                     return
                 except OSError:  # ICMP errors from earlier sends surface here
                     continue
-                out = route(relay, data, addr, now)
+                # IPv6 gives (host, port, flowinfo, scope id): the core keys peers by the
+                # first two (else a bound channel's peer would get Data indications).
+                out = route(relay, data, addr if len(addr) == 2 else addr[:2], now)
                 if out is not None:
                     send = senders.get(out[1])
                     if send is not None:

@@ -201,22 +201,30 @@ def test_answers_to_complete_checksums_are_verified_by_the_receiver(
 
 def test_the_kernel_keeps_the_per_source_limit(nat_lab: Any, tmp_path: Path) -> None:
     lab = nat_lab("open")
+    # A second source in node peer, on the lab's internet (203.0.113.0/24 is the lab's own).
+    device = lab.exec("peer", ["ip", "-o", "-4", "addr", "show"], check=True).stdout
+    device = next(line.split()[1] for line in device.splitlines() if "203.0.113." in line)
+    lab.exec("peer", ["ip", "addr", "add", "203.0.113.51/24", "dev", device], check=True)
     limit = {"enabled": True, "per_source": 5, "burst": 5, "max_sources": 1000}
     with serving(lab, tmp_path, _config(rate_limit=limit)):
-        time.sleep(1.1)  # wait_udp spent some of the server node's own budget, not the peer's
-        sock = lab.socket("peer")
-        sock.bind(("0.0.0.0", 0))
+        flood, other = lab.socket("peer"), lab.socket("peer")
+        flood.bind((lab.address("peer"), 0))
+        other.bind(("203.0.113.51", 0))
         for _ in range(50):
-            sock.sendto(binding(False), (PRIMARY, 3478))
-        sock.settimeout(0.5)
+            flood.sendto(binding(False), (PRIMARY, 3478))
+        flood.settimeout(0.5)
         answered = 0
         with contextlib.suppress(TimeoutError):
             while True:
-                sock.recv(2048)
+                flood.recv(2048)
                 answered += 1
         assert 5 <= answered <= 7, answered  # the burst, plus what refilled meanwhile
+        other.settimeout(1)
+        for _ in range(3):  # another source, right after the flood: its own bucket
+            other.sendto(binding(False), (PRIMARY, 3478))
+            assert parse_message(other.recv(2048)).message_class is MessageClass.SUCCESS
         (row,) = filters(lab)
-        assert row["rate_limited"] >= 43, row
+        assert row["rate_limited"] >= 43 and row["answered_v4"] >= answered + 3, row
 
 
 def test_sigkill_leaves_nothing_answering_and_tc_leftovers_are_removed(
@@ -328,8 +336,12 @@ def _turn_config(server: str = PRIMARY) -> dict[str, Any]:
         "auth": {"users": {"alice": "wonderland"}},
         "relay": {"address": server, "ports": "50000-50099"},
         "peers": {"allow": ["203.0.113.0/24", "2001:db8::/64"]},
+        "drain_timeout": 0.5,  # a failed test's allocations must not hold serve's exit
     }
     return config
+
+
+SIZES = [*range(0, 20), 255, 256, 257, 511, 512, 513, 1000, 1447, 1448, 1449, 1468, 1472]
 
 
 def _metric(text: str, name: str) -> float:
@@ -338,7 +350,8 @@ def _metric(text: str, name: str) -> float:
 
 
 @pytest.mark.parametrize(
-    ("offload", "family"), [("offload-on", 4), ("offload-off", 4), ("offload-off", 6)]
+    ("offload", "family"),
+    [("offload-on", 4), ("offload-on", 6), ("offload-off", 4), ("offload-off", 6)],
 )
 def test_channel_data_relayed_in_the_kernel_both_ways(
     nat_lab: Any, tmp_path: Path, offload: str, family: int
@@ -375,30 +388,44 @@ def test_channel_data_relayed_in_the_kernel_both_ways(
         assert relay.host == server
         peer_address = Address(peer_ip, peer.getsockname()[1])
         assert code(client.channel_bind(0x4001, peer_address)) == 0
-        for n in range(50):
-            payload = b"up %d " % n + bytes(n * 20)  # up to ~1 kB: several checksum chunks
-            client.sock.sendto(struct.pack("!HH", 0x4001, len(payload)) + payload, client.server)
+        # Byte-exact both ways, 0 to 1472 bytes; the client's side of the largest is over the
+        # lab's MTU (1500): fragments and ChannelData over the MTU are user space's.
+        for size in SIZES:
+            payload = os.urandom(size)
+            client.sock.sendto(struct.pack("!HH", 0x4001, size) + payload, client.server)
             data, source = peer.recvfrom(4096)
-            assert data == payload and source[:2] == (relay.host, relay.port)
-            back = b"down %d " % n + bytes(n * 19 + 1)  # odd lengths too
+            assert data == payload and source[:2] == (relay.host, relay.port), size
+            back = os.urandom(size)
             peer.sendto(back, (relay.host, relay.port))
             frame = client.sock.recv(4096)
-            assert frame == struct.pack("!HH", 0x4001, len(back)) + back
-            assert client.sock.getsockname()[0] == peer_ip
+            assert frame == struct.pack("!HH", 0x4001, size) + back, size
+        fits = sum(1 for size in SIZES if (20 if family == 4 else 40) + 8 + 4 + size <= 1500)
         rows = filters(lab)
         relayed = (rows[0]["relayed_to_peer"], rows[0]["relayed_to_client"])
-        assert relayed == ((50, 50) if kernel else (0, 0)), rows
+        assert relayed == ((fits, fits) if kernel else (0, 0)), rows
+        # Padded ChannelData (RFC 8656 §12.5) and a Send indication: user space relays them.
+        client.sock.sendto(struct.pack("!HH", 0x4001, 5) + b"pad\x00\x01\0\0\0", client.server)
+        assert peer.recv(4096) == b"pad\x00\x01"
+        send = Message(
+            Method.SEND,
+            MessageClass.INDICATION,
+            os.urandom(12),
+            [(AttrType.XOR_PEER_ADDRESS, peer_address), (AttrType.DATA, b"sent")],
+        )
+        client.sock.sendto(send.encode(), client.server)  # fmt: skip
+        assert peer.recv(4096) == b"sent"
+        assert filters(lab)[0]["relayed_to_peer"] == relayed[0]
         time.sleep(1.2)  # the engine's tick adds the kernel's counts to the TURN metrics
         text = metrics(lab)
         sent = 'natkit_turn_relayed_packets_total{direction="client_to_peer"'
-        assert _metric(text, sent) == 50, text
+        assert _metric(text, sent) == len(SIZES) + 2, text
         # Refresh 0 ends the allocation: the kernel relays nothing more, at once.
         assert code(client.refresh(0)) == 0
         peer.sendto(b"too late", (relay.host, relay.port))
         client.sock.settimeout(0.5)
         with pytest.raises(TimeoutError):
             client.sock.recv(4096)
-        assert filters(lab)[0]["relayed_to_client"] == (50 if kernel else 0)
+        assert filters(lab)[0]["relayed_to_client"] == relayed[1]
 
 
 AIOICE_GATHER = """
