@@ -469,3 +469,34 @@ def test_clients_we_did_not_write_see_the_same_with_the_kernel_answering(
     assert seen["kernel"] == seen["off"]
     nat = lab.address("peer") if preset == "open" else "203.0.113.100"
     assert seen["off"][1] == {nat} and set(seen["off"][0]) == {nat}, seen
+
+
+def test_turnutils_uclient_relays_with_the_fast_path_on_with_no_loss(
+    nat_lab: Any, tmp_path: Path
+) -> None:
+    """coturn's own client and echo peer, both in node peer (offload off), with the kernel fast
+    path on: every message back. Its channel mode picks numbers above 0x4FFF, which RFC 8656
+    refuses (tests/integration/test_turn_uclient_modes.py), so it runs with Send indications,
+    which the kernel leaves to user space: a fallback exercised by a client we did not write."""
+    lab = nat_lab("open")
+    for node in lab.nodes:
+        _checksum_offload_off(lab, node)
+    peer_ip = lab.address("peer")
+    assert peer_ip.startswith("203.0.113."), peer_ip  # the relay sends to the lab only
+    echo = lab.spawn("peer", ["turnutils_peer", "-L", peer_ip, "-p", "3480"],
+                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        with serving(lab, tmp_path, _turn_config()):
+            argv = ["turnutils_uclient", "-s", "-n", "100", "-m", "4", "-l", "200", "-e",
+                    peer_ip, "-r", "3480", "-u", "alice", "-w", "wonderland", PRIMARY]  # fmt: skip
+            done = lab.exec("peer", argv, timeout=60)
+            output = done.stdout + done.stderr
+            totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+            lost = re.findall(r"Total lost packets (\d+)", output)
+            assert totals and lost, output[-2000:]
+            assert totals[-1][0] == totals[-1][1] and int(lost[-1]) == 0, output[-2000:]
+            (row,) = filters(lab)
+            assert row["relayed_to_peer"] == row["relayed_to_client"] == 0, row
+    finally:
+        echo.terminate()
+        echo.wait(5)
