@@ -261,8 +261,14 @@ def udp_reader(
                 if uniform:
                     kind = classify(data)
                 relay = relays[kind]
-                if relay is not None and relay(data, ip4, port):
-                    continue
+                if relay is not None:
+                    try:
+                        if relay(data, ip4, port):
+                            continue
+                    except Exception:  # a bug must cost one datagram, never the batch
+                        counts[internal] += 1
+                        log.exception("relay path failed on a %d-byte datagram", len(data))
+                        continue
                 source = new_tuple(Address, (inet_ntoa(ip4.to_bytes(4, "big")), port))
                 serve_one(kind, data, source)
             dropped = batch.flush()

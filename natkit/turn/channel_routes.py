@@ -94,6 +94,8 @@ class ChannelRoutes:
 
         def relay_v4(data: bytes, ip4: int, port: int) -> bool:
             size = len(data) - 4
+            if size < 0:
+                return True  # shorter than its header (RFC 8656 §12.4): dropped
             length = data[2] << 8 | data[3]
             entry = clients.get(ip4 << 16 | port)
             if entry is not None and size == length:  # a padded frame takes the slow path

@@ -6,6 +6,7 @@ again when the client refreshes it; hostile frames never grow its caches."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import struct
@@ -216,18 +217,23 @@ def test_refresh_zero_ends_the_route_and_its_cache_entry(
     client.close()
 
 
-def test_hostile_frames_never_grow_the_cache(server: InProcessServer, peer: socket.socket) -> None:
+def test_hostile_frames_never_grow_the_cache(
+    server: InProcessServer, peer: socket.socket, caplog: pytest.LogCaptureFixture
+) -> None:
     client, _ = _client(server, peer)
     assert _relays_both_ways(client, peer, b"warm")
     for number in {*range(0x4000, 0x4800)} - {CHANNEL}:  # unbound numbers; short, padded frames
         client.sock.sendto(_frame(b"x", number), client.server)
         client.sock.sendto(struct.pack("!HH", number, 9) + b"short", client.server)
         client.sock.sendto(_frame(b"abc", number) + b"\0", client.server)
+    for runt in (b"\x40\x01", b"\x40\x01\x00"):  # shorter than the ChannelData header
+        client.sock.sendto(runt, client.server)
     stranger = TurnClient(server.local.port, "alice", "wonderland", "natkit.test")
     for number in range(0x4000, 0x4100):  # ChannelData from a 5-tuple with no allocation
         stranger.sock.sendto(_frame(b"y", number), stranger.server)
     assert _relays_both_ways(client, peer, b"still")
     assert server.client_entries() == 1
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []  # no traceback
     routes = server.engine.channels._clients[server.local]
     assert all(len(channels) == 1 for _, channels in routes.values())
     stranger.close()
