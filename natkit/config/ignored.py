@@ -103,6 +103,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         lambda c: c.signal.enabled,
         "the rendezvous runs with the builtin engine only; run natkit p2p signal",
     ),
+    Ignored(
+        "check.enabled",
+        lambda c: c.check.enabled,
+        "the browser check page runs with the builtin engine only",
+    ),
 )
 
 

@@ -54,7 +54,7 @@ CASES: list[tuple[str, str]] = [
     (
         "source: x\n",
         "natkit.yaml:1: source: unknown key; known keys: version, stun, turn, diagnose, "
-        "signal, metrics, logging",
+        "signal, check, metrics, logging",
     ),
     # types
     (

@@ -1,0 +1,201 @@
+"""A browser check's report: diagnose's JSON fields (docs/diagnose-json.md) + ``"source":
+"browser"``. Pure.
+
+What natkit measured itself (the mapping and filtering sessions, `natkit.check.ice`) and what
+the page measured (its gathered candidates, the TURN relay checks per transport) go through
+diagnose's own classifier and verdict (`natkit.diag.classify.nat_type`,
+`natkit.diag.verdict.decide`), so the page says the same words as ``natkit diagnose``.
+The page's part is remote input: `page_results` keeps only bounded, typed values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Literal
+
+from natkit.addr import Address
+from natkit.check.ice import IceSession, filtering_of, mapping_of
+from natkit.check.sdp import Offer
+from natkit.diag.classify import CLASSIC_NAMES, nat_type
+from natkit.diag.verdict import RelayStatus, StreamStatus, decide
+
+__all__ = ["REPORT_VERSION", "TurnResult", "build_report", "page_results"]
+
+REPORT_VERSION = 1
+_TRANSPORTS = ("udp", "tcp", "tls")
+
+TurnResult = dict[str, Any]
+
+
+def _text(value: object, limit: int = 200) -> str | None:
+    return value[:limit] if isinstance(value, str) else None
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e6:
+        return round(float(value), 1)
+    return None
+
+
+def _address(value: object) -> str | None:
+    text = _text(value, 60)
+    if text is None:
+        return None
+    host, _, port = text.rpartition(":")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+    return text if port.isdigit() else None
+
+
+def page_results(body: dict[str, Any]) -> tuple[list[TurnResult], list[dict[str, Any]], float]:
+    """The page's TURN checks, gathered candidates and duration, each value bounded and typed
+    (anything else is dropped)."""
+    turn: list[TurnResult] = []
+    raw_turn = body.get("turn")
+    for item in raw_turn[:6] if isinstance(raw_turn, list) else []:
+        if not isinstance(item, dict) or item.get("transport") not in _TRANSPORTS:
+            continue
+        turn.append(
+            {
+                "url": _text(item.get("url")) or "",
+                "transport": item["transport"],
+                "ok": item.get("ok") is True,
+                "allocated": item.get("allocated") is True,
+                "relayed_address": _address(item.get("relayed_address")),
+                "rtt_ms": _number(item.get("rtt_ms")),
+                "error": _text(item.get("error")),
+                "method": "browser-data-channel",
+            }
+        )
+    candidates: list[dict[str, Any]] = []
+    raw = body.get("candidates")
+    for c in raw[:64] if isinstance(raw, list) else []:
+        if isinstance(c, dict) and c.get("type") in ("host", "srflx", "prflx", "relay"):
+            candidates.append(
+                {
+                    "type": c["type"],
+                    "protocol": "tcp" if c.get("protocol") == "tcp" else "udp",
+                    "address": _text(c.get("address"), 80),
+                    "port": int(c["port"]) if isinstance(c.get("port"), int) else None,
+                    "url": _text(c.get("url")),
+                }
+            )
+    duration = _number(body.get("duration_s")) or 0.0
+    return turn, candidates, duration
+
+
+def _base(offer: Offer | None, priority: int) -> Address | None:
+    """The browser's host candidate whose local preference a check's PRIORITY carries."""
+    if offer is None:
+        return None
+    local_pref = (priority >> 8) & 0xFFFF
+    for c in offer.candidates:
+        if c.type == "host" and c.protocol == "udp" and (c.priority >> 8) & 0xFFFF == local_pref:
+            return Address(c.address, c.port)
+    return None
+
+
+def build_report(
+    test_id: str,
+    mapping: IceSession | None,
+    filtering: IceSession | None,
+    mapping_offer: Offer | None,
+    turn: list[TurnResult],
+    candidates: list[dict[str, Any]],
+    duration_s: float,
+    *,
+    alternate: bool,
+) -> dict[str, Any]:
+    """The report for one test (see the module docstring)."""
+    notes: list[str] = []
+    kind_map, seen = mapping_of(mapping, alternate) if mapping else (None, {})
+    kind_filter = filtering_of(filtering, alternate) if filtering else None
+    public = seen.get("p1")
+    udp = bool(seen) or any(c["type"] == "srflx" for c in candidates)
+    group = next((p for p, g in (mapping.observed.items() if mapping else ()) if g is seen), None)
+    base = _base(mapping_offer, group) if group is not None else None
+    behind_nat = None if public is None or base is None else public != base
+    if behind_nat is False:
+        kind_map = "endpoint-independent"
+    if not alternate:
+        notes.append("the server has no stun.alternate: mapping/filtering partly unknown")
+    if filtering is not None and filtering.opener is None and udp:
+        notes.append("no check reached the filtering socket: filtering unknown")
+    elif filtering is not None and "p3" not in filtering.answered and filtering.opener:
+        notes.append("the browser answered no probe, not even the control: filtering unknown")
+        kind_filter = None
+    kind = nat_type(udp, behind_nat, kind_map, kind_filter)
+    relays = [RelayStatus(t["url"], t["transport"], t["ok"], t["error"]) for t in turn]
+    streams = [
+        StreamStatus(_stream(t["transport"]), t["url"], 0, t["allocated"], t["allocated"])
+        for t in turn
+        if t["transport"] != "udp"
+    ]
+    verdict = decide(
+        kind,
+        udp=udp,
+        eim_known=kind_map == "endpoint-independent",
+        relays=relays,
+        streams=streams,
+    )
+    classic = CLASSIC_NAMES[kind]
+    if behind_nat is False and kind_filter not in (None, "endpoint-independent"):
+        classic = (
+            "Symmetric UDP Firewall"
+            if kind_filter.endswith("port-dependent")
+            else ("Restricted UDP Firewall")
+        )
+    return {
+        "version": REPORT_VERSION,
+        "source": "browser",
+        "id": test_id,
+        "duration_s": duration_s,
+        "udp": {
+            "reachable": udp,
+            "ipv4": udp if public is None or public.family == 4 else None,
+            "ipv6": None,
+            "finding": "answered" if udp else "no-answer",
+            "evidence": None if udp else "no ICE check or STUN answer over UDP",
+        },
+        "public_address": str(public) if public else None,
+        "public_addresses": [str(public)] if public else [],
+        "behind_nat": behind_nat,
+        "mapping": kind_map,
+        "filtering": kind_filter,
+        "hairpinning": None,
+        "port_preservation": None if public is None or base is None else public.port == base.port,
+        "mapping_consistent": None if not seen else len(set(seen.values())) == 1,
+        "nat_type": kind,
+        "classic_type": classic,
+        "cgnat": None,
+        "cgnat_evidence": None,
+        "browser": {
+            "mapping_observed": {role: str(a) for role, a in seen.items()},
+            "filtering_answered": sorted(filtering.answered) if filtering else [],
+            "filtering_probes_sent": filtering.probes_sent if filtering else 0,
+        },
+        "streams": [
+            {"transport": _stream(t["transport"]), "address": t["url"], "connected": t["allocated"]}
+            for t in turn
+            if t["transport"] != "udp"
+        ],
+        "turn": turn,
+        "candidates": candidates,
+        "problems": notes,
+        "verdict": {
+            "direct_p2p": verdict.direct_p2p,
+            "relay_required": verdict.relay_required,
+            "relay_working": verdict.relay_working,
+            "compatible_peer_types": list(verdict.compatible_peer_types),
+            "explanation": verdict.explanation,
+            "actions": list(verdict.actions),
+            "outcome": verdict.outcome,
+        },
+        "exit_status": verdict.exit_status,
+    }
+
+
+def _stream(transport: str) -> Literal["tcp", "tls"]:
+    return "tls" if transport == "tls" else "tcp"

@@ -1,0 +1,513 @@
+"""natkit check's server: the page and its JSON API over HTTP(S), and the four UDP sockets of the
+ICE prober (`natkit.check.ice`). Runs in the `natkit serve` supervisor (one instance: the tests
+live in memory), beside the STUN/TURN workers whose addresses the page also uses.
+
+Routes (same origin; JSON bodies; every response closes the connection):
+
+    GET  /check                           the page (static: no build step, no CDN, offline)
+    GET  /check/check.js, /check/check.css
+    POST /check/api/test                  201 {id, stun, turn, timeout}: a new test, with TURN
+                                          credentials minted for it (the REST secret stays here)
+    POST /check/api/test/ID/ice/KIND      {sdp}: the browser's offer → natkit's ice-lite answer
+                                          (KIND mapping or filtering)
+    GET  /check/api/test/ID/ice/KIND      what natkit saw so far ({observed, answered, done})
+    POST /check/api/test/ID/report        the page's own results → the report (diagnose JSON)
+    GET  /check/api/report/ID             that report, for `report_ttl` seconds
+
+Hostile input: the head is at most 8 KiB, a body 32 KiB, the whole request must arrive within
+5 s of the connect; connections are admitted per source and globally (`natkit.admission`);
+tests are bounded per source and in total (`natkit.check.store`). Every refusal is an HTTP
+answer, counted in `stats` and logged at most once per 10 s per kind. Visitor addresses are
+logged only at debug and then only as their /24 (IPv4) or /48 (IPv6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from natkit.addr import Address, Transport, format_hostport, parse_hostport
+from natkit.admission import ConnectionTable, LogLimiter, source_key
+from natkit.check import ice, sdp
+from natkit.check.report import build_report, page_results
+from natkit.check.store import CheckStore, CheckTest, Refused
+from natkit.config.model import Config
+from natkit.errors import NatkitError
+from natkit.turn.credentials import mint
+
+__all__ = ["STAT_KEYS", "CheckServer", "render_check"]
+
+log = logging.getLogger("natkit.check")
+
+_MAX_HEAD = 8192
+_MAX_BODY = 32768
+_REQUEST_TIMEOUT = 5.0
+_TICK = 0.05
+_CREDENTIAL_TTL = 120  # seconds: a test lasts ~5 s; the page's relays refresh nothing longer
+_ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
+_CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
+_STATIC = {
+    "/check": ("index.html", "text/html; charset=utf-8"),
+    "/check/": ("index.html", "text/html; charset=utf-8"),
+    "/check/check.js": ("check.js", "text/javascript; charset=utf-8"),
+    "/check/check.css": ("check.css", "text/css; charset=utf-8"),
+}
+_REASONS = {
+    200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}  # fmt: skip
+# No third-party content, nothing inline: the page is its three files and the API.
+_SECURITY = (
+    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'\r\n"
+    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n"
+    "X-Frame-Options: DENY\r\n"
+)
+
+STAT_KEYS = (
+    "tests",  # tests started
+    "reports",  # reports made
+    "refused_rate",  # 429: the source started too many tests this minute
+    "refused_full",  # 503: max_tests running or kept, or too many connections
+    "bad_requests",  # 400/404/405/411/413
+    "request_timeouts",  # 408
+    "internal_errors",  # 500 (a bug)
+    "probes",  # filtering probes sent (at most ice.MAX_PROBES per test)
+    "dropped_datagrams",  # UDP datagrams the prober ignored
+)
+
+
+class _HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    path: str
+    body: bytes
+    local: Address  # the address the browser reached (the one to name in URLs)
+    source: str
+
+
+def _mask(source: str) -> str:
+    """An address for the log: the /24 or /48 it is in, never the visitor's own address."""
+    try:
+        ip = ipaddress.ip_address(source.split("/")[0])
+    except ValueError:
+        return "?"
+    prefix = 24 if ip.version == 4 else 48
+    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
+
+
+class _Prober(asyncio.DatagramProtocol):
+    def __init__(self, server: CheckServer, role: ice.Role) -> None:
+        self.server, self.role = server, role
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...]) -> None:
+        self.server._datagram(self.role, data, Address(str(addr[0]), int(addr[1])))
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP unreachable from a browser that left: nothing to do
+
+
+class CheckServer:
+    """``await start()`` binds the HTTP listener and the prober sockets; ``await stop()``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        check = config.check
+        scheme, _, hostport = check.listen.partition("://")
+        self.tls = scheme == "https"
+        self.host, self.port = parse_hostport(hostport)
+        self.store = CheckStore(
+            max_tests=check.max_tests,
+            report_ttl=check.report_ttl,
+            tests_per_minute=check.tests_per_minute,
+        )
+        udp = next(u for u in config.stun.listen if u.transport is Transport.UDP)
+        self.primary_ip = udp.host
+        self.alternate_ip = (
+            parse_hostport(config.stun.alternate)[0] if config.stun.alternate else None
+        )
+        self.core = ice.IceCore({}, max_sessions=2 * check.max_tests)
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._table = ConnectionTable(256, 16)
+        self._logs = LogLimiter(log)
+        self._server: asyncio.Server | None = None
+        self._udp: dict[ice.Role, asyncio.DatagramTransport] = {}
+        self._ticker: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._files = {
+            path: (resources.files("natkit.check").joinpath("static", name).read_bytes(), kind)
+            for path, (name, kind) in _STATIC.items()
+        }
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"{'https' if self.tls else 'http'}://{format_hostport(host, port)}/check"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("check server not started")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = None
+        if self.tls:
+            from natkit.net.sockets import make_ssl_context
+
+            ctx = make_ssl_context(self.config.stun.tls, self.config.source)
+        binds: list[tuple[ice.Role, str]] = [
+            ("p1", self.primary_ip), ("p2", self.primary_ip), ("p3", self.primary_ip)
+        ]  # fmt: skip
+        if self.alternate_ip is not None:
+            binds.append(("a1", self.alternate_ip))
+        try:
+            for role, ip in binds:
+                transport, _ = await loop.create_datagram_endpoint(
+                    lambda role=role: _Prober(self, role),  # type: ignore[misc]
+                    local_addr=(ip, 0),
+                )
+                self._udp[role] = transport
+                host, port = transport.get_extra_info("sockname")[:2]
+                self.core.sockets[role] = Address(str(host), int(port))
+            self._server = await asyncio.start_server(
+                self._accept, self.host, self.port, ssl=ctx, reuse_address=True
+            )
+        except OSError as err:
+            await self.stop()
+            raise NatkitError(
+                f"check.listen: cannot serve the check page on {self.config.check.listen}: "
+                f"{err.strerror or err}"
+            ) from None
+        self._ticker = asyncio.ensure_future(self._tick())
+        log.info("check page at %s", self.url)
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        if self._server is not None:
+            self._server.close()
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await self._server.wait_closed()
+            self._server = None
+        for transport in self._udp.values():
+            transport.close()
+        self._udp.clear()
+
+    # --- UDP: the ICE prober -----------------------------------------------------------------
+
+    def _datagram(self, role: ice.Role, data: bytes, source: Address) -> None:
+        before = self.core.dropped
+        try:
+            self._send(self.core.handle(role, data, source, time.monotonic()))
+        except Exception as err:  # a bug: never a traceback per datagram, one line a while
+            self._count("internal_errors", f"internal error: {type(err).__name__}: {err}")
+        self.stats["dropped_datagrams"] += self.core.dropped - before
+
+    def _send(self, transmits: list[ice.Transmit]) -> None:
+        for t in transmits:
+            transport = self._udp.get(t.role)
+            if transport is not None:
+                if t.data[:2] == b"\x00\x01":  # a Binding request of ours: a probe
+                    self.stats["probes"] += 1
+                transport.sendto(t.data, (t.destination.host, t.destination.port))
+
+    async def _tick(self) -> None:
+        last_expiry = 0.0
+        while True:
+            await asyncio.sleep(_TICK)
+            now = time.monotonic()
+            self._send(self.core.tick(now))
+            if now - last_expiry > 1.0:
+                last_expiry = now
+                for test in self.store.expire(now):
+                    for session in test.sessions.values():
+                        self.core.remove(session)
+
+    # --- HTTP --------------------------------------------------------------------------------
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        conn = object()
+        source = source_key(writer.get_extra_info("peername"))
+        try:
+            verdict = self._table.admit(conn, source)
+            if verdict.status:
+                self._count("refused_full", f"refused a connection: {verdict.reason}")
+                await _respond(writer, verdict.status, {"error": verdict.reason})
+                return
+            try:
+                status, body, kind = await self._serve_one(reader, writer, source)
+            finally:
+                self._table.release(conn)
+            await _respond(writer, status, body, kind)
+        except (OSError, TimeoutError, asyncio.CancelledError, ssl.SSLError):
+            pass
+        finally:
+            writer.transport.abort() if writer.transport.is_closing() else writer.close()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                async with asyncio.timeout(1.0):
+                    await writer.wait_closed()
+            self._tasks.discard(task)
+
+    async def _serve_one(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+    ) -> tuple[int, Any, str]:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT):
+                request = await self._read(reader, writer, source)
+            static = self._files.get(request.path)
+            if static is not None:
+                if request.method != "GET":
+                    raise _HttpError(405, "use GET")
+                return 200, static[0], static[1]
+            return *self._route(request), "application/json"
+        except TimeoutError:
+            self.stats["request_timeouts"] += 1
+            return 408, {"error": "request not complete within 5 s"}, "application/json"
+        except asyncio.IncompleteReadError:
+            self.stats["bad_requests"] += 1
+            return 400, {"error": "connection closed mid-request"}, "application/json"
+        except _HttpError as err:
+            self.stats["bad_requests"] += 1
+            return err.status, {"error": str(err)}, "application/json"
+        except Refused as err:
+            kind = "refused_rate" if err.status == 429 else "refused_full"
+            self._count(kind, f"refused a test from {_mask(source)}: {err}")
+            return err.status, {"error": str(err)}, "application/json"
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as err:  # a bug: one line, rate-limited, never a traceback to a client
+            self._count("internal_errors", f"internal error: {type(err).__name__}: {err}")
+            return 500, {"error": "internal error"}, "application/json"
+
+    async def _read(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
+    ) -> _Request:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            raise _HttpError(400, "request head too large") from None
+        if len(head) > _MAX_HEAD:
+            raise _HttpError(400, "request head too large")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ")
+        if len(parts) != 3 or not parts[1].startswith("/"):
+            raise _HttpError(400, "malformed request line")
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if line and not sep:
+                raise _HttpError(400, "malformed header")
+            headers[name.strip().lower()] = value.strip()
+        if "transfer-encoding" in headers:
+            raise _HttpError(411, "send a Content-Length body")
+        length = headers.get("content-length", "0")
+        if not _CONTENT_LENGTH.fullmatch(length):
+            raise _HttpError(400, "bad Content-Length")
+        if int(length) > _MAX_BODY:
+            raise _HttpError(413, f"body larger than {_MAX_BODY} bytes")
+        body = await reader.readexactly(int(length)) if int(length) else b""
+        local = writer.get_extra_info("sockname")
+        return _Request(
+            parts[0], parts[1].split("?")[0], body, Address(str(local[0]), int(local[1])), source
+        )
+
+    def _route(self, req: _Request) -> tuple[int, Any]:
+        now = time.monotonic()
+        parts = [p for p in req.path.split("/") if p]
+        if parts[:2] != ["check", "api"] or len(parts) < 3:
+            raise _HttpError(404, "no such page")
+        rest = parts[2:]
+        if rest == ["test"]:
+            _method(req, "POST")
+            return 201, self._new_test(req, now)
+        if len(rest) == 2 and rest[0] == "report":
+            _method(req, "GET")
+            test = self._test(rest[1], now)
+            if test.report is None:
+                raise _HttpError(404, "no report yet for this id")
+            return 200, test.report
+        if len(rest) >= 3 and rest[0] == "test":
+            test = self._test(rest[1], now)
+            if test.report is not None:
+                raise _HttpError(405, "this test is finished")
+            if len(rest) == 4 and rest[2] == "ice" and rest[3] in ("mapping", "filtering"):
+                if req.method == "POST":
+                    return 200, self._offer(test, rest[3], req)
+                _method(req, "GET")
+                return 200, self._observed(test, rest[3])
+            if rest[2:] == ["report"]:
+                _method(req, "POST")
+                return 200, self._report(test, req, now)
+        raise _HttpError(404, "no such route")
+
+    def _test(self, test_id: str, now: float) -> CheckTest:
+        test = self.store.get(test_id, now) if _ID.fullmatch(test_id) else None
+        if test is None:
+            raise _HttpError(404, "no such test (unknown or expired id)")
+        return test
+
+    def _new_test(self, req: _Request, now: float) -> dict[str, Any]:
+        test = self.store.create(req.source, now)
+        self.stats["tests"] += 1
+        log.debug("check test started from %s", _mask(req.source))
+        return {
+            "id": test.id,
+            "stun": self._stun_urls(req.local.host),
+            "turn": self._turn_servers(test.id, req.local.host),
+            "alternate": self.alternate_ip is not None,
+        }
+
+    def _host(self, ip: str, local: str) -> str:
+        host = local if ip in ("0.0.0.0", "::") else ip
+        return f"[{host}]" if ":" in host else host
+
+    def _stun_urls(self, local: str) -> list[str]:
+        udp = next(u for u in self.config.stun.listen if u.transport is Transport.UDP)
+        urls = [f"stun:{self._host(udp.host, local)}:{udp.port}"]
+        if self.config.stun.alternate:
+            host, port = parse_hostport(self.config.stun.alternate)
+            urls.append(f"stun:{self._host(host, local)}:{port}")
+        return urls
+
+    def _turn_servers(self, test_id: str, local: str) -> list[dict[str, Any]]:
+        turn = self.config.turn
+        if not turn.enabled or turn.engine != "builtin" or not turn.auth.secret:
+            return []  # static users' passwords are never handed to a page
+        cred = mint(turn.auth.secret, f"check-{test_id}", _CREDENTIAL_TTL, time.time())
+        out: list[dict[str, Any]] = []
+        for transport in (Transport.UDP, Transport.TCP, Transport.TLS):
+            uri = next((u for u in self.config.stun.listen if u.transport is transport), None)
+            if uri is None:
+                continue
+            scheme = "turns" if transport is Transport.TLS else "turn"
+            kind = "udp" if transport is Transport.UDP else "tcp"
+            url = f"{scheme}:{self._host(uri.host, local)}:{uri.port}?transport={kind}"
+            out.append(
+                {
+                    "transport": str(transport),
+                    "urls": [url],
+                    "username": cred.username,
+                    "credential": cred.password,
+                }
+            )
+        return out
+
+    def _offer(self, test: CheckTest, kind: str, req: _Request) -> dict[str, Any]:
+        if kind in test.sessions:
+            raise _HttpError(405, f"the {kind} offer was sent already")
+        try:
+            body = json.loads(req.body)
+            offer = sdp.parse_offer(body["sdp"] if isinstance(body, dict) else None)
+        except (ValueError, KeyError, TypeError) as err:
+            raise _HttpError(400, f'body must be {{"sdp": OFFER}}: {err}') from None
+        ufrag, pwd = sdp.random_credentials()
+        session = ice.IceSession(
+            "mapping" if kind == "mapping" else "filtering", ufrag, pwd, offer.ufrag, offer.pwd
+        )
+        if not self.core.add(session):
+            raise Refused(503, "too many tests at once; retry in a minute")
+        test.sessions[kind], test.offers[kind] = session, offer
+        roles = ice.MAPPING_ROLES if kind == "mapping" else (ice.FILTER_ROLE,)
+        local = req.local.host
+        addrs = [
+            Address(self._host(a.host, local).strip("[]"), a.port)
+            for role in roles
+            if (a := self.core.sockets.get(role)) is not None
+        ]
+        return {"sdp": sdp.answer(offer, ufrag, pwd, addrs)}
+
+    def _observed(self, test: CheckTest, kind: str) -> dict[str, Any]:
+        session = test.sessions.get(kind)
+        if session is None:
+            raise _HttpError(404, f"no {kind} offer yet")
+        seen = sorted({role for group in session.observed.values() for role in group})
+        done = session.probes_done and session.opened_at is not None
+        if done and session.opened_at is not None:
+            done = time.monotonic() - session.opened_at > ice.PROBE_SCHEDULE[-1] + 0.3
+        return {"observed": seen, "answered": sorted(session.answered), "done": done}
+
+    def _report(self, test: CheckTest, req: _Request, now: float) -> dict[str, Any]:
+        try:
+            body = json.loads(req.body)
+        except ValueError as err:
+            raise _HttpError(400, f"body is not JSON: {err}") from None
+        if not isinstance(body, dict):
+            raise _HttpError(400, "body must be a JSON object")
+        turn, candidates, duration = page_results(body)
+        report = build_report(
+            test.id,
+            test.sessions.get("mapping"),
+            test.sessions.get("filtering"),
+            test.offers.get("mapping"),
+            turn,
+            candidates,
+            duration,
+            alternate=self.alternate_ip is not None,
+        )
+        for session in test.sessions.values():
+            self.core.remove(session)
+        self.store.finish(test, report, now)
+        self.stats["reports"] += 1
+        return report
+
+    def _count(self, kind: str, message: str) -> None:
+        self.stats[kind] += 1
+        self._logs.warning(kind, f"check: {message}", time.monotonic())
+
+
+def _method(req: _Request, method: str) -> None:
+    if req.method != method:
+        raise _HttpError(405, f"use {method}")
+
+
+async def _respond(
+    writer: asyncio.StreamWriter, status: int, body: Any, kind: str = "application/json"
+) -> None:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    head = (
+        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nConnection: close\r\n"
+        f"Content-Type: {kind}\r\nContent-Length: {len(data)}\r\nCache-Control: no-store\r\n"
+        + _SECURITY
+    )
+    if status in (429, 503):
+        head += "Retry-After: 10\r\n"
+    writer.write(head.encode() + b"\r\n" + data)
+    async with asyncio.timeout(_REQUEST_TIMEOUT):
+        await writer.drain()
+
+
+def render_check(stats: dict[str, int]) -> str:
+    """Prometheus text for `CheckServer.stats` (natkit_check_<kind>_total)."""
+    lines = []
+    for key in STAT_KEYS:
+        name = f"natkit_check_{key}_total"
+        lines += [f"# TYPE {name} counter", f"{name} {stats.get(key, 0)}"]
+    return "\n".join(lines) + "\n"

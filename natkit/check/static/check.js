@@ -1,0 +1,217 @@
+// natkit check: runs RTCPeerConnections against this server's own STUN/TURN and natkit's ICE
+// prober, then asks the server for the report (the same words and JSON as natkit diagnose).
+// No dependencies, no build step; same-origin API only (natkit/check/server.py).
+"use strict";
+
+const API = "/check/api";
+const $ = (id) => document.getElementById(id);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function api(method, path, body) {
+  const init = { method, headers: {} };
+  if (body !== undefined) {
+    init.body = JSON.stringify(body);
+    init.headers["Content-Type"] = "application/json";
+  }
+  const res = await fetch(API + path, init);
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${data.error || ""}`);
+  return data;
+}
+
+let done = 0, total = 1;
+function progress(text) {
+  done += 1;
+  $("progress").value = Math.min(100, Math.round((100 * done) / total));
+  if (text) $("step").textContent = text;
+}
+
+function gathered(pc, ms, out) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    pc.addEventListener("icecandidate", (e) => {
+      if (!e.candidate) { clearTimeout(timer); resolve(); return; }
+      if (out) out.push(describe(e.candidate, e.url));
+    });
+  });
+}
+
+function describe(c, url) {
+  return { type: c.type, protocol: c.protocol, address: c.address, port: c.port,
+           url: url || c.url || null };
+}
+
+// natkit as the remote ICE-lite agent: KIND "mapping" (checks to three server sockets) or
+// "filtering" (natkit probes the address our checks came from).
+async function iceSession(test, kind, candidates) {
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  try {
+    pc.createDataChannel("natkit-" + kind);
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathered(pc, 1500, kind === "mapping" ? candidates : null);
+    const ans = await api("POST", `/test/${test.id}/ice/${kind}`, { sdp: pc.localDescription.sdp });
+    await pc.setRemoteDescription({ type: "answer", sdp: ans.sdp });
+    const want = test.alternate ? 3 : 2, start = performance.now();
+    let seen = {};
+    while (performance.now() - start < 3500) {
+      await sleep(150);
+      seen = await api("GET", `/test/${test.id}/ice/${kind}`);
+      if (kind === "mapping" && seen.observed.length >= want) break;
+      if (kind === "filtering" && seen.done) break;
+      if (!seen.observed.length && performance.now() - start > 2500) break;
+    }
+    progress(kind === "mapping" ? "mapping measured" : "filtering measured");
+    return seen;
+  } finally {
+    pc.close();
+  }
+}
+
+async function reflexive(test, candidates) {
+  const pc = new RTCPeerConnection({ iceServers: [{ urls: test.stun }] });
+  try {
+    pc.createDataChannel("natkit-srflx");
+    await pc.setLocalDescription(await pc.createOffer());
+    const found = [];
+    await gathered(pc, 2500, found);
+    for (const c of found) if (c.type === "srflx") candidates.push(c);
+  } finally {
+    pc.close();
+    progress("server-reflexive candidates gathered");
+  }
+}
+
+// Two relay-only peers on this page, both through the server's TURN over one transport: a data
+// channel between them crosses the relay twice; the ping's round trip is timed.
+async function turnCheck(server) {
+  const result = { transport: server.transport, url: server.urls[0], ok: false,
+                   allocated: false, relayed_address: null, rtt_ms: null, error: null };
+  const config = { iceServers: [server], iceTransportPolicy: "relay" };
+  const a = new RTCPeerConnection(config), b = new RTCPeerConnection(config);
+  try {
+    const relayed = [];
+    a.addEventListener("icecandidate", (e) => {
+      if (e.candidate) { b.addIceCandidate(e.candidate).catch(() => {});
+                         if (e.candidate.type === "relay") relayed.push(e.candidate); }
+    });
+    b.addEventListener("icecandidate", (e) => {
+      if (e.candidate) a.addIceCandidate(e.candidate).catch(() => {});
+    });
+    b.addEventListener("datachannel", (e) => {
+      e.channel.addEventListener("message", (m) => e.channel.send(m.data));
+    });
+    const dc = a.createDataChannel("natkit-turn");
+    const opened = new Promise((resolve, reject) => {
+      dc.addEventListener("open", resolve);
+      setTimeout(() => reject(new Error("no data channel through the relay within 4 s")), 4000);
+    });
+    await a.setLocalDescription(await a.createOffer());
+    await b.setRemoteDescription(a.localDescription);
+    await b.setLocalDescription(await b.createAnswer());
+    await a.setRemoteDescription(b.localDescription);
+    try {
+      await opened;
+    } finally {
+      result.allocated = relayed.length > 0;
+      if (relayed.length) result.relayed_address = `${relayed[0].address}:${relayed[0].port}`;
+    }
+    const t0 = performance.now();
+    const echoed = new Promise((resolve, reject) => {
+      dc.addEventListener("message", resolve);
+      setTimeout(() => reject(new Error("no echo through the relay within 2 s")), 2000);
+    });
+    dc.send("natkit-ping");
+    await echoed;
+    result.rtt_ms = Math.round((performance.now() - t0) * 10) / 10;
+    result.ok = true;
+  } catch (err) {
+    result.error = result.allocated ? String(err.message || err)
+                                    : "no relayed candidate (allocation failed or unreachable)";
+  } finally {
+    a.close(); b.close();
+    progress(`TURN over ${server.transport.toUpperCase()} checked`);
+  }
+  return result;
+}
+
+function row(table, name, value, cls) {
+  const tr = table.insertRow();
+  tr.insertCell().textContent = name;
+  const td = tr.insertCell();
+  td.textContent = value;
+  if (cls) td.className = cls;
+}
+
+function yn(v) { return v === null || v === undefined ? ["unknown", "warn"] : v ? ["yes", "good"] : ["no", "bad"]; }
+
+function render(report) {
+  const facts = $("facts");
+  facts.replaceChildren();
+  row(facts, "UDP", ...yn(report.udp.reachable));
+  row(facts, "public address", report.public_address || "-");
+  row(facts, "mapping", report.mapping || "unknown", report.mapping ? "" : "warn");
+  row(facts, "filtering", report.filtering || "unknown", report.filtering ? "" : "warn");
+  row(facts, "NAT type", report.nat_type, "good");
+  row(facts, "port preservation", ...yn(report.port_preservation));
+  for (const t of report.turn) {
+    row(facts, `TURN over ${t.transport.toUpperCase()}`,
+        t.ok ? `works (relay ${t.relayed_address}, ${t.rtt_ms} ms round trip)` : t.error,
+        t.ok ? "good" : "bad");
+  }
+  if (!report.turn.length) row(facts, "TURN", "not offered by this server", "warn");
+  const v = report.verdict;
+  $("verdict-title").textContent =
+    `Verdict: direct P2P ${v.direct_p2p}` + (v.relay_required ? ", relay required" : "");
+  $("verdict").textContent =
+    `${v.explanation} Works directly with peers behind: ${v.compatible_peer_types.join(", ") || "none"}.`;
+  const actions = $("actions");
+  actions.replaceChildren();
+  for (const a of v.actions.length ? v.actions : ["Nothing: calls should connect."]) {
+    const li = document.createElement("li");
+    li.textContent = a;
+    actions.appendChild(li);
+  }
+  $("report-id").textContent = report.id;
+  $("report-url").textContent = `${location.origin}${API}/report/${report.id}`;
+  const blob = new Blob([JSON.stringify(report, null, 2)], { type: "application/json" });
+  $("download").href = URL.createObjectURL(blob);
+  $("result").hidden = false;
+}
+
+async function run() {
+  const t0 = performance.now();
+  $("start").disabled = true;
+  $("error").hidden = true;
+  document.title = "natkit check — running";
+  done = 0;
+  try {
+    const test = await api("POST", "/test");
+    total = 3 + test.turn.length + 1;
+    progress("test started");
+    const candidates = [];
+    const [, , , turn] = await Promise.all([
+      iceSession(test, "mapping", candidates),
+      iceSession(test, "filtering", null),
+      reflexive(test, candidates),
+      Promise.all(test.turn.map(turnCheck)),
+    ]);
+    const duration_s = Math.round(performance.now() - t0) / 1000;
+    const report = await api("POST", `/test/${test.id}/report`, { turn, candidates, duration_s });
+    $("progress").value = 100;
+    $("step").textContent = `done in ${duration_s.toFixed(1)} s`;
+    render(report);
+    window.natkitReport = report;
+  } catch (err) {
+    $("error").textContent = `The check failed: ${err.message || err}`;
+    $("error").hidden = false;
+    window.natkitReport = { source: "browser", error: String(err.message || err) };
+  } finally {
+    $("start").disabled = false;
+    document.title = "natkit check — done";
+  }
+}
+
+window.addEventListener("DOMContentLoaded", () => {
+  $("start").addEventListener("click", run);
+  run();
+});
