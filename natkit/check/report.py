@@ -86,15 +86,19 @@ def page_results(body: dict[str, Any]) -> tuple[list[TurnResult], list[dict[str,
     return turn, candidates, duration
 
 
-def _base(offer: Offer | None, priority: int) -> Address | None:
-    """The browser's host candidate whose local preference a check's PRIORITY carries."""
+def _base(offer: Offer | None, priority: int | None, public: Address) -> Address | None:
+    """The browser's host candidate a check came from: the one whose local preference its
+    PRIORITY carries, else the only host candidate of its family."""
     if offer is None:
         return None
-    local_pref = (priority >> 8) & 0xFFFF
-    for c in offer.candidates:
-        if c.type == "host" and c.protocol == "udp" and (c.priority >> 8) & 0xFFFF == local_pref:
-            return Address(c.address, c.port)
-    return None
+    hosts = [c for c in offer.candidates if c.type == "host" and c.protocol == "udp"]
+    if priority is not None:
+        local_pref = (priority >> 8) & 0xFFFF
+        for c in hosts:
+            if (c.priority >> 8) & 0xFFFF == local_pref:
+                return Address(c.address, c.port)
+    family = [c for c in hosts if (":" in c.address) == (public.family == 6)]
+    return Address(family[0].address, family[0].port) if len(family) == 1 else None
 
 
 def build_report(
@@ -115,7 +119,7 @@ def build_report(
     public = seen.get("p1")
     udp = bool(seen) or any(c["type"] == "srflx" for c in candidates)
     group = next((p for p, g in (mapping.observed.items() if mapping else ()) if g is seen), None)
-    base = _base(mapping_offer, group) if group is not None else None
+    base = _base(mapping_offer, group, public) if public is not None else None
     behind_nat = None if public is None or base is None else public != base
     if behind_nat is False:
         kind_map = "endpoint-independent"
@@ -175,6 +179,7 @@ def build_report(
             "mapping_observed": {role: str(a) for role, a in seen.items()},
             "filtering_answered": sorted(filtering.answered) if filtering else [],
             "filtering_probes_sent": filtering.probes_sent if filtering else 0,
+            "mapping_group": group,
         },
         "streams": [
             {"transport": _stream(t["transport"]), "address": t["url"], "connected": t["allocated"]}
@@ -182,7 +187,8 @@ def build_report(
             if t["transport"] != "udp"
         ],
         "turn": turn,
-        "candidates": candidates,
+        "candidates": [c.to_dict() for c in (mapping_offer.candidates if mapping_offer else ())]
+        + [c for c in candidates if c["type"] != "host"],
         "problems": notes,
         "verdict": {
             "direct_p2p": verdict.direct_p2p,

@@ -47,8 +47,9 @@ async function iceSession(test, kind, candidates) {
   const pc = new RTCPeerConnection({ iceServers: [] });
   try {
     pc.createDataChannel("natkit-" + kind);
+    const gathering = gathered(pc, 1500, kind === "mapping" ? candidates : null);
     await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc, 1500, kind === "mapping" ? candidates : null);
+    await gathering;
     const ans = await api("POST", `/test/${test.id}/ice/${kind}`, { sdp: pc.localDescription.sdp });
     await pc.setRemoteDescription({ type: "answer", sdp: ans.sdp });
     const want = test.alternate ? 3 : 2, start = performance.now();
@@ -71,9 +72,10 @@ async function reflexive(test, candidates) {
   const pc = new RTCPeerConnection({ iceServers: [{ urls: test.stun }] });
   try {
     pc.createDataChannel("natkit-srflx");
-    await pc.setLocalDescription(await pc.createOffer());
     const found = [];
-    await gathered(pc, 2500, found);
+    const gathering = gathered(pc, 2500, found);
+    await pc.setLocalDescription(await pc.createOffer());
+    await gathering;
     for (const c of found) if (c.type === "srflx") candidates.push(c);
   } finally {
     pc.close();

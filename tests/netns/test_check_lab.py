@@ -1,0 +1,116 @@
+"""natkit check in every lab preset: headless Chromium in node `peer` runs the page that natkit
+serve publishes in node `server`; its report must agree with the preset's NAT behaviour and with
+`natkit diagnose` run in the same node. Needs root and Debian's chromium."""
+
+from __future__ import annotations
+
+import functools
+import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from natkit.check.headless import launch, run_check
+from natkit.lab import Lab
+from tests.netns.stunserver import ALTERNATE, PRIMARY
+from tests.netns.stunserver import wait_udp as _wait_udp
+from tests.netns.test_diagnose_lab import EXPECTED
+
+pytestmark = pytest.mark.netns
+
+MakeLab = Callable[..., Lab]
+PAGE = f"http://{PRIMARY}/check"  # port 80: the udp-blocked firewall lets TCP 80 and 443 out
+CONFIG = f"""version: 1
+stun:
+  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:443", "tcp://{PRIMARY}:3478"]
+  alternate: "{ALTERNATE}:3479"
+  workers: 1
+turn:
+  enabled: true
+  realm: natkit.lab
+  auth: {{secret: natkit-lab-only-secret}}
+  relay: {{ports: 49152-49999}}
+  peers: {{allow: ["203.0.113.96/27", "203.0.113.128/25", "10.0.0.0/8", "100.64.0.0/10"]}}
+check: {{enabled: true, listen: "http://{PRIMARY}:80"}}
+metrics: {{listen: null}}
+"""
+
+
+def _wait_http(lab: Lab, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        sock = lab.socket("server", socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(0.5)
+            sock.connect((PRIMARY, 80))
+            return
+        except OSError:
+            time.sleep(0.1)
+        finally:
+            sock.close()
+    raise AssertionError("the check page in node server did not come up")
+
+
+@pytest.fixture
+def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    lab = nat_lab(request.param, name=f"h15ck{abs(hash(request.param)) % 10000}")
+    config = tmp_path / "natkit.yaml"
+    config.write_text(CONFIG)
+    argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
+    proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_udp(lab)
+        _wait_http(lab)
+        yield lab
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _diagnose(lab: Lab) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "natkit", "diagnose", "--json", "--no-ice", "--stun",
+            f"{PRIMARY}:3478"]  # fmt: skip
+    done = lab.exec("peer", argv, timeout=30)
+    assert done.stdout, done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+@pytest.mark.parametrize("check_lab", list(EXPECTED), indirect=True)
+def test_the_browser_report_agrees_with_the_preset_and_diagnose(check_lab: Lab) -> None:
+    lab = check_lab
+    preset = lab.state.topology
+    mapping, filtering, _hairpin, nat_type, direct, _status, _cgnat = EXPECTED[preset]
+    with launch(functools.partial(lab.spawn, "peer")) as browser:
+        report = run_check(browser, PAGE, timeout=30)
+    assert report.get("source") == "browser", report
+    diagnosed = _diagnose(lab)
+    got = (report["mapping"], report["filtering"], report["nat_type"])
+    want = (diagnosed["mapping"], diagnosed["filtering"], diagnosed["nat_type"])
+    if preset == "open":
+        # Chromium in a lab node gathers from the wildcard address and shows no host candidate,
+        # so the page cannot tell "no NAT" from a full cone: what it measured must still agree.
+        assert report["behind_nat"] is None, report["candidates"]
+        want = (diagnosed["mapping"], diagnosed["filtering"], "full-cone")
+        nat_type = "full-cone"
+    assert got == (mapping, filtering, nat_type), json.dumps(report, indent=1)
+    assert got == want
+    assert report["udp"]["reachable"] is diagnosed["udp"]["reachable"] is (preset != "udp-blocked")
+    assert report["verdict"]["direct_p2p"] == direct
+    turn = {t["transport"]: t for t in report["turn"]}
+    # TURN over TCP (port 443, which the udp-blocked firewall lets through) works everywhere;
+    # over UDP wherever UDP gets out.
+    assert turn["tcp"]["ok"], turn
+    assert turn["udp"]["ok"] is (preset != "udp-blocked"), turn
+    assert report["verdict"]["relay_working"] is True
+    assert report["duration_s"] <= 5.0
