@@ -123,6 +123,11 @@ def build_report(
     behind_nat = None if public is None or base is None else public != base
     if behind_nat is False:
         kind_map = "endpoint-independent"
+    if public is not None and base is None:
+        notes.append(
+            "the browser showed no host candidate (no default route, or its privacy settings): "
+            "no NAT cannot be told from a full cone, nor port preservation measured"
+        )
     if not alternate:
         notes.append("the server has no stun.alternate: mapping/filtering partly unknown")
     if filtering is not None and filtering.opener is None and udp:
