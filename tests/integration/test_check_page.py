@@ -12,6 +12,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +22,7 @@ from natkit.check.headless import Browser, launch, run_check
 from natkit.stun.constants import AttrType as A
 from natkit.stun.constants import MessageClass, Method
 from natkit.stun.message import Message, parse_message
-from natkit.testing import Served, free_port, serve
+from natkit.testing import Served, free_port, self_signed_certificate, serve
 
 pytestmark = pytest.mark.integration
 
@@ -53,8 +54,40 @@ def served() -> Iterator[tuple[Served, str]]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with launch() as b:
+    # One browser for the module; the HTTPS test's certificate is self-signed.
+    with launch(extra_flags=("--ignore-certificate-errors",)) as b:
         yield b
+
+
+def test_https_page_and_turn_over_tls(browser: Browser, tmp_path: Path) -> None:
+    """check.listen https:// uses the STUN TLS certificate; the page checks turns: too."""
+    cert, key = self_signed_certificate(tmp_path)
+    port, tls, http = free_port(), free_port("tcp"), free_port("tcp")
+    config = {
+        "version": 1,
+        "stun": {
+            "listen": [f"udp://127.0.0.1:{port}", f"tls://127.0.0.1:{tls}"],
+            "workers": 1,
+            "tls": {"cert": str(cert), "key": str(key)},
+        },
+        "turn": {
+            "enabled": True,
+            "realm": "check.test",
+            "auth": {"secret": SECRET},
+            "relay": {"address": "127.0.0.1", "ports": "41100-41199"},
+        },
+        "check": {"enabled": True, "listen": f"https://127.0.0.1:{http}"},
+        "metrics": {"listen": None},
+    }
+    with serve(config) as s:
+        assert f"check https://127.0.0.1:{http}/check" in s.lines
+        report = run_check(browser, f"https://127.0.0.1:{http}/check", timeout=20)
+    turn = {t["transport"]: t for t in report["turn"]}
+    assert set(turn) == {"udp", "tls"} and turn["tls"]["url"].startswith("turns:"), turn
+    assert turn["tls"]["ok"] and turn["udp"]["ok"], turn
+    # No alternate address: mapping and filtering are partly unknown, and the report says so.
+    assert report["mapping"] is None and report["filtering"] is None
+    assert any("stun.alternate" in p for p in report["problems"])
 
 
 def _call(base: str, method: str, path: str, body: Any = None, raw: bytes | None = None) -> Any:

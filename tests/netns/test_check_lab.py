@@ -18,6 +18,7 @@ import pytest
 
 from natkit.check.headless import launch, run_check
 from natkit.lab import Lab
+from natkit.testing import self_signed_certificate
 from tests.netns.stunserver import ALTERNATE, PRIMARY
 from tests.netns.stunserver import wait_udp as _wait_udp
 from tests.netns.test_diagnose_lab import EXPECTED
@@ -28,9 +29,10 @@ MakeLab = Callable[..., Lab]
 PAGE = f"http://{PRIMARY}/check"  # port 80: the udp-blocked firewall lets TCP 80 and 443 out
 CONFIG = f"""version: 1
 stun:
-  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:443", "tcp://{PRIMARY}:3478"]
+  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:3478", "tls://{PRIMARY}:443"]
   alternate: "{ALTERNATE}:3479"
   workers: 1
+  tls: {{cert: CERT, key: KEY}}
 turn:
   enabled: true
   realm: natkit.lab
@@ -61,7 +63,8 @@ def _wait_http(lab: Lab, seconds: float = 10.0) -> None:
 def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
     lab = nat_lab(request.param, name=f"h15ck{abs(hash(request.param)) % 10000}")
     config = tmp_path / "natkit.yaml"
-    config.write_text(CONFIG)
+    cert, key = self_signed_certificate(tmp_path, "natkit-lab")
+    config.write_text(CONFIG.replace("CERT", str(cert)).replace("KEY", str(key)))
     argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
     proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -77,13 +80,26 @@ def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) 
             proc.wait()
 
 
+TURN_URLS = {
+    "udp": f"turn:{PRIMARY}:3478?transport=udp",
+    "tcp": f"turn:{PRIMARY}:3478?transport=tcp",
+    "tls": f"turns:{PRIMARY}:443?transport=tcp",
+}
+
+
 def _diagnose(lab: Lab) -> dict[str, Any]:
     argv = [sys.executable, "-m", "natkit", "diagnose", "--json", "--no-ice", "--stun",
-            f"{PRIMARY}:3478"]  # fmt: skip
+            f"{PRIMARY}:3478", "--secret", "natkit-lab-only-secret"]  # fmt: skip
+    for url in TURN_URLS.values():
+        argv += ["--turn", url]
     done = lab.exec("peer", argv, timeout=30)
     assert done.stdout, done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     return report
+
+
+def _transport(url: str) -> str:
+    return "tls" if url.startswith("turns:") else "tcp" if "transport=tcp" in url else "udp"
 
 
 @pytest.mark.parametrize("check_lab", list(EXPECTED), indirect=True)
@@ -97,7 +113,9 @@ def test_the_browser_report_agrees_with_the_preset_and_diagnose(check_lab: Lab) 
         # tell "no NAT" from a full cone. A public host has a default route: give it one.
         dev = lab.exec("peer", ["ip", "-o", "-4", "addr", "show", "scope", "global"]).stdout
         lab.exec("peer", ["ip", "route", "add", "default", "dev", dev.split()[1].split("@")[0]])
-    with launch(functools.partial(lab.spawn, "peer")) as browser:
+    # The lab's certificate is self-signed (FIELD-NOTES: turns: verifies it otherwise).
+    flags = ("--ignore-certificate-errors",)
+    with launch(functools.partial(lab.spawn, "peer"), extra_flags=flags) as browser:
         report = run_check(browser, PAGE, timeout=30)
     assert report.get("source") == "browser", report
     diagnosed = _diagnose(lab)
@@ -108,10 +126,14 @@ def test_the_browser_report_agrees_with_the_preset_and_diagnose(check_lab: Lab) 
     assert report["behind_nat"] is (preset != "open") or preset == "udp-blocked", report
     assert report["udp"]["reachable"] is diagnosed["udp"]["reachable"] is (preset != "udp-blocked")
     assert report["verdict"]["direct_p2p"] == direct
-    turn = {t["transport"]: t for t in report["turn"]}
-    # TURN over TCP (port 443, which the udp-blocked firewall lets through) works everywhere;
-    # over UDP wherever UDP gets out.
-    assert turn["tcp"]["ok"], turn
-    assert turn["udp"]["ok"] is (preset != "udp-blocked"), turn
+    # TURN per transport, as diagnose's own checks found it: over TLS on 443 (which the
+    # udp-blocked firewall lets through) everywhere, over UDP and TCP 3478 wherever they get out.
+    turn = {t["transport"]: t["ok"] for t in report["turn"]}
+    checked = {_transport(t["url"]): t["ok"] for t in diagnosed["turn"]}
+    blocked = preset == "udp-blocked"
+    assert turn == checked == {"udp": not blocked, "tcp": not blocked, "tls": True}, report["turn"]
     assert report["verdict"]["relay_working"] is True
+    streams = {(s["transport"], s["address"]): s["answered"] for s in diagnosed["streams"]}
+    assert streams[("tcp", f"{PRIMARY}:3478")] is turn["tcp"]
+    assert streams[("tls", f"{PRIMARY}:443")] is turn["tls"]
     assert report["duration_s"] <= 5.0
