@@ -164,8 +164,7 @@ function render(report) {
   const v = report.verdict;
   $("verdict-title").textContent =
     `Verdict: direct P2P ${v.direct_p2p}` + (v.relay_required ? ", relay required" : "");
-  $("verdict").textContent =
-    `${v.explanation} Works directly with peers behind: ${v.compatible_peer_types.join(", ") || "none"}.`;
+  $("verdict").textContent = v.explanation;
   const actions = $("actions");
   actions.replaceChildren();
   for (const a of v.actions.length ? v.actions : ["Nothing: calls should connect."]) {
