@@ -27,7 +27,7 @@ from typing import Any
 
 from natkit.errors import NatkitError
 
-__all__ = ["Browser", "BrowserError", "chromium_binary", "launch", "run_check"]
+__all__ = ["Browser", "BrowserError", "chromium_binary", "launch", "run_check", "run_friends"]
 
 _TRAMPOLINE = "import os,sys;os.dup2(int(sys.argv[1]),3);os.dup2(int(sys.argv[2]),4);" + (
     "os.execvp(sys.argv[3],sys.argv[3:])"
@@ -240,3 +240,27 @@ def run_check(browser: Browser, url: str, timeout: float = 30.0) -> dict[str, An
         return report
     finally:
         browser.close_tab(session)
+
+
+def run_friends(
+    host: Browser, friend: Browser, url: str, timeout: float = 40.0
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """ "Test with a friend" between two browsers (or two tabs of one): `host` opens
+    ``url?friend=new``, `friend` the code it got; both results (``window.natkitFriend``)."""
+    done = "document.title.endsWith('— done')"
+    first = host.open(url + "?friend=new")
+    second = None
+    try:
+        code = host.wait_for(first, "window.natkitFriendCode || window.natkitFriend", timeout)
+        if not isinstance(code, str):
+            raise BrowserError(f"chromium: the friend test did not start: {code}")
+        second = friend.open(f"{url}?friend={code}")
+        host.wait_for(first, done, timeout)
+        friend.wait_for(second, done, timeout)
+        a: dict[str, Any] = host.evaluate(first, "window.natkitFriend")
+        b: dict[str, Any] = friend.evaluate(second, "window.natkitFriend")
+        return a, b
+    finally:
+        host.close_tab(first)
+        if second is not None:
+            friend.close_tab(second)

@@ -25,56 +25,46 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import re
 import ssl
 import time
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from natkit.addr import Address, Transport, format_hostport, parse_hostport
 from natkit.admission import ConnectionTable, LogLimiter, source_key
 from natkit.check import ice, sdp
+from natkit.check.friend import FriendRoutes
+from natkit.check.http import (
+    REQUEST_TIMEOUT,
+    HttpError,
+    Request,
+    mask,
+    read_request,
+    respond,
+)
 from natkit.check.report import build_report, page_results
 from natkit.check.store import CheckStore, CheckTest, Refused
 from natkit.config.model import Config
 from natkit.errors import NatkitError
+from natkit.signal.store import SignalStore
 from natkit.turn.credentials import mint
 
 __all__ = ["STAT_KEYS", "CheckServer", "render_check"]
 
 log = logging.getLogger("natkit.check")
 
-_MAX_HEAD = 8192
-_MAX_BODY = 32768
-_REQUEST_TIMEOUT = 5.0
 _TICK = 0.05
 _CREDENTIAL_TTL = 120  # seconds: a test lasts ~5 s; the page's relays refresh nothing longer
 _ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
-_CONTENT_LENGTH = re.compile(r"[0-9]{1,9}")
 _STATIC = {
     "/check": ("index.html", "text/html; charset=utf-8"),
     "/check/": ("index.html", "text/html; charset=utf-8"),
     "/check/check.js": ("check.js", "text/javascript; charset=utf-8"),
     "/check/check.css": ("check.css", "text/css; charset=utf-8"),
 }
-_REASONS = {
-    200: "OK", 201: "Created", 400: "Bad Request", 404: "Not Found",
-    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
-    413: "Content Too Large", 429: "Too Many Requests", 500: "Internal Server Error",
-    503: "Service Unavailable",
-}  # fmt: skip
-# No third-party content, nothing inline: the page is its three files and the API.
-_SECURITY = (
-    "Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "
-    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'\r\n"
-    "X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n"
-    "X-Frame-Options: DENY\r\n"
-)
-
 STAT_KEYS = (
     "tests",  # tests started
     "reports",  # reports made
@@ -86,31 +76,6 @@ STAT_KEYS = (
     "probes",  # filtering probes sent (at most ice.MAX_PROBES per test)
     "dropped_datagrams",  # UDP datagrams the prober ignored
 )
-
-
-class _HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass(frozen=True, slots=True)
-class _Request:
-    method: str
-    path: str
-    body: bytes
-    local: Address  # the address the browser reached (the one to name in URLs)
-    source: str
-
-
-def _mask(source: str) -> str:
-    """An address for the log: the /24 or /48 it is in, never the visitor's own address."""
-    try:
-        ip = ipaddress.ip_address(source.split("/")[0])
-    except ValueError:
-        return "?"
-    prefix = 24 if ip.version == 4 else 48
-    return str(ipaddress.ip_network(f"{ip}/{prefix}", strict=False))
 
 
 class _Prober(asyncio.DatagramProtocol):
@@ -137,6 +102,9 @@ class CheckServer:
             max_tests=check.max_tests,
             report_ttl=check.report_ttl,
             tests_per_minute=check.tests_per_minute,
+        )
+        self.friends = FriendRoutes(
+            SignalStore(ttl=120.0, max_pairings=2 * check.max_tests), self._servers
         )
         udp = next(u for u in config.stun.listen if u.transport is Transport.UDP)
         self.primary_ip = udp.host
@@ -260,13 +228,13 @@ class CheckServer:
             verdict = self._table.admit(conn, source)
             if verdict.status:
                 self._count("refused_full", f"refused a connection: {verdict.reason}")
-                await _respond(writer, verdict.status, {"error": verdict.reason})
+                await respond(writer, verdict.status, {"error": verdict.reason})
                 return
             try:
                 status, body, kind = await self._serve_one(reader, writer, source)
             finally:
                 self._table.release(conn)
-            await _respond(writer, status, body, kind)
+            await respond(writer, status, body, kind)
         except (OSError, TimeoutError, asyncio.CancelledError, ssl.SSLError):
             pass
         finally:
@@ -280,12 +248,12 @@ class CheckServer:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
     ) -> tuple[int, Any, str]:
         try:
-            async with asyncio.timeout(_REQUEST_TIMEOUT):
-                request = await self._read(reader, writer, source)
+            async with asyncio.timeout(REQUEST_TIMEOUT):
+                request = await read_request(reader, writer, source)
             static = self._files.get(request.path)
             if static is not None:
                 if request.method != "GET":
-                    raise _HttpError(405, "use GET")
+                    raise HttpError(405, "use GET")
                 return 200, static[0], static[1]
             return *self._route(request), "application/json"
         except TimeoutError:
@@ -294,12 +262,12 @@ class CheckServer:
         except asyncio.IncompleteReadError:
             self.stats["bad_requests"] += 1
             return 400, {"error": "connection closed mid-request"}, "application/json"
-        except _HttpError as err:
+        except HttpError as err:
             self.stats["bad_requests"] += 1
             return err.status, {"error": str(err)}, "application/json"
         except Refused as err:
             kind = "refused_rate" if err.status == 429 else "refused_full"
-            self._count(kind, f"refused a test from {_mask(source)}: {err}")
+            self._count(kind, f"refused a test from {mask(source)}: {err}")
             return err.status, {"error": str(err)}, "application/json"
         except (ConnectionError, asyncio.CancelledError):
             raise
@@ -307,44 +275,14 @@ class CheckServer:
             self._count("internal_errors", f"internal error: {type(err).__name__}: {err}")
             return 500, {"error": "internal error"}, "application/json"
 
-    async def _read(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, source: str
-    ) -> _Request:
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.LimitOverrunError:
-            raise _HttpError(400, "request head too large") from None
-        if len(head) > _MAX_HEAD:
-            raise _HttpError(400, "request head too large")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[1].startswith("/"):
-            raise _HttpError(400, "malformed request line")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if line and not sep:
-                raise _HttpError(400, "malformed header")
-            headers[name.strip().lower()] = value.strip()
-        if "transfer-encoding" in headers:
-            raise _HttpError(411, "send a Content-Length body")
-        length = headers.get("content-length", "0")
-        if not _CONTENT_LENGTH.fullmatch(length):
-            raise _HttpError(400, "bad Content-Length")
-        if int(length) > _MAX_BODY:
-            raise _HttpError(413, f"body larger than {_MAX_BODY} bytes")
-        body = await reader.readexactly(int(length)) if int(length) else b""
-        local = writer.get_extra_info("sockname")
-        return _Request(
-            parts[0], parts[1].split("?")[0], body, Address(str(local[0]), int(local[1])), source
-        )
-
-    def _route(self, req: _Request) -> tuple[int, Any]:
+    def _route(self, req: Request) -> tuple[int, Any]:
         now = time.monotonic()
         parts = [p for p in req.path.split("/") if p]
         if parts[:2] != ["check", "api"] or len(parts) < 3:
-            raise _HttpError(404, "no such page")
+            raise HttpError(404, "no such page")
         rest = parts[2:]
+        if rest[0] == "pair":
+            return self.friends.route(req, rest[1:], now)
         if rest == ["test"]:
             _method(req, "POST")
             return 201, self._new_test(req, now)
@@ -352,12 +290,12 @@ class CheckServer:
             _method(req, "GET")
             test = self._test(rest[1], now)
             if test.report is None:
-                raise _HttpError(404, "no report yet for this id")
+                raise HttpError(404, "no report yet for this id")
             return 200, test.report
         if len(rest) >= 3 and rest[0] == "test":
             test = self._test(rest[1], now)
             if test.report is not None:
-                raise _HttpError(405, "this test is finished")
+                raise HttpError(405, "this test is finished")
             if len(rest) == 4 and rest[2] == "ice" and rest[3] in ("mapping", "filtering"):
                 if req.method == "POST":
                     return 200, self._offer(test, rest[3], req)
@@ -366,24 +304,27 @@ class CheckServer:
             if rest[2:] == ["report"]:
                 _method(req, "POST")
                 return 200, self._report(test, req, now)
-        raise _HttpError(404, "no such route")
+        raise HttpError(404, "no such route")
 
     def _test(self, test_id: str, now: float) -> CheckTest:
         test = self.store.get(test_id, now) if _ID.fullmatch(test_id) else None
         if test is None:
-            raise _HttpError(404, "no such test (unknown or expired id)")
+            raise HttpError(404, "no such test (unknown or expired id)")
         return test
 
-    def _new_test(self, req: _Request, now: float) -> dict[str, Any]:
+    def _new_test(self, req: Request, now: float) -> dict[str, Any]:
         test = self.store.create(req.source, now)
         self.stats["tests"] += 1
-        log.debug("check test started from %s", _mask(req.source))
+        log.debug("check test started from %s", mask(req.source))
         return {
             "id": test.id,
             "stun": self._stun_urls(req.local.host),
-            "turn": self._turn_servers(test.id, req.local.host),
+            "turn": self._turn_servers(f"check-{test.id}", req.local.host),
             "alternate": self.alternate_ip is not None,
         }
+
+    def _servers(self, user: str, local: str) -> dict[str, Any]:
+        return {"stun": self._stun_urls(local), "turn": self._turn_servers(user, local)}
 
     def _host(self, ip: str, local: str) -> str:
         host = local if ip in ("0.0.0.0", "::") else ip
@@ -397,11 +338,11 @@ class CheckServer:
             urls.append(f"stun:{self._host(host, local)}:{port}")
         return urls
 
-    def _turn_servers(self, test_id: str, local: str) -> list[dict[str, Any]]:
+    def _turn_servers(self, user: str, local: str) -> list[dict[str, Any]]:
         turn = self.config.turn
         if not turn.enabled or turn.engine != "builtin" or not turn.auth.secret:
             return []  # static users' passwords are never handed to a page
-        cred = mint(turn.auth.secret, f"check-{test_id}", _CREDENTIAL_TTL, time.time())
+        cred = mint(turn.auth.secret, user, _CREDENTIAL_TTL, time.time())
         out: list[dict[str, Any]] = []
         for transport in (Transport.UDP, Transport.TCP, Transport.TLS):
             uri = next((u for u in self.config.stun.listen if u.transport is transport), None)
@@ -420,14 +361,14 @@ class CheckServer:
             )
         return out
 
-    def _offer(self, test: CheckTest, kind: str, req: _Request) -> dict[str, Any]:
+    def _offer(self, test: CheckTest, kind: str, req: Request) -> dict[str, Any]:
         if kind in test.sessions:
-            raise _HttpError(405, f"the {kind} offer was sent already")
+            raise HttpError(405, f"the {kind} offer was sent already")
         try:
             body = json.loads(req.body)
             offer = sdp.parse_offer(body["sdp"] if isinstance(body, dict) else None)
         except (ValueError, KeyError, TypeError) as err:
-            raise _HttpError(400, f'body must be {{"sdp": OFFER}}: {err}') from None
+            raise HttpError(400, f'body must be {{"sdp": OFFER}}: {err}') from None
         ufrag, pwd = sdp.random_credentials()
         session = ice.IceSession(
             "mapping" if kind == "mapping" else "filtering", ufrag, pwd, offer.ufrag, offer.pwd
@@ -447,20 +388,20 @@ class CheckServer:
     def _observed(self, test: CheckTest, kind: str) -> dict[str, Any]:
         session = test.sessions.get(kind)
         if session is None:
-            raise _HttpError(404, f"no {kind} offer yet")
+            raise HttpError(404, f"no {kind} offer yet")
         seen = sorted({role for group in session.observed.values() for role in group})
         done = session.probes_done and session.opened_at is not None
         if done and session.opened_at is not None:
             done = time.monotonic() - session.opened_at > ice.PROBE_SCHEDULE[-1] + 0.3
         return {"observed": seen, "answered": sorted(session.answered), "done": done}
 
-    def _report(self, test: CheckTest, req: _Request, now: float) -> dict[str, Any]:
+    def _report(self, test: CheckTest, req: Request, now: float) -> dict[str, Any]:
         try:
             body = json.loads(req.body)
         except ValueError as err:
-            raise _HttpError(400, f"body is not JSON: {err}") from None
+            raise HttpError(400, f"body is not JSON: {err}") from None
         if not isinstance(body, dict):
-            raise _HttpError(400, "body must be a JSON object")
+            raise HttpError(400, "body must be a JSON object")
         turn, candidates, duration = page_results(body)
         report = build_report(
             test.id,
@@ -483,25 +424,9 @@ class CheckServer:
         self._logs.warning(kind, f"check: {message}", time.monotonic())
 
 
-def _method(req: _Request, method: str) -> None:
+def _method(req: Request, method: str) -> None:
     if req.method != method:
-        raise _HttpError(405, f"use {method}")
-
-
-async def _respond(
-    writer: asyncio.StreamWriter, status: int, body: Any, kind: str = "application/json"
-) -> None:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    head = (
-        f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}\r\nConnection: close\r\n"
-        f"Content-Type: {kind}\r\nContent-Length: {len(data)}\r\nCache-Control: no-store\r\n"
-        + _SECURITY
-    )
-    if status in (429, 503):
-        head += "Retry-After: 10\r\n"
-    writer.write(head.encode() + b"\r\n" + data)
-    async with asyncio.timeout(_REQUEST_TIMEOUT):
-        await writer.drain()
+        raise HttpError(405, f"use {method}")
 
 
 def render_check(stats: dict[str, int]) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from natkit.check import ice
-from natkit.check.headless import Browser, launch, run_check
+from natkit.check.headless import Browser, launch, run_check, run_friends
 from natkit.stun.constants import AttrType as A
 from natkit.stun.constants import MessageClass, Method
 from natkit.stun.message import Message, parse_message
@@ -218,3 +218,17 @@ def test_a_forged_candidate_is_never_probed(served: tuple[Served, str]) -> None:
     finally:
         victim.close()
         me.close()
+
+
+def test_with_a_friend_on_loopback(served: tuple[Served, str], browser: Browser) -> None:
+    """Two tabs pair through the page's own origin: a data channel direct and through TURN."""
+    _, base = served
+    results = run_friends(browser, browser, base + "/check", timeout=30)
+    for result in results:
+        assert result["direct"]["connected"] and result["relay"]["connected"], result
+        assert result["relay"]["pair"]["local"] == "relay", result
+    assert results[0]["direct"]["rtt_ms"] is not None
+    # A used code is gone; a made-up one never existed.
+    code = results[0]["code"]
+    assert _call(base, "GET", f"/check/api/pair/{code}")[0] == 404
+    assert _call(base, "PUT", "/check/api/pair/abcd.efgh/direct/offer", {"sdp": "x"})[0] == 404

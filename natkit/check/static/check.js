@@ -212,7 +212,126 @@ async function run() {
   }
 }
 
+// --- test with a friend: one offer/answer exchange per attempt through the same-origin pairing
+// API (natkit/check/friend.py); the host offers, the friend answers.
+
+async function poll(path, ms) {
+  const start = performance.now();
+  while (performance.now() - start < ms) {
+    const got = await api("GET", path);
+    if (got.sdp) return got.sdp;
+    await sleep(250);
+  }
+  throw new Error("the other browser did not answer in time");
+}
+
+async function selectedPair(pc) {
+  const stats = await pc.getStats();
+  let pair = null;
+  stats.forEach((s) => {
+    if (s.type === "transport" && s.selectedCandidatePairId) pair = stats.get(s.selectedCandidatePairId);
+  });
+  if (!pair) stats.forEach((s) => { if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") pair = s; });
+  if (!pair) return null;
+  const local = stats.get(pair.localCandidateId), remote = stats.get(pair.remoteCandidateId);
+  return { local: local && local.candidateType, remote: remote && remote.candidateType,
+           protocol: local && local.protocol };
+}
+
+async function friendAttempt(host, code, mode, servers) {
+  const config = mode === "direct"
+    ? { iceServers: [{ urls: servers.stun }] }
+    : { iceServers: servers.turn, iceTransportPolicy: "relay" };
+  const result = { mode, connected: false, rtt_ms: null, pair: null, error: null };
+  const pc = new RTCPeerConnection(config);
+  const base = `/pair/${code}/${mode}`;
+  let timer;
+  try {
+    const opened = new Promise((resolve, reject) => {
+      timer = setTimeout(() => reject(new Error("no data channel within 6 s")), 6000);
+      const ready = (dc) => (dc.readyState === "open" ? resolve(dc)
+                                                      : dc.addEventListener("open", () => resolve(dc)));
+      if (host) ready(pc.createDataChannel("natkit-friend"));
+      else pc.addEventListener("datachannel", (e) => ready(e.channel));
+    });
+    if (host) {
+      const gathering = gathered(pc, 3000, null);
+      await pc.setLocalDescription(await pc.createOffer());
+      await gathering;
+      await api("PUT", `${base}/offer`, { sdp: pc.localDescription.sdp });
+      await pc.setRemoteDescription({ type: "answer", sdp: await poll(`${base}/answer`, 60000) });
+    } else {
+      await pc.setRemoteDescription({ type: "offer", sdp: await poll(`${base}/offer`, 10000) });
+      const gathering = gathered(pc, 3000, null);
+      await pc.setLocalDescription(await pc.createAnswer());
+      await gathering;
+      await api("PUT", `${base}/answer`, { sdp: pc.localDescription.sdp });
+    }
+    const dc = await opened;
+    const message = new Promise((resolve, reject) => {
+      dc.addEventListener("message", resolve);
+      setTimeout(() => reject(new Error("the data channel opened but carried nothing")), 3000);
+    });
+    const t0 = performance.now();
+    if (host) dc.send("natkit-ping");
+    await message;
+    if (!host) dc.send("natkit-pong");
+    else result.rtt_ms = Math.round((performance.now() - t0) * 10) / 10;
+    result.connected = true;
+    result.pair = await selectedPair(pc);
+  } catch (err) {
+    result.error = String(err.message || err);
+  } finally {
+    clearTimeout(timer);
+    setTimeout(() => pc.close(), 1000);
+  }
+  return result;
+}
+
+async function friend(code) {
+  document.title = "natkit check — friend — running";
+  $("result").hidden = true;
+  const host = !code;
+  try {
+    let servers;
+    if (host) {
+      servers = await api("POST", "/pair");
+      code = servers.code;
+      window.natkitFriendCode = code;
+      $("friend-url").textContent = `${location.origin}/check?friend=${code}`;
+      $("friend-link").hidden = false;
+    } else {
+      servers = await api("GET", `/pair/${code}`);
+    }
+    const [direct, relay] = await Promise.all([
+      friendAttempt(host, code, "direct", servers),
+      friendAttempt(host, code, "relay", servers),
+    ]);
+    window.natkitFriend = { source: "browser", role: host ? "host" : "friend", code, direct, relay };
+    const table = $("friend-results");
+    table.replaceChildren();
+    for (const r of [direct, relay]) {
+      const how = r.pair ? ` (${r.pair.local} ↔ ${r.pair.remote})` : "";
+      row(table, r.mode === "direct" ? "direct" : "through TURN",
+          r.connected ? `connected${how}${r.rtt_ms !== null ? `, ${r.rtt_ms} ms` : ""}` : r.error,
+          r.connected ? "good" : "bad");
+    }
+    table.hidden = false;
+    $("friend-link").hidden = true;
+  } catch (err) {
+    window.natkitFriend = { source: "browser", error: String(err.message || err) };
+    $("error").textContent = `The friend test failed: ${err.message || err}`;
+    $("error").hidden = false;
+  } finally {
+    document.title = "natkit check — friend — done";
+  }
+}
+
 window.addEventListener("DOMContentLoaded", () => {
   $("start").addEventListener("click", run);
-  run();
+  $("friend-start").addEventListener("click", () => friend(null));
+  const code = new URLSearchParams(location.search).get("friend");
+  if (code === "new") friend(null);
+  else if (code) friend(code);
+  else run();
 });

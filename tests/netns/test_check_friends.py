@@ -1,0 +1,71 @@
+"""natkit check's "test with a friend" in the lab: headless Chromium in alice and in bob, each
+behind its own NAT, pair through the page served in node `server`; the data channel connects
+directly exactly where the NAT matrix says (`natkit.p2p.matrix.predict_direct`), and through
+TURN always. Needs root and Debian's chromium."""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from natkit.check.headless import launch, run_friends
+from natkit.lab import Lab
+from natkit.p2p.matrix import predict_direct
+from natkit.testing import self_signed_certificate
+from tests.netns.stunserver import wait_udp
+from tests.netns.test_check_lab import CONFIG, PAGE, MakeLab, _wait_http
+
+pytestmark = pytest.mark.netns
+
+# preset → (alice's NAT type, bob's), as natkit diagnose measures them (test_diagnose_lab.py).
+PAIRS = {
+    "pair-full-cone": ("full-cone", "full-cone"),
+    "pair-restricted-cone": ("restricted-cone", "restricted-cone"),
+    "pair-port-restricted-cone": ("port-restricted-cone", "port-restricted-cone"),
+    "pair-symmetric": ("symmetric", "symmetric"),
+    "pair-cgnat": ("symmetric", "port-restricted-cone"),
+}
+
+
+@pytest.fixture
+def pair_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    lab = nat_lab(request.param, name=f"h15fr{sorted(PAIRS).index(request.param)}")
+    cert, key = self_signed_certificate(tmp_path, "natkit-lab")
+    config = tmp_path / "natkit.yaml"
+    config.write_text(CONFIG.replace("CERT", str(cert)).replace("KEY", str(key)))
+    argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
+    proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_udp(lab)
+        _wait_http(lab)
+        yield lab
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("pair_lab", list(PAIRS), indirect=True)
+def test_friends_connect_where_the_matrix_says(pair_lab: Lab) -> None:
+    lab = pair_lab
+    predicted = predict_direct(*PAIRS[lab.state.topology])
+    flags = ("--ignore-certificate-errors",)
+    with (
+        launch(functools.partial(lab.spawn, "alice"), extra_flags=flags) as alice,
+        launch(functools.partial(lab.spawn, "bob"), extra_flags=flags) as bob,
+    ):
+        host, friend = run_friends(alice, bob, PAGE, timeout=40)
+    for side in (host, friend):
+        assert side["direct"]["connected"] is predicted, side
+        assert side["relay"]["connected"] is True, side
+        assert side["relay"]["pair"]["local"] == "relay", side
+    if predicted:
+        assert "relay" not in (host["direct"]["pair"]["local"], host["direct"]["pair"]["remote"])
