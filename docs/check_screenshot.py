@@ -7,31 +7,25 @@ node `peer` of a port-restricted-cone lab sees it (root; run from the repository
 from __future__ import annotations
 
 import functools
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 from natkit.check.headless import launch
 from natkit.lab import Lab
-from natkit.testing import self_signed_certificate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from tests.netns.stunserver import wait_udp  # noqa: E402
-from tests.netns.test_check_lab import CONFIG, PAGE, _wait_http  # noqa: E402
+from tests.netns.test_check_lab import PAGE, serve_check
 
 OUT = Path(__file__).parent / "check-port-restricted-cone.png"
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp, Lab.up("port-restricted-cone") as lab:
-        cert, key = self_signed_certificate(Path(tmp), "natkit-lab")
-        config = Path(tmp) / "natkit.yaml"
-        config.write_text(CONFIG.replace("CERT", str(cert)).replace("KEY", str(key)))
-        argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
-        lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_udp(lab)
-        _wait_http(lab)
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        Lab.up("port-restricted-cone") as lab,
+        serve_check(lab, Path(tmp)),
+    ):
         flags = ("--ignore-certificate-errors", "--hide-scrollbars")
         with launch(functools.partial(lab.spawn, "peer"), extra_flags=flags) as browser:
             session = browser.open(PAGE)

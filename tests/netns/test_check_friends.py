@@ -6,8 +6,6 @@ TURN always. Needs root and Debian's chromium."""
 from __future__ import annotations
 
 import functools
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +14,7 @@ import pytest
 from natkit.check.headless import launch, run_friends
 from natkit.lab import Lab
 from natkit.p2p.matrix import predict_direct
-from natkit.testing import self_signed_certificate
-from tests.netns.stunserver import wait_udp
-from tests.netns.test_check_lab import CONFIG, PAGE, MakeLab, _wait_http
+from tests.netns.test_check_lab import PAGE, MakeLab, serve_check
 
 pytestmark = pytest.mark.netns
 
@@ -34,23 +30,9 @@ PAIRS = {
 
 @pytest.fixture
 def pair_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    lab = nat_lab(request.param, name=f"h15fr{sorted(PAIRS).index(request.param)}")
-    cert, key = self_signed_certificate(tmp_path, "natkit-lab")
-    config = tmp_path / "natkit.yaml"
-    config.write_text(CONFIG.replace("CERT", str(cert)).replace("KEY", str(key)))
-    argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
-    proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_udp(lab)
-        _wait_http(lab)
+    lab = nat_lab(request.param, name=f"h15fr{list(PAIRS).index(request.param)}")
+    with serve_check(lab, tmp_path):
         yield lab
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.mark.parametrize("pair_lab", list(PAIRS), indirect=True)

@@ -4,6 +4,7 @@ serve publishes in node `server`; its report must agree with the preset's NAT be
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import socket
@@ -59,18 +60,19 @@ def _wait_http(lab: Lab, seconds: float = 10.0) -> None:
     raise AssertionError("the check page in node server did not come up")
 
 
-@pytest.fixture
-def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
-    lab = nat_lab(request.param, name=f"h15ck{abs(hash(request.param)) % 10000}")
-    config = tmp_path / "natkit.yaml"
-    cert, key = self_signed_certificate(tmp_path, "natkit-lab")
+@contextlib.contextmanager
+def serve_check(lab: Lab, tmp: Path) -> Iterator[None]:
+    """natkit serve with the check page in node `server` (CONFIG), until both listen; stopped
+    at the end (the lab would stop it too)."""
+    config = tmp / "natkit.yaml"
+    cert, key = self_signed_certificate(tmp, "natkit-lab")
     config.write_text(CONFIG.replace("CERT", str(cert)).replace("KEY", str(key)))
     argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
     proc = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_udp(lab)
         _wait_http(lab)
-        yield lab
+        yield
     finally:
         proc.terminate()
         try:
@@ -78,6 +80,13 @@ def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) 
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def check_lab(nat_lab: MakeLab, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    lab = nat_lab(request.param, name=f"h15ck{list(EXPECTED).index(request.param)}")
+    with serve_check(lab, tmp_path):
+        yield lab
 
 
 TURN_URLS = {
