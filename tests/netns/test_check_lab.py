@@ -111,8 +111,35 @@ def _transport(url: str) -> str:
     return "tls" if url.startswith("turns:") else "tcp" if "transport=tcp" in url else "udp"
 
 
+def _check_from_report(check_lab: Lab, original: dict[str, Any], tmp_path: Path) -> None:
+    """`natkit lab up --from-report` on the preset's diagnose report builds a lab that diagnose
+    classifies the same way (the field report → CI path)."""
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps(original))
+    name = f"h15fr-{check_lab.state.topology}"[:20]
+    up = subprocess.run(
+        [sys.executable, "-m", "natkit", "lab", "up", "--from-report", str(report), "--name", name],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    try:
+        assert up.returncode == 0 and up.stdout.strip() == name, up.stderr
+        rebuilt = Lab.attach(name)
+        (tmp_path / "rebuilt").mkdir()
+        with serve_check(rebuilt, tmp_path / "rebuilt"):
+            again = _diagnose(rebuilt)
+    finally:
+        subprocess.run([sys.executable, "-m", "natkit", "lab", "down", name], check=False,
+                       capture_output=True)  # fmt: skip
+    keys = ("mapping", "filtering", "nat_type", "hairpinning", "cgnat")
+    assert {k: again[k] for k in keys} == {k: original[k] for k in keys}
+    assert again["udp"]["reachable"] is original["udp"]["reachable"]
+
+
 @pytest.mark.parametrize("check_lab", list(EXPECTED), indirect=True)
-def test_the_browser_report_agrees_with_the_preset_and_diagnose(check_lab: Lab) -> None:
+def test_the_browser_report_agrees_with_the_preset_and_diagnose(
+    check_lab: Lab, tmp_path: Path
+) -> None:
+    """...and `natkit lab up --from-report` on the diagnose report rebuilds the same NAT."""
     lab = check_lab
     preset = lab.state.topology
     mapping, filtering, _hairpin, nat_type, direct, _status, _cgnat = EXPECTED[preset]
@@ -146,3 +173,4 @@ def test_the_browser_report_agrees_with_the_preset_and_diagnose(check_lab: Lab) 
     assert streams[("tcp", f"{PRIMARY}:3478")] is turn["tcp"]
     assert streams[("tls", f"{PRIMARY}:443")] is turn["tls"]
     assert report["duration_s"] <= 5.0
+    _check_from_report(lab, diagnosed, tmp_path)
