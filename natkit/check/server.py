@@ -49,6 +49,7 @@ from natkit.check.report import build_report, page_results
 from natkit.check.store import CheckStore, CheckTest, Refused
 from natkit.config.model import Config
 from natkit.errors import NatkitError
+from natkit.net.ratelimit import RateLimiter
 from natkit.signal.store import SignalStore
 from natkit.turn.credentials import mint
 
@@ -57,6 +58,7 @@ __all__ = ["STAT_KEYS", "CheckServer", "render_check"]
 log = logging.getLogger("natkit.check")
 
 _TICK = 0.05
+_REQUESTS_PER_SECOND = 30.0
 _CREDENTIAL_TTL = 120  # seconds: a test lasts ~5 s; the page's relays refresh nothing longer
 _ID = re.compile(r"[A-Za-z0-9_-]{1,32}")
 _STATIC = {
@@ -68,7 +70,7 @@ _STATIC = {
 STAT_KEYS = (
     "tests",  # tests started
     "reports",  # reports made
-    "refused_rate",  # 429: the source started too many tests this minute
+    "refused_rate",  # 429: the source started too many tests this minute, or sent too much
     "refused_full",  # 503: max_tests running or kept, or too many connections
     "bad_requests",  # 400/404/405/411/413
     "request_timeouts",  # 408
@@ -114,6 +116,8 @@ class CheckServer:
         self.core = ice.IceCore({}, max_sessions=2 * check.max_tests)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._table = ConnectionTable(256, 16)
+        # Requests per source: a test's page polls ~10/s for ~2 s; a flood is refused early.
+        self._requests = RateLimiter(_REQUESTS_PER_SECOND, 3 * _REQUESTS_PER_SECOND, 10_000)
         self._logs = LogLimiter(log)
         self._server: asyncio.Server | None = None
         self._udp: dict[ice.Role, asyncio.DatagramTransport] = {}
@@ -250,6 +254,9 @@ class CheckServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 request = await read_request(reader, writer, source)
+            # After the (bounded) read: answering first would reset the connection unread.
+            if not self._requests.allow(source, time.monotonic()):
+                raise Refused(429, "too many requests from this address; retry in a few seconds")
             static = self._files.get(request.path)
             if static is not None:
                 if request.method != "GET":
@@ -267,7 +274,7 @@ class CheckServer:
             return err.status, {"error": str(err)}, "application/json"
         except Refused as err:
             kind = "refused_rate" if err.status == 429 else "refused_full"
-            self._count(kind, f"refused a test from {mask(source)}: {err}")
+            self._count(kind, f"refused {mask(source)}: {err}")
             return err.status, {"error": str(err)}, "application/json"
         except (ConnectionError, asyncio.CancelledError):
             raise

@@ -182,7 +182,9 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
     # Compared with what runs (not with the last file read): a change stays "to apply" until a
     # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
-    changed += [k for k in ("turn", "signal", "metrics") if getattr(new, k) != getattr(old, k)]
+    changed += [
+        k for k in ("turn", "signal", "check", "metrics") if getattr(new, k) != getattr(old, k)
+    ]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)

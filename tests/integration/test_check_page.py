@@ -162,7 +162,16 @@ def test_hostile_http_gets_answers_not_tracebacks(served: tuple[Served, str]) ->
     statuses = [_raw_post(host, int(port), "127.0.0.9") for _ in range(6)]
     assert statuses == [201] * 5 + [429]
     assert s.metric("natkit_check_refused_rate_total") >= 1
+    # Requests per source (30/s, burst 90): a flood of GETs gets 429s, as answers.
+    flood = [_raw_get(host, int(port), "127.0.0.10") for _ in range(120)]
+    assert flood[:80] == [404] * 80 and flood[-1] == 429
     assert s.proc.poll() is None
+
+
+def _raw_get(host: str, port: int, source: str) -> int:
+    with socket.create_connection((host, port), timeout=5, source_address=(source, 0)) as sock:
+        sock.sendall(b"GET /check/api/report/none HTTP/1.1\r\n\r\n")
+        return int(sock.recv(100).split(b" ")[1])
 
 
 def _raw_post(host: str, port: int, source: str) -> int:
