@@ -106,7 +106,7 @@ class CheckServer:
             tests_per_minute=check.tests_per_minute,
         )
         self.friends = FriendRoutes(
-            SignalStore(ttl=120.0, max_pairings=2 * check.max_tests), self._servers
+            SignalStore(ttl=120.0, max_pairings=2 * check.max_tests), self._servers, self._nat_of
         )
         udp = next(u for u in config.stun.listen if u.transport is Transport.UDP)
         self.primary_ip = udp.host
@@ -329,6 +329,12 @@ class CheckServer:
             "turn": self._turn_servers(f"check-{test.id}", req.local.host),
             "alternate": self.alternate_ip is not None,
         }
+
+    def _nat_of(self, report_id: str, now: float) -> str | None:
+        test = self.store.get(report_id, now) if _ID.fullmatch(report_id) else None
+        if test is None or test.report is None:
+            return None
+        return str(test.report["nat_type"])
 
     def _servers(self, user: str, local: str) -> dict[str, Any]:
         return {"stun": self._stun_urls(local), "turn": self._turn_servers(user, local)}

@@ -47,6 +47,8 @@ def test_friends_connect_where_the_matrix_says(pair_lab: Lab) -> None:
     ):
         host, friend = run_friends(alice, bob, PAGE, timeout=40)
     for side in (host, friend):
+        # The page's own prediction, from both sides' measured NAT types, is the matrix's.
+        assert side["predicted_direct"] is predicted and side["held"] is True, side
         assert side["direct"]["connected"] is predicted, side
         assert side["relay"]["connected"] is True, side
         assert side["relay"]["pair"]["local"] == "relay", side

@@ -39,6 +39,7 @@ turn:
   realm: natkit.lab
   auth: {{secret: natkit-lab-only-secret}}
   relay: {{ports: 49152-49999}}
+  drain_timeout: 0.5               # the pages' relay checks leave allocations: stop at once
   peers: {{allow: ["203.0.113.96/27", "203.0.113.128/25", "10.0.0.0/8", "100.64.0.0/10"]}}
 check: {{enabled: true, listen: "http://{PRIMARY}:80"}}
 metrics: {{listen: null}}

@@ -179,11 +179,11 @@ function render(report) {
   $("result").hidden = false;
 }
 
-async function run() {
+// The NAT check itself: the report (also window.natkitReport), or null after showing why not.
+async function measure() {
   const t0 = performance.now();
   $("start").disabled = true;
   $("error").hidden = true;
-  document.title = "natkit check — running";
   done = 0;
   try {
     const test = await api("POST", "/test");
@@ -202,12 +202,22 @@ async function run() {
     $("step").textContent = `done in ${duration_s.toFixed(1)} s`;
     render(report);
     window.natkitReport = report;
+    return report;
   } catch (err) {
     $("error").textContent = `The check failed: ${err.message || err}`;
     $("error").hidden = false;
     window.natkitReport = { source: "browser", error: String(err.message || err) };
+    return null;
   } finally {
     $("start").disabled = false;
+  }
+}
+
+async function run() {
+  document.title = "natkit check — running";
+  try {
+    await measure();
+  } finally {
     document.title = "natkit check — done";
   }
 }
@@ -288,9 +298,9 @@ async function friendAttempt(host, code, mode, servers) {
   return result;
 }
 
+// Each side runs its own check (its NAT type feeds the prediction), then both attempts.
 async function friend(code) {
   document.title = "natkit check — friend — running";
-  $("result").hidden = true;
   const host = !code;
   try {
     let servers;
@@ -303,13 +313,25 @@ async function friend(code) {
     } else {
       servers = await api("GET", `/pair/${code}`);
     }
+    const own = await measure();
+    if (own) await api("PUT", `/pair/${code}/nat/${host ? "host" : "friend"}`, { report: own.id });
     const [direct, relay] = await Promise.all([
       friendAttempt(host, code, "direct", servers),
       friendAttempt(host, code, "relay", servers),
     ]);
-    window.natkitFriend = { source: "browser", role: host ? "host" : "friend", code, direct, relay };
+    const nats = await api("GET", `/pair/${code}/nat`).catch(() => ({}));
+    const predicted = nats.predicted_direct === undefined ? null : nats.predicted_direct;
+    window.natkitFriend = {
+      source: "browser", role: host ? "host" : "friend", code, direct, relay,
+      nat_types: { host: nats.host || null, friend: nats.friend || null },
+      predicted_direct: predicted,
+      held: predicted === null ? null : predicted === direct.connected,
+    };
     const table = $("friend-results");
     table.replaceChildren();
+    const said = predicted === null ? "unknown" : predicted ? "direct possible" : "relay needed";
+    row(table, "predicted", `${said} (NAT types: you ${host ? nats.host : nats.friend}, ` +
+        `your friend ${host ? nats.friend : nats.host})`, predicted === null ? "warn" : "");
     for (const r of [direct, relay]) {
       const how = r.pair ? ` (${r.pair.local} ↔ ${r.pair.remote})` : "";
       row(table, r.mode === "direct" ? "direct" : "through TURN",
