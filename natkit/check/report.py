@@ -49,9 +49,11 @@ def _address(value: object) -> str | None:
     return text if port.isdigit() else None
 
 
-def page_results(body: dict[str, Any]) -> tuple[list[TurnResult], list[dict[str, Any]], float]:
-    """The page's TURN checks, gathered candidates and duration, each value bounded and typed
-    (anything else is dropped)."""
+def page_results(
+    body: dict[str, Any],
+) -> tuple[list[TurnResult], list[dict[str, Any]], float, bool | None]:
+    """The page's TURN checks, gathered candidates, duration and hairpin test (None: not
+    tried), each value bounded and typed (anything else is dropped)."""
     turn: list[TurnResult] = []
     raw_turn = body.get("turn")
     for item in raw_turn[:6] if isinstance(raw_turn, list) else []:
@@ -83,7 +85,10 @@ def page_results(body: dict[str, Any]) -> tuple[list[TurnResult], list[dict[str,
                 }
             )
     duration = _number(body.get("duration_s")) or 0.0
-    return turn, candidates, duration
+    hair = body.get("hairpin")
+    tried = isinstance(hair, dict) and hair.get("tried") is True
+    hairpin = (hair.get("connected") is True) if tried and isinstance(hair, dict) else None
+    return turn, candidates, duration, hairpin
 
 
 def _base(offer: Offer | None, priority: int | None, public: Address) -> Address | None:
@@ -111,6 +116,7 @@ def build_report(
     duration_s: float,
     *,
     alternate: bool,
+    hairpin: bool | None = None,
 ) -> dict[str, Any]:
     """The report for one test (see the module docstring)."""
     notes: list[str] = []
@@ -142,12 +148,15 @@ def build_report(
         for t in turn
         if t["transport"] != "udp"
     ]
+    # A hairpin test through a NAT; without one (or without a public address) it says nothing.
+    hairpinning = hairpin if behind_nat is not False and public is not None else None
     verdict = decide(
         kind,
         udp=udp,
         eim_known=kind_map == "endpoint-independent",
         relays=relays,
         streams=streams,
+        hairpinning=hairpinning,
     )
     classic = CLASSIC_NAMES[kind]
     if behind_nat is False and kind_filter not in (None, "endpoint-independent"):
@@ -173,7 +182,7 @@ def build_report(
         "behind_nat": behind_nat,
         "mapping": kind_map,
         "filtering": kind_filter,
-        "hairpinning": None,
+        "hairpinning": hairpinning,
         "port_preservation": None if public is None or base is None else public.port == base.port,
         "mapping_consistent": None if not seen else len(set(seen.values())) == 1,
         "nat_type": kind,

@@ -415,7 +415,7 @@ class CheckServer:
             raise HttpError(400, f"body is not JSON: {err}") from None
         if not isinstance(body, dict):
             raise HttpError(400, "body must be a JSON object")
-        turn, candidates, duration = page_results(body)
+        turn, candidates, duration, hairpin = page_results(body)
         report = build_report(
             test.id,
             test.sessions.get("mapping"),
@@ -425,6 +425,7 @@ class CheckServer:
             candidates,
             duration,
             alternate=self.alternate_ip is not None,
+            hairpin=hairpin,
         )
         for session in test.sessions.values():
             self.core.remove(session)

@@ -146,10 +146,10 @@ def test_report_uses_diagnose_words_and_keeps_page_input_bounded() -> None:
     for role in ("p1", "a1", "p2"):
         core.handle(role, _check(session, priority=prio), BROWSER, 0.0)  # type: ignore[arg-type]
     good = {"transport": "udp", "url": "turn:x", "ok": True, "rtt_ms": 3}
-    turn, cands, duration = page_results(
+    turn, cands, duration, hairpin = page_results(
         {"turn": [good] * 10 + [{"transport": "evil"}], "candidates": "nope", "duration_s": "x"}
     )
-    assert len(turn) == 6 and cands == [] and duration == 0.0
+    assert len(turn) == 6 and cands == [] and duration == 0.0 and hairpin is None
     report = build_report("id1", session, None, None, turn, cands, 1.0, alternate=True)
     assert report["source"] == "browser" and report["mapping"] == "endpoint-independent"
     assert report["nat_type"] == "unknown" and report["verdict"]["relay_working"] is True

@@ -83,6 +83,42 @@ async function reflexive(test, candidates) {
   }
 }
 
+// Hairpinning (RFC 4787 REQ-9): two peers on this page that know each other only by their
+// server-reflexive (public) addresses connect only if the NAT loops their packets back inside.
+async function hairpin(test) {
+  const result = { tried: false, connected: false };
+  const config = { iceServers: [{ urls: test.stun.slice(0, 1) }] };
+  const a = new RTCPeerConnection(config), b = new RTCPeerConnection(config);
+  const relay = (from, to) => from.addEventListener("icecandidate", (e) => {
+    if (e.candidate && e.candidate.type === "srflx") {
+      result.tried = true;
+      to.addIceCandidate(e.candidate).catch(() => {});
+    }
+  });
+  relay(a, b);
+  relay(b, a);
+  try {
+    const dc = a.createDataChannel("natkit-hairpin");
+    const opened = new Promise((resolve, reject) => {
+      dc.addEventListener("open", resolve);
+      setTimeout(() => reject(new Error("no hairpin")), 3000);
+    });
+    // No candidates in the descriptions (trickle): only the srflx ones relayed above.
+    await a.setLocalDescription(await a.createOffer());
+    await b.setRemoteDescription({ type: "offer", sdp: a.localDescription.sdp.replace(/a=candidate:.*\r\n/g, "") });
+    await b.setLocalDescription(await b.createAnswer());
+    await a.setRemoteDescription({ type: "answer", sdp: b.localDescription.sdp.replace(/a=candidate:.*\r\n/g, "") });
+    await opened;
+    result.connected = true;
+  } catch (err) {
+    result.connected = false;
+  } finally {
+    a.close(); b.close();
+    progress("hairpinning checked");
+  }
+  return result;
+}
+
 // Two relay-only peers on this page, both through the server's TURN over one transport: a data
 // channel between them crosses the relay twice; the ping's round trip is timed.
 async function turnCheck(server) {
@@ -155,6 +191,8 @@ function render(report) {
   row(facts, "filtering", report.filtering || "unknown", report.filtering ? "" : "warn");
   row(facts, "NAT type", report.nat_type, "good");
   row(facts, "port preservation", ...yn(report.port_preservation));
+  row(facts, "hairpinning", ...(report.behind_nat === false ? ["n/a (no NAT)", ""]
+                                                           : yn(report.hairpinning)));
   for (const t of report.turn) {
     row(facts, `TURN over ${t.transport.toUpperCase()}`,
         t.ok ? `works (relay ${t.relayed_address}, ${t.rtt_ms} ms round trip)` : t.error,
@@ -187,17 +225,19 @@ async function measure() {
   done = 0;
   try {
     const test = await api("POST", "/test");
-    total = 3 + test.turn.length + 1;
+    total = 4 + test.turn.length + 1;
     progress("test started");
     const candidates = [];
-    const [, , , turn] = await Promise.all([
+    const [, , , turn, hair] = await Promise.all([
       iceSession(test, "mapping", candidates),
       iceSession(test, "filtering", null),
       reflexive(test, candidates),
       Promise.all(test.turn.map(turnCheck)),
+      hairpin(test),
     ]);
     const duration_s = Math.round(performance.now() - t0) / 1000;
-    const report = await api("POST", `/test/${test.id}/report`, { turn, candidates, duration_s });
+    const report = await api("POST", `/test/${test.id}/report`,
+                             { turn, candidates, duration_s, hairpin: hair });
     $("progress").value = 100;
     $("step").textContent = `done in ${duration_s.toFixed(1)} s`;
     render(report);
