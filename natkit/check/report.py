@@ -195,11 +195,7 @@ def build_report(
             "filtering_probes_sent": filtering.probes_sent if filtering else 0,
             "mapping_group": group,
         },
-        "streams": [
-            {"transport": _stream(t["transport"]), "address": t["url"], "connected": t["allocated"]}
-            for t in turn
-            if t["transport"] != "udp"
-        ],
+        "streams": [_stream_item(t) for t in turn if t["transport"] != "udp"],
         "turn": turn,
         "candidates": [c.to_dict() for c in (mapping_offer.candidates if mapping_offer else ())]
         + [c for c in candidates if c["type"] != "host"],
@@ -214,6 +210,21 @@ def build_report(
             "outcome": verdict.outcome,
         },
         "exit_status": verdict.exit_status,
+    }
+
+
+def _stream_item(t: TurnResult) -> dict[str, Any]:
+    """A TURN check over TCP/TLS as diagnose's `streams` item: an allocation over the stream
+    means the connection was made and a STUN server answered on it."""
+    hostport = t["url"].split(":", 1)[-1].split("?")[0]
+    return {
+        "transport": _stream(t["transport"]),
+        "address": hostport,
+        "connected": t["allocated"],
+        "refused": None,
+        "answered": t["allocated"],
+        "connect_ms": None,
+        "error": None if t["allocated"] else t["error"],
     }
 
 
