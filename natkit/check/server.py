@@ -162,7 +162,13 @@ class CheckServer:
                 host, port = transport.get_extra_info("sockname")[:2]
                 self.core.sockets[role] = Address(str(host), int(port))
             self._server = await asyncio.start_server(
-                self._accept, self.host, self.port, ssl=ctx, reuse_address=True
+                self._accept,
+                self.host,
+                self.port,
+                ssl=ctx,
+                reuse_address=True,
+                # A handshake that never comes must not hold a socket for asyncio's 60 s.
+                ssl_handshake_timeout=REQUEST_TIMEOUT if ctx is not None else None,
             )
         except OSError as err:
             await self.stop()
@@ -242,10 +248,14 @@ class CheckServer:
         except (OSError, TimeoutError, asyncio.CancelledError, ssl.SSLError):
             pass
         finally:
-            writer.transport.abort() if writer.transport.is_closing() else writer.close()
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            writer.close()
+            try:  # close() flushes first: a client that stops reading gets 1 s, then a reset
                 async with asyncio.timeout(1.0):
                     await writer.wait_closed()
+            except TimeoutError:
+                writer.transport.abort()
+            except (Exception, asyncio.CancelledError):
+                pass
             self._tasks.discard(task)
 
     async def _serve_one(

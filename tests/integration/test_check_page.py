@@ -83,6 +83,10 @@ def test_https_page_and_turn_over_tls(browser: Browser, tmp_path: Path) -> None:
     }
     with serve(config) as s:
         assert f"check https://127.0.0.1:{http}/check" in s.lines
+        for junk in (b"GET /check HTTP/1.1\r\n\r\n", b"\x16\x03\x01\x00\x05hello"):
+            with socket.create_connection(("127.0.0.1", http), timeout=5) as sock:
+                sock.sendall(junk)  # plain HTTP or a broken ClientHello: closed, nothing else
+                assert sock.recv(100) == b""
         report = run_check(browser, f"https://127.0.0.1:{http}/check", timeout=20)
     turn = {t["transport"]: t for t in report["turn"]}
     assert set(turn) == {"udp", "tls"} and turn["tls"]["url"].startswith("turns:"), turn
