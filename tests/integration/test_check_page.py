@@ -8,6 +8,8 @@ import json
 import re
 import secrets
 import socket
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -248,3 +250,19 @@ def test_with_a_friend_on_loopback(served: tuple[Served, str], browser: Browser)
     code = results[0]["code"]
     assert _call(base, "GET", f"/check/api/pair/{code}")[0] == 404
     assert _call(base, "PUT", "/check/api/pair/abcd.efgh/direct/offer", {"sdp": "x"})[0] == 404
+
+
+def test_the_cli_runs_the_page_headless(served: tuple[Served, str]) -> None:
+    """`natkit check URL --json`: the report on stdout, diagnose's exit status."""
+    _, base = served
+    done = subprocess.run(
+        [sys.executable, "-m", "natkit", "check", base + "/check", "--json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    report = json.loads(done.stdout)
+    assert report["source"] == "browser" and done.returncode == report["exit_status"] == 0
+    bad = subprocess.run(
+        [sys.executable, "-m", "natkit", "check", "ftp://x"], capture_output=True, text=True,
+        check=False,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "http://" in bad.stderr
