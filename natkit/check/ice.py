@@ -1,7 +1,8 @@
 """natkit as the browser's remote ICE-lite agent: the mapping and filtering tests. Sans-IO.
 
 Theory of operation. natkit check owns four UDP sockets of its own (`ROLES`): three ports on the
-server's primary IP (p1, p2, p3) and one on its alternate IP (a1). A test opens two ICE sessions
+server's primary IP (p1, p2, p3) and one on its alternate IP (a1), plus one on its IPv6 address
+(v6) when it listens on one. A test opens two ICE sessions
 with the browser, each on its own RTCPeerConnection (so each has its own browser socket and NAT
 mapping):
 
@@ -54,9 +55,11 @@ __all__ = [
     "mapping_of",
 ]
 
-Role = Literal["p1", "p2", "p3", "a1"]
-ROLES: tuple[Role, ...] = ("p1", "p2", "p3", "a1")
-MAPPING_ROLES: tuple[Role, ...] = ("p1", "a1", "p2")
+Role = Literal["p1", "p2", "p3", "a1", "v6"]
+ROLES: tuple[Role, ...] = ("p1", "p2", "p3", "a1", "v6")
+MAPPING_ROLES: tuple[Role, ...] = ("p1", "a1", "p2", "v6")
+"""Sockets a mapping session names; v6 (the server's IPv6 address, when it has one) only
+tells whether the browser reaches natkit over IPv6 UDP."""
 FILTER_ROLE: Role = "p3"
 PROBE_ROLES: tuple[Role, ...] = ("p3", "p1", "a1")  # control, other port, other IP
 PROBE_SCHEDULE = (0.0, 0.2, 0.5, 1.0)

@@ -117,12 +117,16 @@ def build_report(
     *,
     alternate: bool,
     hairpin: bool | None = None,
+    ipv6_offered: bool = False,
 ) -> dict[str, Any]:
     """The report for one test (see the module docstring)."""
     notes: list[str] = []
     kind_map, seen = mapping_of(mapping, alternate) if mapping else (None, {})
     kind_filter = filtering_of(filtering, alternate) if filtering else None
     public = seen.get("p1")
+    # IPv6 UDP: did any browser candidate reach natkit's IPv6 socket (None: none offered).
+    v6 = [g["v6"] for g in (mapping.observed.values() if mapping else ()) if "v6" in g]
+    ipv6 = bool(v6) if ipv6_offered else None
     udp = bool(seen) or any(c["type"] == "srflx" for c in candidates)
     group = next((p for p, g in (mapping.observed.items() if mapping else ()) if g is seen), None)
     base = _base(mapping_offer, group, public) if public is not None else None
@@ -173,12 +177,12 @@ def build_report(
         "udp": {
             "reachable": udp,
             "ipv4": udp if public is None or public.family == 4 else None,
-            "ipv6": None,
+            "ipv6": ipv6,
             "finding": "answered" if udp else "no-answer",
             "evidence": None if udp else "no ICE check or STUN answer over UDP",
         },
         "public_address": str(public) if public else None,
-        "public_addresses": [str(public)] if public else [],
+        "public_addresses": [str(a) for a in ([public] if public else []) + v6[:1]],
         "behind_nat": behind_nat,
         "mapping": kind_map,
         "filtering": kind_filter,

@@ -110,6 +110,8 @@ class CheckServer:
         )
         udp = next(u for u in config.stun.listen if u.transport is Transport.UDP)
         self.primary_ip = udp.host
+        v6 = [u for u in config.stun.listen if u.transport is Transport.UDP and u.family == 6]
+        self.ipv6_ip = v6[0].host if v6 and udp.family == 4 else None
         self.alternate_ip = (
             parse_hostport(config.stun.alternate)[0] if config.stun.alternate else None
         )
@@ -152,6 +154,8 @@ class CheckServer:
         ]  # fmt: skip
         if self.alternate_ip is not None:
             binds.append(("a1", self.alternate_ip))
+        if self.ipv6_ip is not None:
+            binds.append(("v6", self.ipv6_ip))
         try:
             for role, ip in binds:
                 transport, _ = await loop.create_datagram_endpoint(
@@ -338,6 +342,7 @@ class CheckServer:
             "stun": self._stun_urls(req.local.host),
             "turn": self._turn_servers(f"check-{test.id}", req.local.host),
             "alternate": self.alternate_ip is not None,
+            "ipv6": self.ipv6_ip is not None,
         }
 
     def _nat_of(self, report_id: str, now: float) -> str | None:
@@ -436,6 +441,7 @@ class CheckServer:
             duration,
             alternate=self.alternate_ip is not None,
             hairpin=hairpin,
+            ipv6_offered=self.ipv6_ip is not None,
         )
         for session in test.sessions.values():
             self.core.remove(session)

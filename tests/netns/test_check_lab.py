@@ -27,10 +27,12 @@ from tests.netns.test_diagnose_lab import EXPECTED
 pytestmark = pytest.mark.netns
 
 MakeLab = Callable[..., Lab]
+PRIMARY6 = "2001:db8::10"
 PAGE = f"http://{PRIMARY}/check"  # port 80: the udp-blocked firewall lets TCP 80 and 443 out
 CONFIG = f"""version: 1
 stun:
-  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:3478", "tls://{PRIMARY}:443"]
+  listen: ["udp://{PRIMARY}:3478", "tcp://{PRIMARY}:3478", "tls://{PRIMARY}:443",
+           "udp://[{PRIMARY6}]:3478"]
   alternate: "{ALTERNATE}:3479"
   workers: 1
   tls: {{cert: CERT, key: KEY}}
@@ -166,6 +168,8 @@ def test_the_browser_report_agrees_with_the_preset_and_diagnose(
     assert report["behind_nat"] is (preset != "open") or preset == "udp-blocked", report
     assert report["udp"]["reachable"] is diagnosed["udp"]["reachable"] is (preset != "udp-blocked")
     assert report["verdict"]["direct_p2p"] == direct
+    # IPv6: only the open preset's peer has an IPv6 address (the lab's NATs route IPv4 only).
+    assert report["udp"]["ipv6"] is (preset == "open"), report["udp"]
     # TURN per transport, as diagnose's own checks found it: over TLS on 443 (which the
     # udp-blocked firewall lets through) everywhere, over UDP and TCP 3478 wherever they get out.
     turn = {t["transport"]: t["ok"] for t in report["turn"]}
