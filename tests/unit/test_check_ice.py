@@ -153,3 +153,17 @@ def test_report_uses_diagnose_words_and_keeps_page_input_bounded() -> None:
     report = build_report("id1", session, None, None, turn, cands, 1.0, alternate=True)
     assert report["source"] == "browser" and report["mapping"] == "endpoint-independent"
     assert report["nat_type"] == "unknown" and report["verdict"]["relay_working"] is True
+
+
+def test_ipv6_is_reported_only_when_natkit_offered_it() -> None:
+    core, session = _session("mapping")
+    core.sockets["v6"] = Address("2001:db8::10", 40005)
+    core.handle("p1", _check(session, priority=1), BROWSER, 0.0)
+    assert build_report("i", session, None, None, [], [], 1.0, alternate=True,
+                        ipv6_offered=True)["udp"]["ipv6"] is False  # fmt: skip
+    core.handle("v6", _check(session, priority=2), Address("2001:db8::50", 5000), 0.0)
+    report = build_report("i", session, None, None, [], [], 1.0, alternate=True, ipv6_offered=True)
+    assert report["udp"]["ipv6"] is True and "[2001:db8::50]:5000" in report["public_addresses"]
+    assert (
+        build_report("i", session, None, None, [], [], 1.0, alternate=True)["udp"]["ipv6"] is None
+    )
