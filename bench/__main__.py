@@ -16,6 +16,7 @@ from bench import (
     alloc_bench,
     cli_bench,
     diagnose_bench,
+    fastpath_bench,
     lab_bench,
     listener_bench,
     stun_bench,
@@ -33,6 +34,7 @@ def _lab(argv: list[str]) -> int:
 
 BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "stun": stun_bench.main,
+    "fastpath": fastpath_bench.main,
     "listener": listener_bench.main,
     "turn": turn_bench.main,
     "alloc": alloc_bench.main,

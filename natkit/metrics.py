@@ -23,6 +23,10 @@ from typing import Any
 from natkit.addr import parse_hostport
 
 __all__ = [
+    "CLUSTER_COUNTERS",
+    "CLUSTER_GAUGES",
+    "CLUSTER_MEMBERS",
+    "CLUSTER_ONLINE",
     "COUNTERS",
     "FAMILIES",
     "RESULTS",
@@ -39,6 +43,8 @@ __all__ = [
     "MetricsServer",
     "SharedCounters",
     "WorkerCounters",
+    "cluster_index",
+    "cluster_ready",
     "error_index",
     "ratelimited_index",
     "render",
@@ -117,13 +123,33 @@ TURN_OUTCOMES = ("created", "refreshed", "expired", "deleted")
 expired: the lifetime ran out (RFC 8656 §7); deleted: Refresh 0, the TCP/TLS connection closed,
 a replaced allocation or shutdown."""
 _TURN_OUTCOMES = _TURN_RELAYED + 4
-COUNTERS = _TURN_OUTCOMES + len(TURN_OUTCOMES)
+_CLUSTER = _TURN_OUTCOMES + len(TURN_OUTCOMES)
+CLUSTER_MEMBERS = _CLUSTER
+"""Gauge: workers that are fleet members (``cluster.redis``; 0: no cluster)."""
+CLUSTER_ONLINE = _CLUSTER + 1
+"""Gauge: of those, the ones whose last heartbeat reached Redis."""
+CLUSTER_COUNTERS = (
+    ("local_admitted", "allocations admitted on local quotas without Redis (fail-open)"),
+    ("local_refused", "allocations refused without Redis' word (fail-closed, local limits)"),
+    ("redirects", "Allocates answered 300 Try Alternate (node full or draining)"),
+    ("revoked_ended", "allocations ended because their user or credential was revoked"),
+    ("redis_errors", "Redis calls that failed or timed out"),
+    ("outages", "times Redis became unreachable"),
+)
+_CLUSTER_COUNTERS = _CLUSTER + 2
+COUNTERS = _CLUSTER_COUNTERS + len(CLUSTER_COUNTERS)
 """Width of one worker's row."""
 TURN_GAUGES = range(_TURN_ALLOCATIONS, TURN_CHANNELS + 1)
+CLUSTER_GAUGES = (CLUSTER_MEMBERS, CLUSTER_ONLINE)
 _ALLOCATION_GAUGES = range(_TURN_ALLOCATIONS, TURN_PERMISSIONS)
 """Gauges a restarted worker starts from zero (it holds no allocation)."""
 
 _REASON_INDEX = {reason: i for i, (reason, _) in enumerate(TURN_REASONS)}
+
+
+def cluster_index(name: str) -> int:
+    """Counter of one `CLUSTER_COUNTERS` entry."""
+    return _CLUSTER_COUNTERS + [n for n, _ in CLUSTER_COUNTERS].index(name)
 
 
 def turn_refusal_index(reason: str, method: str) -> int:
@@ -179,7 +205,7 @@ class WorkerCounters:
         self._base = worker * COUNTERS
         self.values: list[int] = list(array[self._base : self._base + COUNTERS])
         self.values[CONNECTIONS] = 0  # a gauge: a restarted worker holds no connections
-        for i in TURN_GAUGES:
+        for i in (*TURN_GAUGES, *CLUSTER_GAUGES):
             self.values[i] = 0
         self.flush()
 
@@ -206,8 +232,14 @@ def _family_label(family: int) -> str:
     return f"ipv{family}"
 
 
-def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
-    """Prometheus text exposition of summed counters; `workers` is (index, pid) of live workers."""
+def render(
+    totals: Sequence[int],
+    workers: Iterable[tuple[int, int]],
+    kernel: Mapping[str, int] | None = None,
+) -> str:
+    """Prometheus text exposition of summed counters; `workers` is (index, pid) of live workers;
+    `kernel` the kernel fast path's counters (`natkit.fastpath.COUNTER_NAMES`), if it runs:
+    its answers join the same series with ``path="kernel"``."""
     workers = list(workers)
     out: list[str] = []
 
@@ -228,6 +260,13 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
                     f'natkit_stun_requests_total{{transport="{t}",family="{_family_label(f)}",'
                     f'result="{r}"}} {value}'
                 )
+    if kernel is not None:
+        for f in FAMILIES:
+            value = kernel.get(f"answered_v{f}", 0)
+            out.append(
+                f'natkit_stun_requests_total{{transport="udp",family="{_family_label(f)}",'
+                f'result="success",path="kernel"}} {value}'
+            )
     head(
         "natkit_stun_ratelimited_total",
         "counter",
@@ -237,6 +276,9 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
         out.append(
             f'natkit_stun_ratelimited_total{{transport="{t}"}} {totals[ratelimited_index(t)]}'
         )
+    if kernel is not None:
+        limited = kernel.get("rate_limited", 0)
+        out.append(f'natkit_stun_ratelimited_total{{transport="udp",path="kernel"}} {limited}')
     head(
         "natkit_stun_errors_total",
         "counter",
@@ -248,6 +290,8 @@ def render(totals: Sequence[int], workers: Iterable[tuple[int, int]]) -> str:
     head("natkit_stun_connections", "gauge", "Open TCP/TLS connections over all workers.")
     out.append(f"natkit_stun_connections {totals[CONNECTIONS]}")
     _render_turn(totals, head, out)
+    if totals[CLUSTER_MEMBERS]:
+        _render_cluster(totals, head, out)
     head("natkit_workers", "gauge", "Worker processes alive.")
     out.append(f"natkit_workers {len(workers)}")
     head("natkit_worker_resident_memory_bytes", "gauge", "Resident set size of each worker.")
@@ -316,6 +360,29 @@ def _render_turn_state(
         out.append(f'natkit_turn_allocation_outcomes_total{{outcome="{outcome}"}} {value}')
 
 
+def _render_cluster(
+    totals: Sequence[int], head: Callable[[str, str, str], None], out: list[str]
+) -> None:
+    head("natkit_cluster_members", "gauge", "Worker processes that are members of the fleet.")
+    out.append(f"natkit_cluster_members {totals[CLUSTER_MEMBERS]}")
+    head("natkit_cluster_redis_up", "gauge", "Members whose last heartbeat reached Redis.")
+    out.append(f"natkit_cluster_redis_up {totals[CLUSTER_ONLINE]}")
+    for name, help_text in CLUSTER_COUNTERS:
+        head(f"natkit_cluster_{name}_total", "counter", help_text[0].upper() + help_text[1:] + ".")
+        out.append(f"natkit_cluster_{name}_total {totals[cluster_index(name)]}")
+
+
+def cluster_ready(totals: Sequence[int], fail_open: bool) -> tuple[bool, str]:
+    """/readyz for a fleet member: ready unless Redis is unreachable and the fail policy
+    refuses new allocations (a balancer should send clients elsewhere); the reason to show."""
+    members, online = totals[CLUSTER_MEMBERS], totals[CLUSTER_ONLINE]
+    if not members or online >= members:
+        return True, ""
+    if fail_open:
+        return True, "cluster: Redis unreachable, serving on local quotas"
+    return False, "cluster: Redis unreachable, refusing new allocations (fail-closed)"
+
+
 def render_signal(stats: Mapping[str, int]) -> str:
     """The rendezvous' `SignalServer.stats` as counters ``natkit_signal_<key>_total``.
 
@@ -338,11 +405,17 @@ class MetricsServer:
     drain, so a load balancer sends new clients elsewhere (Kubernetes probe semantics)."""
 
     def __init__(
-        self, listen: str, body: Callable[[], str], ready: Callable[[], bool] | None = None
+        self,
+        listen: str,
+        body: Callable[[], str],
+        ready: Callable[[], bool] | None = None,
+        detail: Callable[[], str] | None = None,
     ) -> None:
+        """`detail()`, if given, is one more line for /readyz (e.g. a fleet's Redis state)."""
         self.host, self.port = parse_hostport(listen, default_port=9641)
         self._body = body
         self._ready = ready or (lambda: True)
+        self._detail = detail or (lambda: "")
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -379,7 +452,10 @@ class MetricsServer:
         if path == b"/healthz":
             return "200 OK", "text/plain", b"ok\n"
         if path == b"/readyz":
+            detail = self._detail()
+            extra = (detail + "\n").encode() if detail else b""
             if self._ready():
-                return "200 OK", "text/plain", b"ready\n"
-            return "503 Service Unavailable", "text/plain", b"not ready (starting or draining)\n"
+                return "200 OK", "text/plain", b"ready\n" + extra
+            reason = b"not ready (starting or draining)\n"
+            return "503 Service Unavailable", "text/plain", reason + extra
         return "404 Not Found", "text/plain", b"try /metrics, /healthz or /readyz\n"

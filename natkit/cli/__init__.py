@@ -25,6 +25,8 @@ COMMANDS = {
     "check": "check_cmd",
     "p2p": "p2p_cmd",
     "lab": "lab_cmd",
+    "fastpath": "fastpath_cmd",
+    "cluster": "cluster_cmd",
 }
 
 

@@ -22,6 +22,7 @@ from typing import Any
 from natkit.addr import Transport, format_hostport, parse_hostport
 from natkit.config.model import (
     CheckConfig,
+    ClusterConfig,
     DiagnoseConfig,
     DiagnoseTurnServer,
     MetricsConfig,
@@ -271,6 +272,40 @@ def _diagnose_turn_section(server: DiagnoseTurnServer) -> None:
         raise Problem("credential", "a credential needs a username")
 
 
+def _redis_url(value: str | None, _: Context) -> str | None:
+    # Never echo the value: it may carry a password.
+    if value is not None:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("redis", "rediss", "unix") or not rest:
+            raise ValueError(
+                "must be a redis://HOST:PORT, rediss://HOST:PORT (TLS) or unix:///PATH URL"
+            )
+    return value
+
+
+def _name(what: str) -> FieldRule:
+    def rule(value: str | None, _: Context) -> str | None:
+        if value is not None and not (
+            0 < len(value) <= 64 and all(c.isalnum() or c in "-_." for c in value)
+        ):
+            raise ValueError(f"{what} must be 1-64 letters, digits, '-', '_' or '.'")
+        return value
+
+    return rule
+
+
+def _not_negative(value: int, _: Context) -> int:
+    if value < 0:
+        raise ValueError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _lease(value: float, _: Context) -> float:
+    if value < 1.0:
+        raise ValueError(f"must be at least 1 second (heartbeats are a third of it), got {value}")
+    return value
+
+
 FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (StunConfig, "alternate"): _alternate,
     (StunConfig, "workers"): _workers,
@@ -318,6 +353,13 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (CheckConfig, "report_ttl"): _positive,
     (CheckConfig, "max_tests"): _at_least_one,
     (CheckConfig, "tests_per_minute"): _at_least_one,
+    (ClusterConfig, "redis"): _redis_url,
+    (ClusterConfig, "node_id"): _name("cluster.node_id"),
+    (ClusterConfig, "prefix"): _name("cluster.prefix"),
+    (ClusterConfig, "timeout"): _positive,
+    (ClusterConfig, "lease"): _lease,
+    (ClusterConfig, "capacity"): _not_negative,
+    (ClusterConfig, "advertise"): _ip_literal,
 }
 
 # Rules for each item of a list key, so an error points at the item's own line.

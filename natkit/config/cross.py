@@ -63,9 +63,17 @@ def check_config(config: Config) -> None:
             "the coturn engine cannot use both `secret` and `users` (a shared secret overrides "
             "the user list in coturn); choose one, or use turn.engine: builtin",
         )
+    if config.cluster.redis is not None and not turn.enabled:
+        raise Problem(
+            "cluster.redis",
+            "a fleet shares the builtin TURN engine's state: set turn.enabled: true, or remove "
+            "cluster.redis",
+        )
     if not turn.enabled:
         return
-    if not auth.secret and not auth.users:
+    # A fleet may take every credential from Redis (natkit cluster secret/user): until then
+    # its nodes refuse everyone (401), never relay for anyone.
+    if not auth.secret and not auth.users and config.cluster.redis is None:
         raise Problem("turn.auth", "set `secret` or `users`: natkit runs no open relay")
     if turn.engine == "builtin" and not config.stun.enabled:
         raise Problem(

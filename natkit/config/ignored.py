@@ -69,6 +69,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "(no trusted list) on a port of its own and turns coturn's TLS listener off",
     ),
     Ignored(
+        "stun.fast_path",
+        lambda c: c.stun.fast_path != "off",
+        "coturn answers every Binding itself; the kernel fast path is the builtin engine's",
+    ),
+    Ignored(
         "stun.software",
         lambda c: c.stun.software not in ("", _STUN.software),
         "coturn sends its own SOFTWARE; only an empty value is rendered (no-software-attribute)",
@@ -107,6 +112,12 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "check.enabled",
         lambda c: c.check.enabled,
         "the browser check page runs with the builtin engine only",
+    ),
+    Ignored(
+        "cluster.redis",
+        lambda c: c.cluster.redis is not None,
+        "fleet quotas, revocations and redirects are the builtin engine's (coturn's own Redis "
+        "holds users and statistics only)",
     ),
 )
 

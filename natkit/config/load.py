@@ -315,6 +315,9 @@ class _Walker:
             # type() too: True == 1, and `version: true` is not version 1.
             if any(type(value) is type(a) and value == a for a in get_args(tp)):
                 return value
+            # YAML 1.1 reads a plain `off` as false: where "off" is a choice, it means "off".
+            if value is False and "off" in get_args(tp) and str(node.value).lower() == "off":
+                return "off"
             options = [a for a in get_args(tp) if isinstance(a, str)]
             close = closest(value, options)
             hint = f' (did you mean "{close}"?)' if close else ""

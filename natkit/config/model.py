@@ -19,6 +19,7 @@ from natkit.uri import StunURI, TurnURI
 __all__ = [
     "DEFAULT_DENIED_PEERS",
     "CheckConfig",
+    "ClusterConfig",
     "Config",
     "DiagnoseConfig",
     "DiagnoseTurnServer",
@@ -153,6 +154,13 @@ class StunConfig:
     proxy_trusted: tuple[str, ...] = field(
         default=(),
         metadata=doc("Load balancers (IP or CIDR) that must send the header; no one else may."),
+    )
+    fast_path: Literal["off", "auto", "kernel"] = field(
+        default="off",
+        metadata=doc(
+            "Plain Binding requests over UDP answered in the kernel (tc-BPF, root): off, auto "
+            "(when it can load, else as off), kernel (a failure to load is an error)."
+        ),
     )
     alternate_address: Address | None = field(
         init=False,
@@ -440,6 +448,57 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    redis: str | None = field(
+        default=None,
+        metadata=doc(
+            "redis://[user:password@]HOST:PORT[/DB] or rediss:// (TLS) the fleet shares; "
+            "null: no cluster (this server alone).",
+            secret=True,
+        ),
+    )
+    node_id: str | None = field(
+        default=None, metadata=doc("This node's name in the fleet; default: the host name.")
+    )
+    fail_open: bool = field(
+        default=True,
+        metadata=doc(
+            "Redis unreachable: true admits new allocations on local quotas, false refuses "
+            "them (508); existing allocations relay either way."
+        ),
+    )
+    timeout: float = field(
+        default=0.1,
+        metadata=doc("Seconds an Allocate may wait on Redis before the fail policy decides."),
+    )
+    lease: float = field(
+        default=10.0,
+        metadata=doc("Seconds a node's quota share outlives its last heartbeat (a crash)."),
+    )
+    capacity: int = field(
+        default=0,
+        metadata=doc(
+            "Allocations this node takes before it redirects new ones (300) to the "
+            "least-loaded node; 0: no limit."
+        ),
+    )
+    advertise: str | None = field(
+        default=None,
+        metadata=doc(
+            "IP the other nodes name in ALTERNATE-SERVER (ports from stun.listen); "
+            "default: the listeners' IP."
+        ),
+    )
+    domain: str | None = field(
+        default=None,
+        metadata=doc("This node's TLS name, sent as ALTERNATE-DOMAIN in redirects over TLS."),
+    )
+    prefix: str = field(
+        default="natkit", metadata=doc("Key prefix in Redis: one fleet per prefix.")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     version: Literal[1] = field(default=1, metadata=doc("Config schema version."))
     stun: StunConfig = field(default_factory=StunConfig, metadata=doc("STUN server."))
@@ -455,6 +514,9 @@ class Config:
         default_factory=MetricsConfig, metadata=doc("Prometheus metrics.")
     )
     logging: LoggingConfig = field(default_factory=LoggingConfig, metadata=doc("Logging."))
+    cluster: ClusterConfig = field(
+        default_factory=ClusterConfig, metadata=doc("Fleet state on Redis (off by default).")
+    )
     source: str | None = field(
         default=None,
         compare=False,

@@ -30,7 +30,22 @@ from typing import Protocol
 from natkit.addr import Address, Transport
 from natkit.net.demux import BINDING, CHANNEL_DATA, KINDS, OTHER, STUN
 
-__all__ = ["Dispatcher", "FastV4", "Handle", "Limit", "Link", "Pipe", "Route", "Transmit"]
+__all__ = [
+    "Dispatcher",
+    "FastV4",
+    "Handle",
+    "Limit",
+    "Link",
+    "Pipe",
+    "RelayV4",
+    "Route",
+    "Sender",
+    "Transmit",
+]
+
+Sender = Callable[[bytes, "bytes | memoryview"], None]
+"""``send(head, body)``: one datagram or frame, `head` + `body`, to the client a `Link.sender` was
+made for; given apart so a batching link copies both into its buffer with no concatenation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +60,11 @@ class Link(Protocol):
 
     def send(self, data: bytes, to: Address) -> None:
         """Send `data` to the client at `to` (streams ignore `to`); drops what cannot go out."""
+
+    def sender(self, to: Address) -> Sender:
+        """What sends to the client at `to` from now on, many times: on batched IPv4 UDP the
+        datagrams wait in the listener's send batch until the end of the event loop's
+        iteration, one sendmmsg for all (`natkit.net.udp`); elsewhere they go out at once."""
 
     def pin(self) -> None:
         """The client now holds state that ends with the link (RFC 8656 §7: a TCP allocation):
@@ -83,6 +103,12 @@ FastV4 = Callable[[bytes, int, int, Address], "bytes | None"]
 `Route.handle`. For the one message worth a shortcut (a plain Binding request)."""
 
 
+RelayV4 = Callable[[bytes, int, int], bool]
+"""Batched IPv4 UDP: (data, source IP as int, source port) → whether the route took the
+datagram (relayed it on: it is never answered); False sends it to `Route.handle`. For media in
+bulk (TURN ChannelData), without the text address and the call layers of `handle`."""
+
+
 class Limit(enum.Enum):
     """Which of a route's messages count against the per-source ``stun.rate_limit``."""
 
@@ -99,6 +125,8 @@ class Route:
     max_size: int = 0
     """Largest datagram or frame it takes (0: the listener's default, for STUN requests)."""
     fast_v4: FastV4 | None = None
+    relay_v4: Callable[[Address], RelayV4] | None = None
+    """Makes the `RelayV4` of the listener socket bound to the given local address."""
     counted: bool = False
     """Its answers are counted in ``natkit_stun_requests_total`` (the Binding handler's)."""
 

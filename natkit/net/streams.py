@@ -21,8 +21,13 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from natkit.config.model import StreamConfig
+
+if TYPE_CHECKING:
+    from natkit.addr import Address
+    from natkit.net.routes import Sender
 
 PIPE_HIGH_WATER = 1 << 16
 """Bytes a handed-over connection may have waiting to go out before `Pipe.write` says stop."""
@@ -75,6 +80,15 @@ class StreamConn:
             return
         self.last_active = self.clock()
         self.writer.write(data)
+
+    def sender(self, to: Address) -> Sender:
+        """`natkit.net.routes.Link.sender`: a stream writes at once (the transport buffers)."""
+        send = self.send
+
+        def send_frame(head: bytes, body: bytes | memoryview) -> None:
+            send(head + body if head else bytes(body))
+
+        return send_frame
 
     def pin(self) -> None:
         self.pinned = True

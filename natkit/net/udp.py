@@ -12,6 +12,7 @@ With RFC 5780 the listener has four sockets; a `Transmit` leaves from the one bo
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import socket
@@ -24,7 +25,7 @@ from natkit.metrics import error_index, ratelimited_index, request_index
 from natkit.net import mmsg
 from natkit.net.demux import BINDING, classify, is_request
 from natkit.net.ratelimit import RateLimiter
-from natkit.net.routes import Dispatcher, Limit, Pipe
+from natkit.net.routes import Dispatcher, Limit, Pipe, Sender
 
 __all__ = ["UdpLink", "ratelimit_key", "udp_reader"]
 
@@ -47,19 +48,72 @@ def ratelimit_key(family: int) -> Callable[[str], Hashable]:
 
 
 class UdpLink:
-    """The way back to a UDP client: the listener socket it wrote to (a `Link`)."""
+    """The way back to a UDP client: the listener socket it wrote to (a `Link`). With `sends`
+    (the listener's IPv4 `SendBatch`) what a `sender` sends waits there until the end of the
+    event loop's iteration and leaves in one sendmmsg with everything else queued by then;
+    a datagram larger than a slot goes out at once. Drops count in `counts[dropped]`."""
 
-    __slots__ = ("send_errors", "sock")
+    __slots__ = ("_flush_due", "counts", "dropped", "send_errors", "sends", "sock")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        sends: mmsg.SendBatch | None = None,
+        counts: list[int] | None = None,
+        dropped: int = 0,
+    ) -> None:
         self.sock = sock
+        self.sends = sends
+        self.counts = counts if counts is not None else [0]
+        self.dropped = dropped
         self.send_errors = 0
+        self._flush_due = False
 
     def send(self, data: bytes, to: Address) -> None:
         try:
             self.sock.sendto(data, to)
         except OSError:  # a full buffer or an ICMP error: UDP may drop, so do we
             self.send_errors += 1
+
+    def sender(self, to: Address) -> Sender:
+        sock, sends = self.sock, self.sends
+        if sends is None or ":" in to.host:
+
+            def send_now(head: bytes, body: bytes | memoryview) -> None:
+                try:
+                    sock.sendto(head + body if head else body, to)
+                except OSError:
+                    self.send_errors += 1
+
+            return send_now
+        name = mmsg.sockaddr_in(to.host, to.port)
+        queue_to = sends.queue_to
+
+        def send_batched(head: bytes, body: bytes | memoryview) -> None:
+            if not self._flush_due:
+                self._flush_due = True
+                asyncio.get_running_loop().call_soon(self._flush_later)
+            if queue_to(head, body, name):
+                return
+            if sends.queued == sends.batch:  # full: what waits goes now, this one joins
+                self._count(sends.flush())
+                if queue_to(head, body, name):
+                    return
+            try:  # larger than a slot
+                sock.sendto(head + body if head else body, to)
+            except OSError:
+                self.send_errors += 1
+
+        return send_batched
+
+    def _flush_later(self) -> None:
+        self._flush_due = False
+        if self.sends is not None:
+            self._count(self.sends.flush())
+
+    def _count(self, dropped: int) -> None:
+        if dropped:
+            self.counts[self.dropped] += dropped
 
     def pin(self) -> None:
         """UDP has no connection to keep: nothing to do."""
@@ -80,7 +134,6 @@ def udp_reader(
     sockets by address); `limiter()` is the current rate limiter (SIGHUP may replace it)."""
     # Everything the loop body needs is a local: attribute lookups cost per datagram.
     recvfrom = sock.recvfrom
-    link = UdpLink(sock)
     family = local.family
     ok = request_index("udp", family, "success")
     err = request_index("udp", family, "error")
@@ -100,6 +153,16 @@ def udp_reader(
     )
     counted = tuple(r is not None and r.counted for r in routes)
     recv_size = dispatcher.max_size(RECV_SIZE)
+    batch: mmsg.MMsgSocket | None = None
+    if family == 4 and mmsg.available():
+        # A route that takes large datagrams (TURN relays media) gets fewer, larger slots.
+        batch = mmsg.MMsgSocket(
+            sock,
+            batch=_MMSG_BATCH if recv_size <= _LARGE else _MMSG_BATCH // 4,
+            size=recv_size,
+            send_size=RECV_SIZE,
+        )
+    link = UdpLink(sock, None if batch is None else batch.sends, counts, send_failed)
 
     def counts_against(kind: int, data: bytes) -> bool:
         """Whether this message spends its source's rate-limit budget (its route says)."""
@@ -152,21 +215,16 @@ def udp_reader(
             # of building one; IPv6 adds flowinfo and scope id.
             serve_one(kind, data, new_tuple(Address, addr) if v4 else Address(addr[0], addr[1]))
 
-    if not (v4 and mmsg.available()):
+    if batch is None:
         return on_readable
-    # A route that takes large datagrams (TURN relays media) gets fewer, larger receive slots.
-    batch = mmsg.MMsgSocket(
-        sock,
-        batch=_MMSG_BATCH if recv_size <= _LARGE else _MMSG_BATCH // 4,
-        size=recv_size,
-        send_size=RECV_SIZE,
-    )
     binding = routes[BINDING]
     fast = binding.fast_v4 if binding is not None else None
     # Every kind limited alike (no TURN): the limit needs no kind, and a plain Binding request,
     # the bulk of STUN traffic, is answered without being classified at all.
     uniform = all(lim == 1 for lim in limits)
     inet_ntoa = socket.inet_ntoa
+    relays = tuple(None if r is None or r.relay_v4 is None else r.relay_v4(local) for r in routes)
+    slots = batch.batch
 
     def on_readable_batched() -> None:
         # A fast-path answer joins the batch and leaves in one sendmmsg; anything else takes
@@ -196,14 +254,21 @@ def udp_reader(
                     answer = fast(data, ip4, port, local)
                     if answer is not None:
                         counts[ok] += 1
-                        batch.queue(i, answer)
+                        dropped = batch.queue(i, answer)  # others' waiting sends went first
+                        if dropped:
+                            counts[send_failed] += dropped
                         continue
                 if uniform:
                     kind = classify(data)
+                relay = relays[kind]
+                if relay is not None and relay(data, ip4, port):
+                    continue
                 source = new_tuple(Address, (inet_ntoa(ip4.to_bytes(4, "big")), port))
                 serve_one(kind, data, source)
             dropped = batch.flush()
             if dropped:
                 counts[send_failed] += dropped
+            if n < slots:
+                return  # drained: a datagram arriving now wakes the loop again
 
     return on_readable_batched

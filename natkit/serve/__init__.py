@@ -23,9 +23,11 @@ from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
 from natkit.errors import NatkitError
+from natkit.fastpath import KernelFastPath
 from natkit.fdlimit import fd_budget, raise_nofile
-from natkit.metrics import MetricsServer, SharedCounters, render, render_signal
+from natkit.metrics import MetricsServer, SharedCounters, cluster_ready, render, render_signal
 from natkit.net.sockets import make_ssl_context, plan_listeners
+from natkit.serve.kernel import start_fast_path
 from natkit.serve.workers import Supervisor, resolve_workers
 from natkit.signal.http import SignalServer, serve_signal
 
@@ -36,6 +38,7 @@ log = logging.getLogger("natkit.serve")
 # Keys that need a restart: SIGHUP says so instead of silently ignoring a change.
 _RESTART_ONLY = (
     "listen",
+    "fast_path",
     "alternate",
     "workers",
     "software",
@@ -88,6 +91,17 @@ def preflight(config: Config) -> None:
         from natkit.turn.engine import build_relay
 
         build_relay(config)  # the relay IP, the port range, credentials: checked once, here
+    if config.cluster.redis is not None:
+        _cluster_preflight(config)
+
+
+def _cluster_preflight(config: Config) -> None:
+    try:
+        import redis  # noqa: F401
+    except ImportError:
+        raise NatkitError(
+            "cluster.redis needs the Redis client: pip install 'natkit[cluster]' (redis-py)"
+        ) from None
 
 
 def warn_ignored(config: Config) -> None:
@@ -98,26 +112,41 @@ def warn_ignored(config: Config) -> None:
 
 
 async def _run(config: Config, out: TextIO) -> None:
+    fast = start_fast_path(config)  # before anything binds: in kernel mode a failure stops here
+    try:
+        await _serve(config, out, fast)
+    finally:
+        if fast is not None:
+            fast.close()  # last: the workers answered up to their end, the kernel alongside
+
+
+async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> None:
     loop = asyncio.get_running_loop()
     count = resolve_workers(config.stun.workers)
     counters = SharedCounters(count)
-    supervisor = Supervisor(config, count, counters.array)
+    programs = () if fast is None else tuple(a.prog_id for a in fast.attachments)
+    supervisor = Supervisor(config, count, counters.array, kernel_programs=programs)
     metrics: MetricsServer | None = None
     rendezvous: SignalServer | None = None
     checker: CheckServer | None = None
 
     def scrape() -> str:
-        text = render(counters.totals(), supervisor.live())
+        kernel = fast.counters() if fast is not None else None
+        text = render(counters.totals(), supervisor.live(), kernel)
         text += render_signal(rendezvous.stats) if rendezvous is not None else ""
         return text + (render_check(checker.stats) if checker is not None else "")
 
     readiness = {"ready": False}  # listeners bound and not draining (/readyz)
 
     def ready() -> bool:
-        return readiness["ready"] and bool(supervisor.live())
+        fleet_ok = cluster_ready(counters.totals(), config.cluster.fail_open)[0]
+        return readiness["ready"] and bool(supervisor.live()) and fleet_ok
+
+    def detail() -> str:
+        return cluster_ready(counters.totals(), config.cluster.fail_open)[1]
 
     if config.metrics.listen:
-        metrics = MetricsServer(config.metrics.listen, scrape, ready)
+        metrics = MetricsServer(config.metrics.listen, scrape, ready, detail)
         try:
             await metrics.start()
         except OSError as err:
@@ -129,7 +158,7 @@ async def _run(config: Config, out: TextIO) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     state = {"config": config}
-    loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor)
+    loop.add_signal_handler(signal.SIGHUP, _reload, state, supervisor, fast)
     try:
         await supervisor.start()
         # The rendezvous keeps pairings in memory: one instance, in the supervisor, not per worker.
@@ -166,7 +195,9 @@ async def _run(config: Config, out: TextIO) -> None:
             await metrics.close()
 
 
-def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
+def _reload(
+    state: dict[str, Config], supervisor: Supervisor, fast: KernelFastPath | None = None
+) -> None:
     old = state["config"]
     if old.source is None:
         log.warning("SIGHUP: running on built-in defaults, no config file to reload")
@@ -183,9 +214,14 @@ def _reload(state: dict[str, Config], supervisor: Supervisor) -> None:
     # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
     changed += [
-        k for k in ("turn", "signal", "check", "metrics") if getattr(new, k) != getattr(old, k)
+        k
+        for k in ("turn", "signal", "check", "metrics", "cluster")
+        if getattr(new, k) != getattr(old, k)
     ]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))
     state["config"] = supervisor.reload(new)
+    if fast is not None:
+        limit = new.stun.rate_limit
+        fast.set_rate((limit.per_source, limit.burst) if limit.enabled else None)
     log.info("SIGHUP: reloaded rate limits, logging and TLS certificates from %s", new.source)

@@ -43,11 +43,28 @@ def create_engine(
     nonce_key: bytes | None = None,
     worker: int = 0,
     quota: SharedQuota | None = None,
+    kernel_programs: tuple[int, ...] = (),
 ) -> TurnEngine | None:
     """The engine the STUN listeners feed, or None (TURN off, or coturn serving it);
     `counters` is the worker's metrics row, where the engine counts its refusals; `nonce_key`
     the key shared by every worker (None: a random one of its own)."""
     if not config.turn.enabled or config.turn.engine != "builtin":
         return None
-    relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota)
-    return BuiltinTurn(config, relay=relay, counters=counters)
+    counting = None
+    if config.cluster.redis is not None:  # one member of a fleet (natkit.serve.clustered)
+        from natkit.cluster.quota import ClusterQuota
+
+        limits = config.turn.quota
+        counting = ClusterQuota(limits.per_user, limits.total, config.cluster.fail_open)
+    relay = build_relay(config, nonce_key=nonce_key, worker=worker, quota=quota, counting=counting)
+    kernel = None
+    if kernel_programs:  # the kernel fast path runs: bound channels are relayed there too
+        from natkit.fastpath.relay import KernelRelay
+
+        kernel = KernelRelay(kernel_programs)
+    engine = BuiltinTurn(config, relay=relay, counters=counters, kernel=kernel)
+    if counting is None:
+        return engine
+    from natkit.serve.clustered import ClusteredTurn
+
+    return ClusteredTurn(config, engine, worker)

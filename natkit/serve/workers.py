@@ -91,6 +91,7 @@ def worker_main(
     sockets: list[socket.socket] | None = None,
     nonce_key: bytes | None = None,
     quota: Any = None,
+    kernel_programs: tuple[int, ...] = (),
 ) -> None:
     """Entry point of a worker process (runs in the spawned child); `sockets` are the listening
     sockets the supervisor bound for it (None: bind them here); `nonce_key` is the TURN nonce
@@ -111,7 +112,12 @@ def worker_main(
         # Each worker relays for the clients the kernel hashes to it (SO_REUSEPORT keeps a
         # 5-tuple on one worker), so each has its own TURN engine.
         turn = create_engine(
-            config, counters.values, nonce_key=nonce_key, worker=index, quota=quota
+            config,
+            counters.values,
+            nonce_key=nonce_key,
+            worker=index,
+            quota=quota,
+            kernel_programs=kernel_programs,
         )
         dispatch = dispatcher_for(config.stun, turn)
         server = Listeners(config.stun, counters, dispatch, reuse_port=True, ssl_context=ctx)
@@ -214,9 +220,17 @@ class Supervisor:
     """Starts, watches, restarts, reloads and stops the worker processes."""
 
     def __init__(
-        self, config: Config, count: int, array: Any, on_change: Callable[[], None] | None = None
+        self,
+        config: Config,
+        count: int,
+        array: Any,
+        on_change: Callable[[], None] | None = None,
+        kernel_programs: tuple[int, ...] = (),
     ) -> None:
         self.running = config
+        self.kernel_programs = kernel_programs
+        """The kernel fast path's programs (`natkit.fastpath`): TURN workers install their
+        channels in their maps."""
         # One TURN nonce key for every worker, for the supervisor's lifetime: the kernel spreads
         # a client's 5-tuples over the workers (SO_REUSEPORT), and a nonce one worker issued must
         # verify on another (else a 438 and a wasted round trip per worker change, or per
@@ -276,6 +290,7 @@ class Supervisor:
                 self._sockets[worker.index] if self._sockets else None,
                 self.nonce_key,
                 self.quota,
+                self.kernel_programs,
             ),
         )
         proc.start()

@@ -245,6 +245,11 @@ class BindingHandler:
         xored = (int.from_bytes(raw, "big") ^ int.from_bytes(pad, "big")).to_bytes(16, "big")
         return _XMA6.pack(0x0020, 20, 2, port ^ 0x2112, xored)
 
+    def plain_suffix(self, local: Address) -> bytes:
+        """What follows XOR-MAPPED-ADDRESS in the answer to a plain request received on `local`
+        (the kernel fast path answers with the same bytes: `natkit.fastpath`)."""
+        return self._suffix(local)
+
     def _suffix(self, local: Address) -> bytes:
         """RESPONSE-ORIGIN, OTHER-ADDRESS and SOFTWARE for a plain request received on `local`."""
         parts = []

@@ -43,7 +43,10 @@ challenge would break the amplification bound and no downgrade is possible
 (`natkit.turn.answers.challenge`). The nonce key is random per process unless given.
 
 Credentials: static users (``turn.auth.users``) and TURN REST API ephemeral credentials
-(``turn.auth.secret``, ``expiry:user`` usernames, `natkit.turn.credentials`). USERHASH (§14.4,
+(``turn.auth.secret``, ``expiry:user`` usernames, `natkit.turn.credentials`); a fleet
+(`natkit.cluster`) replaces both live (`replace`, several secrets at once for rotation: a
+request is checked against each secret's key) and names revoked users and credentials
+(`revoked`: 401, as for an unknown user). USERHASH (§14.4,
 SHA-256 of ``username:realm``) finds a static user in a table built at start (one dict lookup,
 whatever the number of users). It cannot name a REST API user: that username embeds its expiry,
 so no table holds it. The "Username anonymity" bit is therefore offered only when static users
@@ -58,7 +61,7 @@ import hashlib
 import hmac
 import secrets
 import struct
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -206,22 +209,32 @@ class Authenticator:
         nonce_key: bytes | None = None,
     ) -> None:
         self.realm = realm
-        self.secret = secret or None
         self.nonce_lifetime = nonce_lifetime
         self._nonce_key = nonce_key or secrets.token_bytes(32)
-        # Keys and user hashes once, at start: SASLprep + hashing per request would be waste.
-        self._static = {
-            u: {a: long_term_key(u, realm, p, a) for a in _ALGORITHMS}
-            for u, p in (users or {}).items()
-        }
-        self._by_hash = {userhash(u, realm): u for u in self._static}
-        anonymity = USERNAME_ANONYMITY_FEATURE if self._static and not self.secret else 0
-        self.features = PASSWORD_ALGORITHMS_FEATURE | anonymity
-        """The security features every full challenge announces (module docstring)."""
-        self._cookie = nonce_cookie(self.features)
         self.unix_offset = 0.0
         """Added to `now` to get Unix time for REST API expiries (the caller's clock may be
         monotonic; the adapter keeps this current)."""
+        self.revoked: frozenset[str] = frozenset()
+        """User names (quota keys) and full credentials refused with 401 whatever they sign
+        (a fleet's revocation list, `natkit.cluster`); one set lookup per request."""
+        self.replace(users or {}, [secret] if secret else [])
+
+    def replace(self, users: Mapping[str, str], secrets_: Sequence[str]) -> None:
+        """Serve these static users and REST API secrets from now on (a fleet changes them
+        live; several secrets at once let one be rotated out while the next is handed out).
+        Outstanding nonces stay valid unless the offered features change."""
+        # Keys and user hashes once: SASLprep + hashing per request would be waste.
+        self._static = {
+            u: {a: long_term_key(u, self.realm, p, a) for a in _ALGORITHMS}
+            for u, p in users.items()
+        }
+        self._by_hash = {userhash(u, self.realm): u for u in self._static}
+        self.secrets: tuple[str, ...] = tuple(dict.fromkeys(s for s in secrets_ if s))
+        self.secret = self.secrets[0] if self.secrets else None
+        anonymity = USERNAME_ANONYMITY_FEATURE if self._static and not self.secrets else 0
+        self.features = PASSWORD_ALGORITHMS_FEATURE | anonymity
+        """The security features every full challenge announces (module docstring)."""
+        self._cookie = nonce_cookie(self.features)
 
     # -- nonces ----------------------------------------------------------------------------
 
@@ -280,36 +293,42 @@ class Authenticator:
         self, username: str, now: float, algorithm: int = PasswordAlgorithmId.MD5
     ) -> Credentials | None:
         """The `algorithm` key for `username`, or None (unknown user or algorithm, expired or
-        forged REST credential)."""
+        forged REST credential); with several REST secrets, the first one's key."""
+        found = self._candidates(username, now, algorithm)
+        return found[0] if found else None
+
+    def _candidates(self, username: str, now: float, algorithm: int) -> list[Credentials]:
+        """Every key `username` may sign with: one for a static user, one per REST secret."""
         if algorithm not in _ALGORITHMS:
-            return None
+            return []
         keys = self._static.get(username)
         if keys is not None:
-            return Credentials(username, username, keys[algorithm])
-        if self.secret is None:
-            return None
-        password = credentials.password_for(self.secret, username)
-        # verify() checks the "expiry:user" shape and the expiry (RFC-less draft §2.2).
-        if not credentials.verify(self.secret, username, password, now + self.unix_offset):
-            return None
+            return [Credentials(username, username, keys[algorithm])]
+        found = []
         user = username.partition(credentials.SEPARATOR)[2]
-        key = long_term_key(username, self.realm, password, algorithm)
-        return Credentials(username, user, key)
+        for secret in self.secrets:
+            password = credentials.password_for(secret, username)
+            # verify() checks the "expiry:user" shape and the expiry (RFC-less draft §2.2).
+            if not credentials.verify(secret, username, password, now + self.unix_offset):
+                return []
+            key = long_term_key(username, self.realm, password, algorithm)
+            found.append(Credentials(username, user, key))
+        return found
 
-    def _lookup(self, message: Message, now: float) -> Credentials | None:
+    def _lookup(self, message: Message, now: float) -> list[Credentials]:
         """The credentials a `request_error`-clean request names (USERNAME or USERHASH)."""
         username = message.get(AttrType.USERNAME)
         if not isinstance(username, str):
             hashed = message.get(AttrType.USERHASH)
             username = self._by_hash.get(hashed) if isinstance(hashed, bytes) else None
             if username is None:
-                return None  # no such static user; REST API users have no USERHASH
-        creds = self.credentials(username, now, _algorithm(message))
-        if creds is None:
-            return None
+                return []  # no such static user; REST API users have no USERHASH
+        found = self._candidates(username, now, _algorithm(message))
+        if found and (found[0].user in self.revoked or username in self.revoked):
+            return []  # revoked: 401 as for an unknown user
         if AttrType.PASSWORD_ALGORITHM in message or AttrType.PASSWORD_ALGORITHMS in message:
-            return creds._replace(key=Sha256SignedKey(creds.key))
-        return creds
+            return [c._replace(key=Sha256SignedKey(c.key)) for c in found]
+        return found
 
     def check(self, message: Message, client_ip: str, now: float) -> Credentials | AuthError:
         """Authenticate a request (the module docstring gives the order of the checks)."""
@@ -321,11 +340,12 @@ class Authenticator:
         nonce = message.get(AttrType.NONCE)
         if not isinstance(nonce, str) or not self.nonce_valid(nonce, client_ip, now):
             return _STALE
-        creds = self._lookup(message, now)
-        if creds is None:
-            return _UNAUTHENTICATED
-        if AttrType.MESSAGE_INTEGRITY_SHA256 in message:  # §9.2.4: it wins over MI
-            valid = check_integrity_sha256(message.raw, creds.key)
-        else:
-            valid = check_integrity(message.raw, creds.key)
-        return creds if valid else _UNAUTHENTICATED
+        sha256 = AttrType.MESSAGE_INTEGRITY_SHA256 in message  # §9.2.4: it wins over MI
+        for creds in self._lookup(message, now):
+            if sha256:
+                valid = check_integrity_sha256(message.raw, creds.key)
+            else:
+                valid = check_integrity(message.raw, creds.key)
+            if valid:
+                return creds
+        return _UNAUTHENTICATED

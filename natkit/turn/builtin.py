@@ -33,6 +33,7 @@ from collections.abc import Callable
 
 from natkit.addr import Address, Transport, parse_hostport
 from natkit.config.model import Config
+from natkit.fastpath.relay import KernelRelay
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
     COUNTERS,
@@ -46,10 +47,12 @@ from natkit.metrics import (
     turn_outcome_index,
     turn_refusal_index,
 )
-from natkit.net.routes import Limit, Link, Route, Transmit
+from natkit.net.routes import Limit, Link, Route, Sender, Transmit
 from natkit.turn.allocation import Allocation, FiveTuple
+from natkit.turn.channel_routes import ChannelRoutes
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
+from natkit.turn.kernel_channels import KernelChannels
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 from natkit.turn.tcp_sockets import TcpSockets
@@ -65,6 +68,8 @@ _MAX_FRAME = 65540  # ChannelData over TCP: 4-byte header + 65535 bytes, padded
 _TICK = 1.0
 _SETTLE = 0.6  # > the workers' metrics flush interval (natkit.serve.workers)
 _REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
+# Successes that change what a channel may relay: Refresh, CreatePermission, ChannelBind.
+_KERNEL_SYNC = frozenset({_REFRESH_SUCCESS, b"\x01\x08", b"\x01\x09"})
 _CREATED = turn_outcome_index("created")
 _REFRESHED = turn_outcome_index("refreshed")
 _IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
@@ -91,9 +96,12 @@ class BuiltinTurn:
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         counters: list[int] | None = None,
+        kernel: KernelRelay | None = None,
     ) -> None:
         """`counters` is the worker's metrics row (`natkit.metrics.WorkerCounters.values`);
-        standalone engines count in a row of their own (`self.counters`)."""
+        standalone engines count in a row of their own (`self.counters`). With `kernel` (the
+        kernel fast path's maps, ``stun.fast_path``) bound UDP channels are relayed there too
+        (`natkit.turn.kernel_channels`)."""
         self.config = config
         self.counters = counters if counters is not None else [0] * COUNTERS
         self.refusal_log = RefusalLog(log)
@@ -105,12 +113,24 @@ class BuiltinTurn:
         self.host_refresh = HostAddressRefresh(self.relay.policy, now=clock())
         self._sockets: dict[Address, tuple[socket.socket, FiveTuple]] = {}
         self._opened: dict[Address, Allocation] = {}  # to tell an expiry from a deletion
-        # The way back to each allocation's client: its link's send and its address.
-        self._senders: dict[FiveTuple, tuple[Callable[[bytes, Address], None], Address]] = {}
+        # The way back to each allocation's client (`Link.sender`), by relay socket owner.
+        self._senders: dict[FiveTuple, Sender] = {}
         self._timer: asyncio.Task[None] | None = None
         self.tcp = TcpSockets(self.relay.tcp, self._run, self._refused, self.counters, clock)
         self._loop: asyncio.AbstractEventLoop | None = None
         self.send_errors = 0
+        self.channels = ChannelRoutes(
+            self.relay, self._sockets, self._senders, self.counters, clock, self._send_failed
+        )
+        self.kernel: KernelChannels | None = None
+        if kernel is not None:
+            if clock is time.monotonic:  # the kernel's expiries are on CLOCK_MONOTONIC
+                self.kernel = KernelChannels(kernel, self.relay, self.counters, clock)
+            else:
+                kernel.close()
+
+    def _send_failed(self) -> None:
+        self.send_errors += 1
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -127,6 +147,8 @@ class BuiltinTurn:
                 await self._timer
             self._timer = None
         self._run(self.relay.close())  # every allocation ends through the table
+        if self.kernel is not None:
+            self.kernel.close_all()
         await self.tcp.close()
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
@@ -172,6 +194,8 @@ class BuiltinTurn:
                 self._run(self.relay.handle_timeout(self.clock()))
                 self.tcp.tick(self.clock())  # RFC 6062 connect and bind deadlines
                 self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
+                if self.kernel is not None:
+                    self.kernel.tick()  # what the kernel relayed, into the TURN counters
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
 
@@ -183,7 +207,13 @@ class BuiltinTurn:
         ChannelData) does not; both take the largest frames UDP and TCP can carry."""
         return (
             Route(self.handle, "TURN engine", Limit.REQUESTS, max_size=_MAX_FRAME),
-            Route(self.channel_data, "TURN ChannelData path", Limit.NONE, max_size=_MAX_FRAME),
+            Route(
+                self.channel_data,
+                "TURN ChannelData path",
+                Limit.NONE,
+                max_size=_MAX_FRAME,
+                relay_v4=self.channels.client_hook if self.channels.available() else None,
+            ),
         )
 
     def handle(
@@ -208,6 +238,8 @@ class BuiltinTurn:
             self._refused(data, failed, source)
         if not answers:
             return None
+        if self.kernel is not None and answers[-1][:2] in _KERNEL_SYNC:
+            self.kernel.sync(FiveTuple(source, local, transport))
         for earlier in answers[:-1]:  # never more than one today; kept in order if so
             link.send(earlier, source)
         return Transmit(answers[-1], source, local)
@@ -241,6 +273,16 @@ class BuiltinTurn:
                 counters[TURN_PACKETS_TO_PEER] += 1
                 counters[TURN_BYTES_TO_PEER] += len(route[1])
 
+    def end_allocations(self, doomed: Callable[[Allocation], bool]) -> int:
+        """End every allocation `doomed` picks (a revoked user's: `natkit.serve.clustered`),
+        through the table like every other end, sockets and kernel entries included; how many
+        ended."""
+        table = self.relay.allocations
+        picked = [alloc for alloc in table.by_five_tuple.values() if doomed(alloc)]
+        for alloc in picked:
+            self._run(list(table.free(alloc)))
+        return len(picked)
+
     def connection_lost(self, source: Address, local: Address, transport: Transport) -> None:
         five_tuple = FiveTuple(source, local, transport)
         self._run(self.relay.connection_lost(five_tuple, self.clock()))
@@ -272,7 +314,7 @@ class BuiltinTurn:
                     sender = self._senders.get(cmd.to)
                     if sender is not None:
                         try:
-                            sender[0](cmd.data, sender[1])
+                            sender(b"", cmd.data)
                         except RuntimeError:  # uvloop: the stream client's transport closed
                             self.send_errors += 1
                 elif isinstance(cmd, OpenRelay):
@@ -324,7 +366,11 @@ class BuiltinTurn:
         self._sockets[cmd.relay] = (sock, cmd.owner)
         self._announce(cmd, link)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
-        self._loop.add_reader(sock.fileno(), self._peer_reader(sock, cmd.relay))
+        if family == socket.AF_INET and self.channels.available():
+            reader = self.channels.peer_reader(sock, cmd.relay)
+        else:
+            reader = self._peer_reader(sock, cmd.relay)
+        self._loop.add_reader(sock.fileno(), reader)
         return None
 
     def _announce(self, cmd: OpenRelay, link: Link | None) -> None:
@@ -338,12 +384,14 @@ class BuiltinTurn:
             self.allocation_log("created", alloc, self.clock())
         if link is not None:  # what the peer reader sends to this client with
             link.pin()  # a TCP allocation ends with its connection: keep it from eviction
-            self._senders[cmd.owner] = (link.send, cmd.owner.client)
+            self._senders[cmd.owner] = link.sender(cmd.owner.client)
 
     def _close_relay(self, relay: Address) -> None:
         entry = self._sockets.pop(relay, None)
         if entry is not None:
             sock, owner = entry
+            if self.kernel is not None:
+                self.kernel.close(owner)  # before the port can serve another allocation
             self._unwatch(sock)
         else:  # RFC 6062: a TCP allocation's listening socket and connections
             tcp_owner = self.tcp.close_relay(relay)
@@ -351,6 +399,7 @@ class BuiltinTurn:
                 return
             owner = tcp_owner
         self._senders.pop(owner, None)
+        self.channels.forget(owner)
         alloc = self._opened.pop(relay, None)
         if alloc is not None:
             now = self.clock()
@@ -397,10 +446,10 @@ class BuiltinTurn:
                     continue
                 out = route(relay, data, addr, now)
                 if out is not None:
-                    entry = senders.get(out[1])
-                    if entry is not None:
+                    send = senders.get(out[1])
+                    if send is not None:
                         try:
-                            entry[0](out[0], entry[1])
+                            send(b"", out[0])
                         except (OSError, RuntimeError):  # RuntimeError: a closed transport
                             self.send_errors += 1
                             continue

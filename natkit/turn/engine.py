@@ -28,7 +28,7 @@ from natkit.turn.auth import Authenticator
 from natkit.turn.peer_config import peer_policy
 from natkit.turn.peers import PeerPolicy
 from natkit.turn.relay import Relay, RelaySettings
-from natkit.turn.shared_quota import SharedQuota
+from natkit.turn.shared_quota import Quota, SharedQuota
 
 __all__ = [
     "HOST_REFRESH_INTERVAL",
@@ -207,9 +207,11 @@ def build_relay(
     nonce_key: bytes | None = None,
     worker: int = 0,
     quota: SharedQuota | None = None,
+    counting: Quota | None = None,
 ) -> Relay:
     """The sans-IO core for `config` (ConfigError for what it cannot serve); `worker` picks
-    the port slice, `quota` is the supervisor's server-wide table (None: this relay alone)."""
+    the port slice, `quota` is the supervisor's server-wide table (None: this relay alone);
+    `counting`, if given, counts the quotas instead (a fleet's, `natkit.cluster.quota`)."""
     validate(config)  # the load-time rules, for a Config built in Python: no open relay, ...
     auth = config.turn.auth
     authenticator = Authenticator(
@@ -221,5 +223,5 @@ def build_relay(
     )
     worker_ports(config, 0, worker_count(config))  # `serve` calls this first: fail at start
     settings = relay_settings(config, worker, None if quota is None else quota.workers)
-    view = None if quota is None else quota.view(worker)
-    return Relay(settings, authenticator, peer_policy(config), rng, view)
+    view: Quota | None = None if quota is None else quota.view(worker)
+    return Relay(settings, authenticator, peer_policy(config), rng, counting or view)

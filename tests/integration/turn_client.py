@@ -33,20 +33,29 @@ class TurnClient:
         tcp: bool = False,
         tls: ssl.SSLContext | None = None,
         source: str = HOST,
+        lab_socket: socket.socket | None = None,
+        server_host: str = HOST,
     ) -> None:
         """UDP by default; `tcp` for TCP, plus `tls` (a client context) for TLS; `source` is
-        the client's loopback address (natkit steers a client host to one worker)."""
-        assert source.startswith("127."), source  # loopback only
-        kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
-        self.sock = socket.socket(socket.AF_INET, kind)
-        self.sock.settimeout(5)
+        the client's loopback address (natkit steers a client host to one worker). In a lab,
+        `lab_socket` is a socket in a node (UDP bound, or TCP to connect) and `server_host` the
+        lab server."""
         self.tcp = tcp
-        self.sock.bind((source, 0))
+        if lab_socket is not None:
+            lab = ("203.0.113.", "2001:db8::")
+            assert server_host.startswith(lab), server_host  # the lab's server only
+            self.sock = lab_socket
+        else:
+            assert source.startswith("127.") and server_host.startswith("127."), source  # loopback
+            kind = socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM
+            self.sock = socket.socket(socket.AF_INET, kind)
+            self.sock.bind((source, 0))
+        self.sock.settimeout(5)
         if tcp:
-            self.sock.connect((HOST, port))
+            self.sock.connect((server_host, port))
             if tls is not None:
                 self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
-        self.server = (HOST, port)
+        self.server = (server_host, port)
         self.user, self.realm = user, realm
         self.key = long_term_key(user, realm, password)
         self.nonce = ""

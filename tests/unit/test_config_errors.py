@@ -49,12 +49,13 @@ CASES: list[tuple[str, str]] = [
     (
         "stun:\n  xyzzy: 1\n",
         "natkit.yaml:2: stun.xyzzy: unknown key; known keys: enabled, listen, "
-        "alternate, workers, software, rate_limit, tls, stream, proxy_protocol, proxy_trusted",
+        "alternate, workers, software, rate_limit, tls, stream, proxy_protocol, proxy_trusted, "
+        "fast_path",
     ),
     (
         "source: x\n",
         "natkit.yaml:1: source: unknown key; known keys: version, stun, turn, diagnose, "
-        "signal, check, metrics, logging",
+        "signal, check, metrics, logging, cluster",
     ),
     # types
     (

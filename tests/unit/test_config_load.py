@@ -44,6 +44,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         },
         "proxy_protocol": False,
         "proxy_trusted": [],
+        "fast_path": "off",
     },
     "turn": {
         "enabled": False,
@@ -84,6 +85,17 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     },
     "metrics": {"listen": "127.0.0.1:9641"},
     "logging": {"level": "info", "format": "text"},
+    "cluster": {
+        "redis": None,
+        "node_id": None,
+        "fail_open": True,
+        "timeout": 0.1,
+        "lease": 10.0,
+        "capacity": 0,
+        "advertise": None,
+        "domain": None,
+        "prefix": "natkit",
+    },
 }
 
 
@@ -337,3 +349,10 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "natkit.yaml"
     path.write_bytes(b"\xef\xbb\xbfversion: 1\n")
     assert load(path) == Config()
+
+
+def test_fast_path_off_is_off_although_yaml_reads_false() -> None:
+    assert load_text("stun:\n  fast_path: off\n").stun.fast_path == "off"
+    assert load_text("stun:\n  fast_path: auto\n").stun.fast_path == "auto"
+    with pytest.raises(ConfigError, match=r"stun\.fast_path"):
+        load_text("stun:\n  fast_path: no\n")  # false, but not spelled off

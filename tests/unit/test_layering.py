@@ -18,6 +18,23 @@ FORBIDDEN = {
     "natkit.stun": ("natkit.turn", "natkit.serve", "natkit.diag", "natkit.cli", "natkit.p2p"),
     "natkit.turn": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.p2p", "natkit.lab"),
     "natkit.config": ("natkit.serve", "natkit.diag", "natkit.cli", "natkit.net"),
+    "natkit.fastpath": (
+        "natkit.stun",
+        "natkit.turn",
+        "natkit.serve",
+        "natkit.diag",
+        "natkit.cli",
+        "natkit.net",
+    ),
+    # The fleet's state beside turn/stun (DESIGN.md): it knows Redis and the config, no protocol.
+    "natkit.cluster": (
+        "natkit.turn",
+        "natkit.stun",
+        "natkit.net",
+        "natkit.serve",
+        "natkit.diag",
+        "natkit.cli",
+    ),
 }
 
 

@@ -39,6 +39,8 @@ def test_indices_are_distinct_and_in_range() -> None:
     indices += [metrics.TURN_PACKETS_TO_PEER, metrics.TURN_BYTES_TO_PEER]
     indices += [metrics.TURN_PACKETS_TO_CLIENT, metrics.TURN_BYTES_TO_CLIENT]
     indices += [metrics.turn_outcome_index(o) for o in metrics.TURN_OUTCOMES]
+    indices += [metrics.CLUSTER_MEMBERS, metrics.CLUSTER_ONLINE]
+    indices += [metrics.cluster_index(n) for n, _ in metrics.CLUSTER_COUNTERS]
     assert sorted(indices) == list(range(COUNTERS))
 
 

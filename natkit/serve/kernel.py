@@ -1,0 +1,56 @@
+"""``stun.fast_path``: the kernel fast path (`natkit.fastpath`) for serve's UDP listeners.
+
+The supervisor attaches it before the workers bind (a failure in ``kernel`` mode stops serve
+before anything runs) and detaches it last; every UDP listener socket gets the suffix its own
+`BindingHandler` would answer with, so the two paths are indistinguishable on the wire.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from natkit.addr import Transport
+from natkit.config.model import Config
+from natkit.errors import NatkitError
+from natkit.fastpath import FastPathError, KernelFastPath, Listener
+from natkit.net.sockets import plan_listeners
+from natkit.stun.binding import BindingHandler
+
+__all__ = ["start_fast_path"]
+
+log = logging.getLogger("natkit.serve")
+
+
+def kernel_listeners(config: Config) -> list[Listener]:
+    """Every UDP listener socket with a port of its own, and its plain answer's suffix."""
+    found = []
+    for plan in plan_listeners(config.stun, config.source):
+        if plan.uri.transport is not Transport.UDP:
+            continue
+        handler = BindingHandler(
+            primary=plan.primary, alternate=plan.alternate, software=config.stun.software
+        )
+        for local in plan.addresses:
+            if local.port:  # port 0: the kernel learns no port before the workers bind
+                found.append(Listener(local, handler.plain_suffix(local)))
+    return found
+
+
+def start_fast_path(config: Config) -> KernelFastPath | None:
+    """The attached fast path, or None (off, or auto where it cannot load). NatkitError in
+    kernel mode when it cannot load."""
+    mode = config.stun.fast_path
+    if mode == "off":
+        return None
+    limit = config.stun.rate_limit
+    rate = (limit.per_source, limit.burst) if limit.enabled else None
+    try:
+        fast = KernelFastPath.start(kernel_listeners(config), rate)
+    except FastPathError as err:
+        if mode == "kernel":
+            raise NatkitError(f"stun.fast_path: kernel: {err}") from None
+        log.warning("stun.fast_path: auto: serving from user space only: %s", err)
+        return None
+    where = ", ".join(f"{a.device}" for a in fast.attachments)
+    log.info("kernel fast path: plain UDP Binding requests answered in tc-BPF on %s", where)
+    return fast
