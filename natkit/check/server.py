@@ -236,18 +236,22 @@ class CheckServer:
         task = asyncio.current_task()
         assert task is not None
         self._tasks.add(task)
-        conn = object()
         source = source_key(writer.get_extra_info("peername"))
         try:
-            verdict = self._table.admit(conn, source)
+            # The task is the connection's slot: when full, the oldest one still reading its
+            # request is cancelled (closed) to make room (natkit.admission).
+            verdict = self._table.admit(task, source)
             if verdict.status:
                 self._count("refused_full", f"refused a connection: {verdict.reason}")
                 await respond(writer, verdict.status, {"error": verdict.reason})
                 return
+            if isinstance(verdict.evict, asyncio.Task):
+                self._count("refused_full", "full: closed the oldest unread connection")
+                verdict.evict.cancel()
             try:
                 status, body, kind = await self._serve_one(reader, writer, source)
             finally:
-                self._table.release(conn)
+                self._table.release(task)
             await respond(writer, status, body, kind)
         except (OSError, TimeoutError, asyncio.CancelledError, ssl.SSLError):
             pass
@@ -268,6 +272,9 @@ class CheckServer:
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 request = await read_request(reader, writer, source)
+            task = asyncio.current_task()
+            if task is not None:
+                self._table.serving(task)  # read in full: no longer evictable
             # After the (bounded) read: answering first would reset the connection unread.
             if not self._requests.allow(source, time.monotonic()):
                 raise Refused(429, "too many requests from this address; retry in a few seconds")

@@ -266,3 +266,22 @@ def test_the_cli_runs_the_page_headless(served: tuple[Served, str]) -> None:
         check=False,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "http://" in bad.stderr
+
+
+def test_idle_connections_cannot_fill_the_server(served: tuple[Served, str]) -> None:
+    """256 connections at most, 16 per source: past that the oldest unread one is closed to make
+    room, and a real request is still answered."""
+    _, base = served
+    host, port = base.removeprefix("http://").split(":")
+    idle: list[socket.socket] = []
+    try:
+        for n in range(17):  # 17 sources x 16 idle connections = 272 > 256
+            for _ in range(16):
+                idle.append(socket.create_connection((host, int(port)), 5, (f"127.0.1.{n + 1}", 0)))
+        time.sleep(0.3)
+        assert _raw_get(host, int(port), "127.0.2.1") == 404  # served, not refused
+        idle[0].settimeout(2)
+        assert idle[0].recv(100) == b""  # the oldest idle one was closed for the newcomers
+    finally:
+        for sock in idle:
+            sock.close()
