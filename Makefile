@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-# Debian packages the lab, the coturn engine, the interop tests, the cluster tests (redis-server)
-# and the packaging test (systemd-analyze) need (installed when root).
-APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd
+# Debian packages the lab, the coturn engine, the interop tests, the cluster tests (redis-server),
+# the packaging test (systemd-analyze) and the browser check page's tests (chromium) need
+# (installed when root).
+APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd chromium
 CONFIG ?= configs/natkit.yaml
 
 .PHONY: install system-packages run test test-fast lint bench demo clean

@@ -229,11 +229,12 @@ def _is_resource_tracker(pid: int) -> bool:
 
 def expected_lines(config: Mapping[str, Any]) -> int:
     """How many start-up lines `natkit serve` prints for `config`: one per listener, then the
-    signal URL and the metrics URL when enabled (natkit.serve)."""
+    signal URL, the check page URL and the metrics URL when enabled (natkit.serve)."""
     listen = (config.get("stun") or {}).get("listen") or []
     signal_on = bool((config.get("signal") or {}).get("enabled"))
+    check_on = bool((config.get("check") or {}).get("enabled"))
     metrics_on = bool((config.get("metrics") or {}).get("listen"))
-    return len(listen) + signal_on + metrics_on
+    return len(listen) + signal_on + check_on + metrics_on
 
 
 def launch(config: Mapping[str, Any], path: Path, timeout: float = 30.0) -> Served:

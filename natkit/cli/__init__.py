@@ -22,6 +22,7 @@ COMMANDS = {
     "serve": "serve_cmd",
     "turn": "turn_cmd",
     "diagnose": "diagnose_cmd",
+    "check": "check_cmd",
     "p2p": "p2p_cmd",
     "lab": "lab_cmd",
     "fastpath": "fastpath_cmd",

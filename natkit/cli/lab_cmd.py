@@ -46,21 +46,41 @@ def presets_cmd(as_json: bool) -> None:
 
 
 @command.command("up")
-@click.argument("topology")
+@click.argument("topology", required=False)
 @click.option("--name", default=None, help="Lab name (default: <topology>-<4 hex digits>).")
-def up_cmd(topology: str, name: str | None) -> None:
+@click.option(
+    "--from-report",
+    "report",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Build the NAT a diagnose/check JSON report describes (instead of TOPOLOGY).",
+)
+def up_cmd(topology: str | None, name: str | None, report: str | None) -> None:
     """Build TOPOLOGY (a preset name or a YAML file) and print the lab's name.
 
-    The lab stays up until `natkit lab down NAME`.
+    The lab stays up until `natkit lab down NAME`. With --from-report FILE the topology is the
+    NAT that a `natkit diagnose --json` or natkit check report measured (node `peer` behind it).
 
     \b
     Example:
       natkit lab up pair-symmetric --name p2p
       natkit lab up ./my-topology.yaml
+      natkit lab up --from-report report.json
     """
     from natkit.lab import Lab
 
-    lab = Lab.up(topology, name, persistent=True)
+    if topology is None and report is None:
+        fail("natkit lab up: missing argument 'TOPOLOGY' (see natkit lab up --help)")
+    if topology is not None and report is not None:
+        fail("natkit lab up: give TOPOLOGY or --from-report FILE, not both")
+    if report is not None:
+        from natkit.lab.from_report import load_report, topology_from_report
+
+        lab = Lab.up(topology_from_report(load_report(report), source=report), name,
+                     persistent=True)  # fmt: skip
+    else:
+        assert topology is not None
+        lab = Lab.up(topology, name, persistent=True)
     click.echo(lab.name)
 
 

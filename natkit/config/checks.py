@@ -21,6 +21,7 @@ from typing import Any
 
 from natkit.addr import Transport, format_hostport, parse_hostport
 from natkit.config.model import (
+    CheckConfig,
     ClusterConfig,
     DiagnoseConfig,
     DiagnoseTurnServer,
@@ -137,6 +138,15 @@ def _ip_port(value: str | None, _: Context) -> str | None:
     except ValueError:
         raise ValueError(f"{host!r} in {value!r} is not an IP address literal") from None
     return format_hostport(host, port)
+
+
+def _check_listen(value: str, ctx: Context) -> str:
+    """``http://IP:PORT`` or ``https://IP:PORT`` (the certificate is stun.tls's)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError(f"expected http://IP:PORT or https://IP:PORT, got {value!r}")
+    hostport = _ip_port(rest, ctx)
+    return f"{scheme}://{hostport}"
 
 
 def _alternate(value: str | None, ctx: Context) -> str | None:
@@ -339,6 +349,10 @@ FIELD_RULES: dict[tuple[type, str], FieldRule] = {
     (SignalConfig, "max_pairings_per_source"): _positive,
     (SignalConfig, "request_timeout"): _positive,
     (MetricsConfig, "listen"): _ip_port,
+    (CheckConfig, "listen"): _check_listen,
+    (CheckConfig, "report_ttl"): _positive,
+    (CheckConfig, "max_tests"): _at_least_one,
+    (CheckConfig, "tests_per_minute"): _at_least_one,
     (ClusterConfig, "redis"): _redis_url,
     (ClusterConfig, "node_id"): _name("cluster.node_id"),
     (ClusterConfig, "prefix"): _name("cluster.prefix"),

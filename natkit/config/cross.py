@@ -53,6 +53,7 @@ def check_config(config: Config) -> None:
     """Rules across sections: TURN needs credentials, its relay ports stay off the listeners'
     ports, and the coturn engine gets only what turnserver.conf can express."""
     _check_tls_files(config)
+    _check_check(config)
     turn = config.turn
     auth = turn.auth
     if turn.engine == "coturn" and auth.secret and auth.users:
@@ -83,6 +84,22 @@ def check_config(config: Config) -> None:
     if turn.engine == "coturn":
         _check_coturn_listeners(config)
     _check_relay_ports(config)
+
+
+def _check_check(config: Config) -> None:
+    """The browser check page needs a UDP STUN listener to probe from beside, and its https://
+    listener the STUN TLS certificate."""
+    check = config.check
+    if not check.enabled:
+        return
+    if check.listen.startswith("https://") and not (config.stun.tls.cert and config.stun.tls.key):
+        raise Problem(
+            "check.listen",
+            "https:// needs stun.tls.cert and stun.tls.key (the check page uses the STUN TLS "
+            "certificate); or use http:// on localhost",
+        )
+    if not any(uri.transport is Transport.UDP for uri in config.stun.listen):
+        raise Problem("check.enabled", "the check page needs a udp:// listener in stun.listen")
 
 
 def _check_tls_files(config: Config) -> None:

@@ -109,6 +109,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "the rendezvous runs with the builtin engine only; run natkit p2p signal",
     ),
     Ignored(
+        "check.enabled",
+        lambda c: c.check.enabled,
+        "the browser check page runs with the builtin engine only",
+    ),
+    Ignored(
         "cluster.redis",
         lambda c: c.cluster.redis is not None,
         "fleet quotas, revocations and redirects are the builtin engine's (coturn's own Redis "

@@ -18,6 +18,7 @@ from natkit.uri import StunURI, TurnURI
 
 __all__ = [
     "DEFAULT_DENIED_PEERS",
+    "CheckConfig",
     "ClusterConfig",
     "Config",
     "DiagnoseConfig",
@@ -408,6 +409,28 @@ class SignalConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckConfig:
+    enabled: bool = field(
+        default=False,
+        metadata=doc("Serve the browser NAT check page (GET /check) and its JSON API."),
+    )
+    listen: str = field(
+        default="http://127.0.0.1:8080",
+        metadata=doc(
+            "http://IP:PORT or https://IP:PORT (certificate: stun.tls) of the check page; "
+            "browsers allow WebRTC from plain HTTP only on localhost."
+        ),
+    )
+    report_ttl: float = field(
+        default=300.0, metadata=doc("Seconds a finished report stays at /check/api/report/ID.")
+    )
+    max_tests: int = field(default=256, metadata=doc("Tests running or kept at once (then 503)."))
+    tests_per_minute: int = field(
+        default=10, metadata=doc("Tests one IPv4 address or IPv6 /64 may start a minute (429).")
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsConfig:
     listen: str | None = field(
         default="127.0.0.1:9641", metadata=doc("Prometheus /metrics at IP:PORT; null to disable.")
@@ -484,6 +507,9 @@ class Config:
         default_factory=DiagnoseConfig, metadata=doc("natkit diagnose.")
     )
     signal: SignalConfig = field(default_factory=SignalConfig, metadata=doc("P2P rendezvous."))
+    check: CheckConfig = field(
+        default_factory=CheckConfig, metadata=doc("Browser NAT check page (natkit check).")
+    )
     metrics: MetricsConfig = field(
         default_factory=MetricsConfig, metadata=doc("Prometheus metrics.")
     )

@@ -18,6 +18,7 @@ from typing import TextIO
 
 from natkit import logs
 from natkit.addr import Transport
+from natkit.check.server import CheckServer, render_check
 from natkit.config.cross import validate
 from natkit.config.ignored import ignored_keys, ignored_message
 from natkit.config.model import Config
@@ -127,11 +128,13 @@ async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> No
     supervisor = Supervisor(config, count, counters.array, kernel_programs=programs)
     metrics: MetricsServer | None = None
     rendezvous: SignalServer | None = None
+    checker: CheckServer | None = None
 
     def scrape() -> str:
         kernel = fast.counters() if fast is not None else None
         text = render(counters.totals(), supervisor.live(), kernel)
-        return text + (render_signal(rendezvous.stats) if rendezvous is not None else "")
+        text += render_signal(rendezvous.stats) if rendezvous is not None else ""
+        return text + (render_check(checker.stats) if checker is not None else "")
 
     readiness = {"ready": False}  # listeners bound and not draining (/readyz)
 
@@ -162,12 +165,18 @@ async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> No
         if config.signal.enabled:
             rendezvous = serve_signal(config.signal)
             await rendezvous.start()
+        # The browser check page keeps its tests in memory too: one instance, here.
+        if config.check.enabled:
+            checker = CheckServer(config)
+            await checker.start()
         plural = "worker" if count == 1 else "workers"
         served = "STUN + TURN" if config.turn.enabled else "STUN"
         for uri in config.stun.listen:
             print(f"listening {uri} ({served}, {count} {plural})", file=out, flush=True)
         if rendezvous is not None:
             print(f"signal {rendezvous.url}", file=out, flush=True)
+        if checker is not None:
+            print(f"check {checker.url}", file=out, flush=True)
         if metrics is not None:
             print(f"metrics http://{config.metrics.listen}/metrics", file=out, flush=True)
         readiness["ready"] = True
@@ -175,6 +184,8 @@ async def _serve(config: Config, out: TextIO, fast: KernelFastPath | None) -> No
         readiness["ready"] = False
         log.info("stopping: draining workers")
     finally:
+        if checker is not None:
+            await checker.stop()
         if rendezvous is not None:
             await rendezvous.stop()
         # Workers drain TURN for up to turn.drain_timeout, then their streams for 2 s.
@@ -203,7 +214,9 @@ def _reload(
     # restart, however many SIGHUPs follow.
     changed = [k for k in _RESTART_ONLY if getattr(new.stun, k) != getattr(old.stun, k)]
     changed += [
-        k for k in ("turn", "signal", "metrics", "cluster") if getattr(new, k) != getattr(old, k)
+        k
+        for k in ("turn", "signal", "check", "metrics", "cluster")
+        if getattr(new, k) != getattr(old, k)
     ]
     if changed:
         log.warning("SIGHUP: %s changed; restart natkit serve to apply", ", ".join(changed))

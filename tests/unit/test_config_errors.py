@@ -55,7 +55,7 @@ CASES: list[tuple[str, str]] = [
     (
         "source: x\n",
         "natkit.yaml:1: source: unknown key; known keys: version, stun, turn, diagnose, "
-        "signal, metrics, logging, cluster",
+        "signal, check, metrics, logging, cluster",
     ),
     # types
     (

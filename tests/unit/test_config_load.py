@@ -76,6 +76,13 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
         "max_pairings_per_source": 20,
         "request_timeout": 5.0,
     },
+    "check": {
+        "enabled": False,
+        "listen": "http://127.0.0.1:8080",
+        "report_ttl": 300.0,
+        "max_tests": 256,
+        "tests_per_minute": 10,
+    },
     "metrics": {"listen": "127.0.0.1:9641"},
     "logging": {"level": "info", "format": "text"},
     "cluster": {
