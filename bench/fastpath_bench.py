@@ -85,22 +85,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench fastpath", description=__doc__)
     parser.add_argument("--duration", type=float, default=2.5, help="seconds per measurement")
     parser.add_argument("--rounds", type=int, default=3, help="alternating closed-loop runs")
-    parser.add_argument("--part", choices=("all", "stun", "turn"), default="all")
+    parts = ("all", "lab", "stun", "turn")
+    help_text = "lab: both lab parts; stun: loopback STUN; turn: lab TURN"
+    parser.add_argument("--part", choices=parts, default="all", help=help_text)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("fastpath: skipped, attaching tc-BPF needs root")
         return 0
     started = time.monotonic()
-    if args.part in ("all", "turn"):
+    out = HERE / "out"
+    out.mkdir(exist_ok=True)
+    if args.part in ("all", "lab", "turn"):
         from bench import fastpath_turn
 
         turn = fastpath_turn.measure()
         fastpath_turn.report(turn)
-        out = HERE / "out"
-        out.mkdir(exist_ok=True)
         (out / "fastpath-turn.json").write_text(json.dumps(turn, indent=2))
-        if args.part == "turn":
-            return 0
+    if args.part in ("all", "lab"):
+        lab_stun = fastpath_turn.measure_stun(args.duration, args.rounds)
+        fastpath_turn.report_stun(lab_stun)
+        (out / "fastpath-stun-lab.json").write_text(json.dumps(lab_stun, indent=2))
+    if args.part in ("lab", "turn"):
+        return 0
     build_c("loadgen")
     with tempfile.TemporaryDirectory(prefix="natkit-bench-") as tmpdir:
         res = measure(Path(tmpdir), args.duration, args.rounds)

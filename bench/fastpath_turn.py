@@ -196,3 +196,102 @@ def report(result: dict[str, Any]) -> None:
     print(f"  ratio kernel/user space: {kernel / result['user']['relayed_pps']:.2f}")
     if "coturn" in result:
         print(f"  ratio kernel/coturn:     {kernel / result['coturn']['relayed_pps']:.2f}")
+
+
+# -- STUN Binding in the lab -------------------------------------------------------------------
+
+SOURCES = 64  # client addresses in node peer (203.0.113.150-213): natkit steers by source
+
+
+def _stun_config(fast_path: str) -> dict[str, Any]:
+    config = _config("builtin", fast_path)
+    config["stun"]["workers"] = os.cpu_count() or 1
+    del config["turn"]
+    return config
+
+
+@contextmanager
+def _stun_server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[bytes]]:
+    if name == "coturn":
+        from bench.stun_bench import coturn_argv
+
+        argv = coturn_argv("turnserver", tmp, PORT)
+        argv[argv.index("-L") + 1] = SERVER
+    else:
+        path = tmp / f"stun-{name}.yaml"
+        path.write_text(yaml.safe_dump(_stun_config("kernel" if name == "kernel" else "off")))
+        argv = [sys.executable, "-m", "natkit", "serve", "-c", str(path)]
+    with (tmp / f"stun-{name}.log").open("wb") as log:
+        proc = lab.spawn("server", argv, stdout=log, stderr=subprocess.STDOUT,
+                         start_new_session=True)  # fmt: skip
+    try:
+        _wait(lab)
+        yield proc
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _loadgen(lab: Any, seconds: float, rate: float = 0.0) -> dict[str, Any]:
+    from bench.stun_bench import LOADGEN
+
+    argv = [str(LOADGEN), "-s", SERVER, "-b", "203.0.113.150", "-n", str(SOURCES), "-p",
+            str(PORT), "-c", str(SOURCES), "-w", "4", "-d", str(seconds), "-W", "0.5"]  # fmt: skip
+    if rate:
+        argv += ["-r", str(int(rate))]
+    done = lab.exec("peer", argv, timeout=seconds + 20, check=True)
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def measure_stun(seconds: float = 2.5, rounds: int = 3) -> dict[str, Any]:
+    """Binding responses/s (closed loop, median of `rounds`) and p50/p99 at 2k/s per server,
+    the generator in node `peer` with 64 source addresses."""
+    from natkit.lab import Lab
+
+    build_c("loadgen")
+    names = ["kernel", "user"] + (["coturn"] if shutil.which("turnserver") else [])
+    rows: dict[str, list[float]] = {name: [] for name in names}
+    light: dict[str, dict[str, Any]] = {}
+    lab = Lab.up("open")
+    try:
+        device = lab.exec("peer", ["ip", "-o", "-4", "addr", "show"], check=True).stdout
+        device = next(line.split()[1] for line in device.splitlines() if "203.0.113." in line)
+        for i in range(SOURCES):  # the lab's own internet: 203.0.113.0/24
+            lab.exec("peer", ["ip", "addr", "add", f"203.0.113.{150 + i}/24", "dev", device],
+                     check=True)  # fmt: skip
+        with tempfile.TemporaryDirectory(prefix="natkit-bench-") as tmpdir:
+            for name in names:
+                with _stun_server(lab, Path(tmpdir), name):
+                    for _ in range(rounds):
+                        rows[name].append(_loadgen(lab, seconds)["rate"])
+                    light[name] = _loadgen(lab, seconds, rate=2000)
+    finally:
+        lab.down()
+    return {
+        name: {
+            "rps": statistics.median(rows[name]),
+            "p50_us": light[name]["p50_us"],
+            "p99_us": light[name]["p99_us"],
+        }
+        for name in names
+    }
+
+
+def report_stun(result: dict[str, Any]) -> None:
+    labels = {"kernel": "natkit, kernel fast path", "user": "natkit, user space",
+              "coturn": "coturn --stun-only"}  # fmt: skip
+    print("STUN Binding in a lab (server node / generator node with 64 addresses)")
+    for name, row in result.items():
+        print(f"  {labels[name]:<27} {row['rps']:>10,.0f} responses/s   p50/p99 at 2k/s "
+              f"{row['p50_us']}/{row['p99_us']} us")  # fmt: skip
+    kernel = result["kernel"]["rps"]
+    print(f"  ratio kernel/user space: {kernel / result['user']['rps']:.2f}")
+    if "coturn" in result:
+        print(f"  ratio kernel/coturn:     {kernel / result['coturn']['rps']:.2f}")

@@ -141,7 +141,7 @@ class Map:
             raise
         return True
 
-    def keys(self) -> list[bytes]:
+    def list_keys(self) -> list[bytes]:
         found: list[bytes] = []
         key: bytes | None = None
         while len(found) <= self.max_entries:

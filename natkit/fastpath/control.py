@@ -244,9 +244,9 @@ def _row(prog_id: int, row: dict[str, object]) -> dict[str, object]:
             for index, name in enumerate(COUNTER_NAMES):
                 row[name] = counters.per_cpu_sum_u64(struct.pack("=I", index))
         if "natkit_listen" in maps:
-            row["listeners"] = len(maps["natkit_listen"].keys())
+            row["listeners"] = len(maps["natkit_listen"].list_keys())
         if "natkit_chans" in maps:
-            row["channels"] = len(maps["natkit_chans"].keys())
+            row["channels"] = len(maps["natkit_chans"].list_keys())
     finally:
         for opened in maps.values():
             opened.close()

@@ -10,12 +10,15 @@ CLOCK_MONOTONIC (the clock `time.monotonic` reads): the end of the channel or of
 permission, whichever comes first, so the kernel stops on time by itself. A refresh installs
 again with the new expiry; the allocation's end removes them (`remove`). What the kernel relayed
 is counted per entry; `drain_counts` returns what is new since the last call, for the engine's
-metrics. Everything the program leaves alone reaches the engine as before.
+metrics. Each entry names the worker process that installed it: when a worker dies the
+supervisor `purge`s its entries before their ports can serve anyone else. Everything the
+program leaves alone reaches the engine as before.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 from dataclasses import dataclass
@@ -96,7 +99,7 @@ class ChannelRoute:
 def _route(src: Address, dst: Address, channel: int, oif: int, expires_ns: int) -> bytes:
     return _ROUTE.pack(
         _raw(src.host), _raw(dst.host), socket.htons(src.port), socket.htons(dst.port),
-        socket.htons(channel), 0, oif, 0, expires_ns, 0, 0,
+        socket.htons(channel), 0, oif, os.getpid(), expires_ns, 0, 0,
     )  # fmt: skip
 
 
@@ -166,6 +169,18 @@ class KernelRelay:
                 totals[2 * index] += max(0, packets - before[0])
                 totals[2 * index + 1] += max(0, octets - before[1])
         return totals[0], totals[1], totals[2], totals[3]
+
+    def purge(self, owner_pid: int) -> int:
+        """Remove every entry the process `owner_pid` installed (a worker that died: its relay
+        sockets are gone, and their ports may serve other allocations next); how many."""
+        removed = 0
+        for pair in self._maps:
+            for table in pair:
+                for key in table.list_keys():
+                    raw = table.lookup(key)
+                    if raw is not None and _ROUTE.unpack(raw[: _ROUTE.size])[7] == owner_pid:
+                        removed += table.delete(key)
+        return removed
 
     def close(self) -> None:
         for opened in self._opened:

@@ -327,6 +327,8 @@ class Supervisor:
         worker.proc.join(0)
         code = worker.proc.exitcode
         worker.conn.close()
+        if self.kernel_programs and worker.proc.pid is not None:
+            _purge_kernel_entries(self.kernel_programs, worker.proc.pid)
         if worker.ready is not None and not worker.ready.done():
             if self._stopping:
                 worker.ready.cancel()
@@ -388,3 +390,25 @@ class Supervisor:
             for sock in socks:
                 sock.close()
         self._sockets = []
+
+
+def _purge_kernel_entries(programs: tuple[int, ...], pid: int) -> None:
+    """A TURN worker ended: the kernel fast path forgets the channels it installed (its relay
+    sockets died with it, and their ports may serve other allocations next)."""
+    from natkit.fastpath.bpf import BpfError
+    from natkit.fastpath.relay import KernelRelay
+
+    try:
+        kernel = KernelRelay(programs)
+    except (BpfError, KeyError):
+        return  # the fast path is going away too (shutdown)
+    try:
+        removed = kernel.purge(pid)
+    except BpfError as err:
+        log.warning("kernel fast path: the entries of worker pid %d could not be removed: %s",
+                    pid, err)  # fmt: skip
+        return
+    finally:
+        kernel.close()
+    if removed:
+        log.info("kernel fast path: removed %d channel entries of worker pid %d", removed, pid)

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import re
+import signal
 import socket
 import struct
 import subprocess
@@ -500,3 +501,45 @@ def test_turnutils_uclient_relays_with_the_fast_path_on_with_no_loss(
     finally:
         echo.terminate()
         echo.wait(5)
+
+
+def test_a_dead_workers_channels_leave_the_kernel(nat_lab: Any, tmp_path: Path) -> None:
+    """A TURN worker killed: its relay sockets die with it, so the supervisor removes its kernel
+    entries before the ports can serve another allocation (the restarted worker starts empty)."""
+    from natkit.stun.constants import AttrType
+    from natkit.testing import children
+    from tests.integration.turn_client import TurnClient, code, relayed
+
+    lab = nat_lab("open")
+    _checksum_offload_off(lab, "peer")
+    with serving(lab, tmp_path, _turn_config()) as proc:
+        peer_ip = lab.address("peer")
+        assert peer_ip.startswith("203.0.113."), peer_ip  # the relay sends to the lab only
+        client_sock, peer = lab.socket("peer"), lab.socket("peer")
+        client_sock.bind((peer_ip, 0))
+        peer.bind((peer_ip, 0))
+        client = TurnClient(3478, "alice", "wonderland", "natkit.lab", lab_socket=client_sock,
+                            server_host=PRIMARY)  # fmt: skip
+        answer = client.ask(Method.ALLOCATE, [(AttrType.REQUESTED_TRANSPORT, 17)])
+        relay = relayed(answer)
+        assert code(client.channel_bind(0x4001, Address(peer_ip, peer.getsockname()[1]))) == 0
+        assert filters(lab)[0]["channels"] == 1
+        workers = [p for p in children(proc.pid) if "multiprocessing" in _cmdline(p)
+                   and "resource_tracker" not in _cmdline(p)]  # fmt: skip
+        assert len(workers) == 1, workers
+        os.kill(workers[0], signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while filters(lab)[0]["channels"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert filters(lab)[0]["channels"] == 0
+        peer.sendto(b"after the worker", (relay.host, relay.port))
+        client.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            client.sock.recv(4096)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""

@@ -113,7 +113,7 @@ struct route {
 	__be16 channel;
 	__u16 pad;
 	__u32 oif;
-	__u32 pad2;
+	__u32 owner_pid; /* the worker that installed it: its entries go if it dies */
 	__u64 expires_ns;
 	__u64 packets;
 	__u64 bytes;
