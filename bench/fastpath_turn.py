@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from bench.stun_bench import build_c, group_cpu
-from bench.turn_bench import REALM, TURNLOAD, WARMUP, _transact
+from bench.turn_bench import REALM, TURNLOAD, WARMUP, _request, _transact
 from natkit.addr import Address
 from natkit.config import loads
 from natkit.stun import AttrType, Method
@@ -99,12 +99,18 @@ def _server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[bytes]]
             proc.wait()
 
 
-def _wait(lab: Any) -> None:
+def _wait(lab: Any, turn: bool = True) -> None:
+    """Until user space answers: an Allocate (its 401) with TURN, else a Binding with an
+    attribute (the kernel answers plain ones before the workers have bound)."""
     sock = lab.socket("peer")
     sock.settimeout(0.2)
+    if turn:
+        probe = _request(Method.ALLOCATE, [(AttrType.REQUESTED_TRANSPORT, 17)])
+    else:
+        probe = _request(Method.BINDING, [(AttrType.SOFTWARE, "natkit-bench")])
     try:
         for _ in range(100):
-            sock.sendto(b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12), (SERVER, PORT))
+            sock.sendto(probe, (SERVER, PORT))
             try:
                 sock.recv(2048)
                 return
@@ -225,7 +231,7 @@ def _stun_server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[by
         proc = lab.spawn("server", argv, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)  # fmt: skip
     try:
-        _wait(lab)
+        _wait(lab, turn=False)
         yield proc
     finally:
         with suppress(ProcessLookupError):
@@ -241,8 +247,11 @@ def _stun_server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[by
 def _loadgen(lab: Any, seconds: float, rate: float = 0.0) -> dict[str, Any]:
     from bench.stun_bench import LOADGEN
 
+    # Two generator threads: a kernel answer runs on the sender's CPU, so one thread would
+    # measure the generator.
     argv = [str(LOADGEN), "-s", SERVER, "-b", "203.0.113.150", "-n", str(SOURCES), "-p",
-            str(PORT), "-c", str(SOURCES), "-w", "4", "-d", str(seconds), "-W", "0.5"]  # fmt: skip
+            str(PORT), "-c", str(SOURCES), "-w", "4", "-d", str(seconds), "-W", "0.5",
+            "-t", "2"]  # fmt: skip
     if rate:
         argv += ["-r", str(int(rate))]
     done = lab.exec("peer", argv, timeout=seconds + 20, check=True)

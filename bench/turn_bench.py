@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     build_c("turnload")
-    engines = [e for e in args.engines.split(",") if e != "coturn" or shutil.which("turnserver")]
+    names = [e for e in args.engines.split(",") if e]
+    engines = [e for e in names if e != "coturn" or shutil.which("turnserver")]
     if args.cluster and shutil.which("redis-server"):
         engines.append("cluster")
     runs: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
