@@ -82,15 +82,23 @@ def _server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[bytes]]
         path = tmp / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
         argv = [sys.executable, "-m", "natkit", "serve", "-c", str(path)]
-    with (tmp / f"{name}.log").open("wb") as log:
+    with _spawned(lab, tmp / f"{name}.log", argv, turn=True) as proc:
+        yield proc
+
+
+@contextmanager
+def _spawned(lab: Any, log_path: Path, argv: list[str], turn: bool) -> Iterator[Any]:
+    """`argv` in node server in a session of its own, until user space answers (`_wait`);
+    SIGTERM to its group at the end (the workers too), SIGKILL after 10 s."""
+    with log_path.open("wb") as log:
         proc = lab.spawn("server", argv, stdout=log, stderr=subprocess.STDOUT,
                          start_new_session=True)  # fmt: skip
     try:
-        _wait(lab)
+        _wait(lab, turn)
         yield proc
     finally:
         with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)  # its own session: the workers too
+            os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
@@ -227,21 +235,8 @@ def _stun_server(lab: Any, tmp: Path, name: str) -> Iterator[subprocess.Popen[by
         path = tmp / f"stun-{name}.yaml"
         path.write_text(yaml.safe_dump(_stun_config("kernel" if name == "kernel" else "off")))
         argv = [sys.executable, "-m", "natkit", "serve", "-c", str(path)]
-    with (tmp / f"stun-{name}.log").open("wb") as log:
-        proc = lab.spawn("server", argv, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True)  # fmt: skip
-    try:
-        _wait(lab, turn=False)
+    with _spawned(lab, tmp / f"stun-{name}.log", argv, turn=False) as proc:
         yield proc
-    finally:
-        with suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            with suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _loadgen(lab: Any, seconds: float, rate: float = 0.0) -> dict[str, Any]:

@@ -262,16 +262,7 @@ class BuiltinTurn:
             log.exception("TURN ChannelData path failed on a %d-byte datagram", len(data))
             return
         if route is not None:
-            entry = self._sockets.get(route[0])
-            if entry is not None:
-                try:
-                    entry[0].sendto(route[1], route[2])
-                except OSError:  # a full buffer or an ICMP error: UDP may drop, so do we
-                    self.send_errors += 1
-                    return
-                counters = self.counters  # two list increments: the whole cost of the metric
-                counters[TURN_PACKETS_TO_PEER] += 1
-                counters[TURN_BYTES_TO_PEER] += len(route[1])
+            self.channels.send_to_peer(*route)
 
     def end_allocations(self, doomed: Callable[[Allocation], bool]) -> int:
         """End every allocation `doomed` picks (a revoked user's: `natkit.serve.clustered`),

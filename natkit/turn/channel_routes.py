@@ -132,17 +132,9 @@ class ChannelRoutes:
         if route is None:
             return
         relay_address, payload, peer = route
-        entry = self.sockets.get(relay_address)
-        if entry is None:
+        sendto = self.send_to_peer(relay_address, payload, peer)
+        if sendto is None:
             return
-        sendto = entry[0].sendto
-        try:
-            sendto(payload, peer)
-        except OSError:
-            self.on_send_error()
-            return
-        self.counters[TURN_PACKETS_TO_PEER] += 1
-        self.counters[TURN_BYTES_TO_PEER] += len(payload)
         tables = self.relay.allocations
         alloc = tables.by_five_tuple.get(FiveTuple(client, local, Transport.UDP))
         leg = tables.by_relay.get(relay_address)
@@ -155,6 +147,25 @@ class ChannelRoutes:
             cached = (alloc, {})
             clients[key] = cached
         cached[1][channel.number] = (channel, leg, leg.permissions, peer.host, sendto, peer)
+
+    def send_to_peer(
+        self, relay_address: Address, payload: bytes, peer: Address
+    ) -> Callable[..., int] | None:
+        """Send what the core routed (`Relay.channel_data`) from its relay socket, counted; the
+        socket's `sendto` (for the cache), or None when nothing went out."""
+        entry = self.sockets.get(relay_address)
+        if entry is None:
+            return None
+        sendto = entry[0].sendto
+        try:
+            sendto(payload, peer)
+        except OSError:  # a full buffer or an ICMP error: UDP may drop, so do we
+            self.on_send_error()
+            return None
+        counters = self.counters  # two list increments: the whole cost of the metric
+        counters[TURN_PACKETS_TO_PEER] += 1
+        counters[TURN_BYTES_TO_PEER] += len(payload)
+        return sendto
 
     def forget(self, owner: FiveTuple) -> None:
         """The allocation of `owner` ended: drop its client entry."""

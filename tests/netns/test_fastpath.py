@@ -30,7 +30,7 @@ from natkit.lab import Lab
 from natkit.stun.binding import BindingHandler
 from natkit.stun.constants import MessageClass, Method
 from natkit.stun.message import Message, parse_message
-from tests.netns.stunserver import ALTERNATE, PRIMARY, wait_udp
+from tests.netns.stunserver import ALTERNATE, PRIMARY, checksum_offload_off, wait_udp
 
 pytestmark = pytest.mark.netns
 
@@ -103,23 +103,13 @@ def binding(fingerprint: bool) -> bytes:
     )
 
 
-def _checksum_offload_off(lab: Lab, node: str) -> None:
-    """veth's checksum offload hides checksum bugs (FIELD-NOTES): with it off, the server's
-    interface completes the CHECKSUM_PARTIAL answers itself and the peer verifies them."""
-    links = lab.exec(node, ["ip", "-o", "link", "show"], check=True).stdout
-    for line in links.splitlines():
-        name = line.split(": ")[1].split("@")[0]
-        if name != "lo":
-            lab.exec(node, ["ethtool", "-K", name, "tx", "off"], check=True)
-
-
 @pytest.mark.parametrize("offload", ["offload-on", "offload-off"])
 def test_kernel_answers_plain_bindings_and_user_space_the_rest(
     nat_lab: Any, tmp_path: Path, offload: str
 ) -> None:
     lab = nat_lab("port-restricted-cone")
     if offload == "offload-off":
-        _checksum_offload_off(lab, "server")
+        checksum_offload_off(lab, "server")
     with serving(lab, tmp_path, _config()):
         rows = filters(lab)
         assert rows and all(r["owner_alive"] for r in rows), rows
@@ -366,7 +356,7 @@ def test_channel_data_relayed_in_the_kernel_both_ways(
     lab = nat_lab("open")
     kernel = offload == "offload-off"
     if kernel:
-        _checksum_offload_off(lab, "peer")
+        checksum_offload_off(lab, "peer")
     server = PRIMARY if family == 4 else SERVER6
     with serving(lab, tmp_path, _turn_config(server)):
         kind = socket.AF_INET if family == 4 else socket.AF_INET6
@@ -451,7 +441,7 @@ def test_clients_we_did_not_write_see_the_same_with_the_kernel_answering(
     as from user space (offload off: a wrong checksum would be dropped)."""
     lab = nat_lab(preset)
     for node in lab.nodes:
-        _checksum_offload_off(lab, node)
+        checksum_offload_off(lab, node)
     seen: dict[str, tuple[list[str], set[str]]] = {}
     for mode in ("off", "kernel"):
         with serving(lab, tmp_path, _config(fast_path=mode)):
@@ -481,7 +471,7 @@ def test_turnutils_uclient_relays_with_the_fast_path_on_with_no_loss(
     which the kernel leaves to user space: a fallback exercised by a client we did not write."""
     lab = nat_lab("open")
     for node in lab.nodes:
-        _checksum_offload_off(lab, node)
+        checksum_offload_off(lab, node)
     peer_ip = lab.address("peer")
     assert peer_ip.startswith("203.0.113."), peer_ip  # the relay sends to the lab only
     echo = lab.spawn("peer", ["turnutils_peer", "-L", peer_ip, "-p", "3480"],
@@ -511,7 +501,7 @@ def test_a_dead_workers_channels_leave_the_kernel(nat_lab: Any, tmp_path: Path) 
     from tests.integration.turn_client import TurnClient, code, relayed
 
     lab = nat_lab("open")
-    _checksum_offload_off(lab, "peer")
+    checksum_offload_off(lab, "peer")
     with serving(lab, tmp_path, _turn_config()) as proc:
         peer_ip = lab.address("peer")
         assert peer_ip.startswith("203.0.113."), peer_ip  # the relay sends to the lab only
