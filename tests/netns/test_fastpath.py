@@ -569,7 +569,7 @@ def test_aiortc_data_channel_through_the_kernel_relay(nat_lab: Any, tmp_path: Pa
     alice, relay-only, to bob on the internet: alice's channel to bob is relayed by the kernel
     both ways (offload off everywhere), and all of natkit p2p's bytes arrive."""
     from natkit.lab.topology import Topology
-    from natkit.p2p.matrix import serve_config
+    from natkit.p2p.matrix import _read_line, serve_config
 
     lab = nat_lab(Topology.from_dict(AIORTC_PAIR, default_name="aiortc-kernel"))
     for node in lab.nodes:
@@ -588,8 +588,8 @@ def test_aiortc_data_channel_through_the_kernel_relay(nat_lab: Any, tmp_path: Pa
         offer = lab.spawn("alice", [sys.executable, "-m", "natkit", "p2p", "offer", *common,
                                     *relay], **pipes)  # fmt: skip
         try:
-            line = offer.stderr.readline()
-            assert line.startswith("pairing code: "), line
+            line = _read_line(offer, offer.stderr, 30.0)  # bounded: a silent offerer fails here
+            assert line and line.startswith("pairing code: "), line
             answer = lab.exec("bob", [sys.executable, "-m", "natkit", "p2p", "answer",
                                       line.split()[2], *common, "--stun", f"stun:{PRIMARY}"],
                               timeout=90)  # fmt: skip
