@@ -227,13 +227,14 @@ def router_rules(r: RouterRules) -> str:
         *policy,
         "    ct state established,related accept",
         f"    {wan} ct status dnat accept",
-        "    # unsolicited: drop before conntrack confirms it (the conntrack trap)",
-        f"    {wan} drop",
+        "    # unsolicited: drop before conntrack confirms it (the conntrack trap); IPv6 is",
+        "    # natkit.lab.ipv6's table's to filter",
+        f"    {wan} meta nfproto ipv4 drop",
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
         "    ct state established,related accept",
-        f"    {wan} drop",
+        f"    {wan} meta nfproto ipv4 drop",
         "  }",
     ]
     return _wrap(body)
