@@ -131,6 +131,29 @@ def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
     return out
 
 
+def _ipv6_fields(d: Diagnosis) -> dict[str, Any]:
+    """`ipv6_translation` and `nat64` (docs/diagnose-json.md)."""
+    from natkit.diag.ipv6 import translation
+
+    c6, p6 = d.classes.get(6), d.families.get(6)
+    kind = translation(p6.local, c6.public_address) if c6 and p6 else None
+    n = d.nat64
+    return {
+        "ipv6_translation": kind,
+        "nat64": (
+            {
+                "detected": n.detected,
+                "prefixes": [str(p) for p in n.prefixes],
+                "synthesized": list(n.synthesized),
+                "resolver": n.resolver,
+                "error": n.error,
+            }
+            if n
+            else None
+        ),
+    }
+
+
 def to_json(d: Diagnosis) -> dict[str, Any]:
     """The diagnose JSON document, version 1."""
     main = d.main
@@ -191,6 +214,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             if d.lifetime
             else None
         ),
+        **_ipv6_fields(d),
         "problems": list(d.problems),
         "verdict": {
             "direct_p2p": v.direct_p2p if v else "unlikely",
@@ -200,6 +224,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "explanation": v.explanation if v else "no diagnosis",
             "actions": list(v.actions) if v else [],
             "outcome": v.outcome if v else "not-measured",
+            "ipv6_direct": v.ipv6_direct if v else None,
         },
         "exit_status": d.exit_status,
     }

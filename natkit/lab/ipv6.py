@@ -16,10 +16,11 @@ NAT's home LAN (`ipv6:` in the topology):
 `ipv6_only: true` gives the LAN's hosts no IPv4 at all; `nat64: true` adds stateful NAT64
 (RFC 6146: Debian tayga on a TUN device in the router, its IPv4 pool NATed to the WAN address)
 with the network-specific prefix 2001:db8:ff64::/96 (RFC 6052 §3.1 keeps the well-known
-64:ff9b::/96 from carrying non-global IPv4 such as 203.0.113.0/24), and a DNS64 resolver (RFC 6147: Debian unbound on the
-router's LAN address) answering only from the lab's zone: `server.lab` (each server's first
-address as `<name>.lab`) and ipv4only.arpa (RFC 7050 §8.2: 192.0.0.170/171, synthesized to
-reveal the prefix). Unbound has no upstream and may query no address: no packet leaves the lab.
+64:ff9b::/96 from carrying non-global IPv4 such as 203.0.113.0/24), and a DNS64 resolver
+(RFC 6147: Debian unbound on the router's LAN address) answering only from the lab's zones:
+`<server>.lab` (each server's first address, e.g. server.lab → 203.0.113.10) and ipv4only.arpa
+(RFC 7050 §8.2: 192.0.0.170/171, synthesized to reveal the prefix). Unbound has no upstream
+and may query no address: no packet leaves the lab.
 """
 
 from __future__ import annotations
@@ -159,9 +160,7 @@ def router_table(nat: Nat, router: NodePlan, prefix: str) -> str:
         ]
     srcnat = []
     if nat.ipv6 == "nat66":
-        srcnat.append(
-            f'    oifname "{router.uplink}" ip6 saddr {router.lan6} masquerade'
-        )
+        srcnat.append(f'    oifname "{router.uplink}" ip6 saddr {router.lan6} masquerade')
     if nat.nat64:
         wan_ip = router.addresses[0]
         srcnat.append(f'    oifname "{router.uplink}" ip saddr {NAT64_POOL} snat ip to {wan_ip}')

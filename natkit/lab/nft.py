@@ -215,6 +215,8 @@ def router_rules(r: RouterRules) -> str:
         *(f"    {rule}" for rule in snat),
         "  }",
     ]
+    # With IPv6 on the LAN, natkit.lab.ipv6's table filters IPv6: the trap rule drops IPv4 only.
+    unsolicited = f"{wan} drop" if nat.ipv6 == "none" else f"{wan} meta nfproto ipv4 drop"
     policy = []
     if not nat.firewall.udp:
         policy.append(f'    {lan} oifname "{r.wan_if}" meta l4proto udp drop')
@@ -227,14 +229,13 @@ def router_rules(r: RouterRules) -> str:
         *policy,
         "    ct state established,related accept",
         f"    {wan} ct status dnat accept",
-        "    # unsolicited: drop before conntrack confirms it (the conntrack trap); IPv6 is",
-        "    # natkit.lab.ipv6's table's to filter",
-        f"    {wan} meta nfproto ipv4 drop",
+        "    # unsolicited: drop before conntrack confirms it (the conntrack trap)",
+        f"    {unsolicited}",
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
         "    ct state established,related accept",
-        f"    {wan} meta nfproto ipv4 drop",
+        f"    {unsolicited}",
         "  }",
     ]
     return _wrap(body)

@@ -394,7 +394,8 @@ class _Reader:
         for name, on in (("ipv6_only", only), ("nat64", nat64)):
             if on and mode == "none":
                 raise self.fail(
-                    f"{key}.{name}", "needs IPv6 on the LAN: set ipv6 to open, firewall, nptv6 or nat66"
+                    f"{key}.{name}",
+                    "needs IPv6 on the LAN: set ipv6 to open, firewall, nptv6 or nat66",
                 )
         if mode != "none" and d.get("upstream", INTERNET) != INTERNET:
             raise self.fail(f"{key}.ipv6", "IPv6 needs a NAT attached to the internet (upstream)")
