@@ -36,7 +36,7 @@ def test_bad_ipv6_keys_are_one_line_errors(nat: dict[str, object], message: str)
 
 def test_ipv6_needs_a_nat_on_the_internet() -> None:
     raw = {"nats": {"isp": {}, "home": {"upstream": "isp", "ipv6": "firewall"}}}
-    with pytest.raises(TopologyError, match="nats.home.ipv6: IPv6 needs a NAT attached"):
+    with pytest.raises(TopologyError, match=r"nats\.home\.ipv6: IPv6 needs a NAT attached"):
         Topology.from_dict(raw)
 
 
