@@ -240,6 +240,20 @@ def _yn(value: bool | None, style: Style) -> str:
     return style("yes", fg="green") if value else style("no", fg="red")
 
 
+def _ipv6_lines(d: Diagnosis) -> list[str]:
+    fields = _ipv6_fields(d)
+    lines = []
+    kind, c6 = fields["ipv6_translation"], d.classes.get(6)
+    if kind is not None and c6 is not None:
+        names = {"none": "none", "prefix": "prefix only (NPTv6)", "address": "NAT66"}
+        lines.append(f"  IPv6 translation      {names[kind]}; {c6.nat_type}")
+    n = d.nat64
+    if n is not None:
+        found = ", ".join(str(p) for p in n.prefixes) or (n.error or "none (no DNS64 seen)")
+        lines.append(f"  NAT64 prefix          {found}")
+    return lines
+
+
 def to_text(d: Diagnosis, style: Style = _plain) -> str:
     """The human report."""
     main, v = d.main, d.verdict
@@ -264,6 +278,7 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
             f"  port preservation     {_yn(main.port_preservation, style)}",
             f"  same mapping for all  {_yn(main.mapping_consistent, style)}",
         ]
+    lines += _ipv6_lines(d)
     if d.cgnat is not None and d.cgnat.behind is not None:
         detail = f" — {d.cgnat.evidence}" if d.cgnat.evidence else " (every hop answered)"
         lines.append(f"  carrier-grade NAT     {_yn(d.cgnat.behind, style)}{detail}")

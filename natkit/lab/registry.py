@@ -164,4 +164,10 @@ def gc() -> list[str]:
     if orphans:
         netlink.delete_namespaces(orphans)
         removed += orphans
+    from natkit.lab import daemons
+
+    for run in state_dir().glob("nk*.run"):  # daemon files of labs no longer on record
+        if run.name.removesuffix(".run") not in live_prefixes:
+            daemons.remove(run)
+            removed.append(str(run))
     return removed

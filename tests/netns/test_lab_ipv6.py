@@ -281,6 +281,42 @@ def test_dns64_answers_only_from_the_lab_zone(nat_lab: MakeLab) -> None:
     dns = lab.state.nodes["peer"]["dns"]
     found = lab.call("peer", lambda: asyncio.run(discover(dns, 1.5)))
     assert found.prefixes == (NAT64_PREFIX,) and found.error is None
-    assert found.synthesized == ("2001:db8:ff64::c000:aa", "2001:db8:ff64::c000:ab")
+    assert set(found.synthesized) == {"2001:db8:ff64::c000:aa", "2001:db8:ff64::c000:ab"}
     with pytest.raises((TimeoutError, ValueError)):  # SERVFAIL or silence: never an answer
         _resolve_aaaa(lab, "example.org")
+
+
+def _daemons_of(prefix: str) -> list[str]:
+    pids = subprocess.run(
+        ["ip", "netns", "pids", f"{prefix}-nat"], capture_output=True, text=True
+    ).stdout.split()
+    return [p for p in pids if os.path.exists(f"/proc/{p}")]
+
+
+@pytest.mark.parametrize("how", ["lab-down", "sigterm"])
+def test_daemons_go_with_a_lab_removed_from_outside(how: str) -> None:
+    """`natkit lab up` then `natkit lab down` from another process, and SIGTERM to a process
+    owning the lab: NAT64/DNS64 daemons and their files are gone either way."""
+    from natkit.lab.registry import load_state
+
+    cli = [sys.executable, "-m", "natkit", "lab"]
+    name = f"h16a-{how}-{os.getpid()}"
+    if how == "lab-down":
+        subprocess.run([*cli, "up", "ipv6-only-nat64", "--name", name], check=True, timeout=60)
+        prefix = load_state(name).prefix
+        assert len(_daemons_of(prefix)) == 2
+        subprocess.run([*cli, "down", name], check=True, timeout=60)
+    else:
+        code = (
+            "import sys, time; from natkit.lab import Lab\n"
+            f"lab = Lab.up('ipv6-only-nat64', {name!r}); print(lab.prefix, flush=True)\n"
+            "time.sleep(60)\n"
+        )
+        owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        assert owner.stdout is not None
+        prefix = owner.stdout.readline().strip()
+        assert len(_daemons_of(prefix)) == 2
+        owner.terminate()
+        owner.wait(30)  # it unwinds like Ctrl-C (natkit.lab.signals) and removes the lab
+    assert _daemons_of(prefix) == []
+    assert not (state_dir() / f"{prefix}.run").exists()

@@ -93,3 +93,17 @@ def test_ipv6_translation_and_verdict() -> None:
     assert v.ipv6_direct is True and v.outcome == "no-path"
     assert "Over IPv6, though" in v.explanation
     assert decide("symmetric", udp=True).ipv6_direct is None
+
+
+def test_a_missing_daemon_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from natkit.errors import DependencyError
+    from natkit.lab.daemons import check_binaries
+
+    only = build_plan(_topo(ipv6="nptv6", ipv6_only=True, nat64=True), "nk0000")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(DependencyError) as err:
+        check_binaries(only.daemons, bool(only.ip6tables))
+    assert str(err.value) == (
+        "this topology needs `tayga`: install the Debian tayga package (apt-get install tayga)"
+    )
+    check_binaries([], False)  # nothing needed, nothing checked
