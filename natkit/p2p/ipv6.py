@@ -94,8 +94,12 @@ def ipv6_only(lab: Any, node: str) -> bool:
     return bool(addresses) and all(ipaddress.ip_address(a).version == 6 for a in addresses)
 
 
-def diagnose_args(lab: Any) -> list[str]:
-    return ["--stun", f"[{SERVER6}]:3478"] if has_ipv6(lab) else []
+def diagnose_args(lab: Any, node: str) -> list[str]:
+    """The IPv6 STUN server, and the node's DNS64 (RFC 7050 discovery) when its LAN has one."""
+    if not has_ipv6(lab):
+        return []
+    dns = lab.state.nodes[node].get("dns")
+    return ["--stun", f"[{SERVER6}]:3478", *(["--dns64", dns] if dns else [])]
 
 
 def _nat64(ipv4: str) -> str:

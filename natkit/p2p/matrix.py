@@ -171,7 +171,7 @@ def _serving(lab: Any, tmp: Path, password: str) -> Iterator[None]:
 
 
 def _diagnose(lab: Any, peer: str) -> ipv6.PeerView | None:
-    stun = ["--stun", f"{SERVER}:{STUN_PORT}", *ipv6.diagnose_args(lab)]
+    stun = ["--stun", f"{SERVER}:{STUN_PORT}", *ipv6.diagnose_args(lab, peer)]
     done = lab.exec(peer, [*_PY, "diagnose", *stun, "--json", "--timeout", "5"], timeout=30)
     try:
         return ipv6.view(json.loads(done.stdout))
