@@ -312,7 +312,12 @@ def test_daemons_go_with_a_lab_removed_from_outside(how: str) -> None:
             f"lab = Lab.up('ipv6-only-nat64', {name!r}); print(lab.prefix, flush=True)\n"
             "time.sleep(60)\n"
         )
-        owner = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+        owner = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
         assert owner.stdout is not None
         prefix = owner.stdout.readline().strip()
         assert len(_daemons_of(prefix)) == 2
