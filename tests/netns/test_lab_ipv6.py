@@ -118,6 +118,21 @@ def test_rfc6092_firewall_admits_replies_and_drops_unsolicited(nat_lab: MakeLab)
             victim.recvfrom(100)
 
 
+def test_open_ipv6_is_routed_unfiltered(nat_lab: MakeLab) -> None:
+    from natkit.lab import Topology
+
+    topo = Topology.from_dict(
+        {"nats": {"nat": {"ipv6": "open"}}, "hosts": {"peer": {"behind": "nat"}}},
+        default_name="v6open",
+    )
+    lab = nat_lab(topo)
+    own = lab.address("peer", socket.AF_INET6)
+    with echo(lab, SERVER6):
+        sock = peer_socket(lab)
+        assert ask(sock, (SERVER6, ECHO)) == [own, sock.getsockname()[1]]
+        assert unsolicited_arrives(lab, peer_socket(lab), own)
+
+
 def test_nptv6_rewrites_the_prefix_and_nothing_else(nat_lab: MakeLab) -> None:
     lab = nat_lab("nptv6")
     own = ipaddress.IPv6Address(lab.address("peer", socket.AF_INET6))
