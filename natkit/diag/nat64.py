@@ -7,7 +7,9 @@ the reserved "u" octet and never carry address bits).
 
 The DNS part is a minimal sans-IO codec (one question, answers read, names skipped) so that
 the discovery needs no resolver library; `discover` asks a given DNS64 server over UDP, or
-the system resolver (getaddrinfo) when none is given.
+the system resolver (getaddrinfo) when none is given. `through` then sends one STUN Binding
+to an IPv4 server's address synthesized with the prefix (RFC 6052 §2.2): the answer shows
+whether IPv4 is reachable through NAT64 and which IPv4 address and port the NAT64 maps to.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from natkit.addr import Address
+from natkit.diag.classify import Binding
+
 __all__ = [
     "WELL_KNOWN_NAME",
     "Nat64Result",
@@ -25,6 +30,8 @@ __all__ = [
     "discover",
     "parse_aaaa",
     "prefixes",
+    "synthesize",
+    "through",
 ]
 
 WELL_KNOWN_NAME = "ipv4only.arpa"
@@ -43,6 +50,8 @@ class Nat64Result:
     synthesized: tuple[str, ...] = field(default=())
     """The AAAA records of ipv4only.arpa, as received."""
     error: str | None = None
+    ipv4: Binding | None = None
+    """A Binding to an IPv4 STUN server through the first prefix (None: not tried)."""
 
     @property
     def detected(self) -> bool:
@@ -116,6 +125,35 @@ def prefixes(synthesized: list[ipaddress.IPv6Address]) -> list[ipaddress.IPv6Net
                     found.append(net)
                 break
     return found
+
+
+def synthesize(prefix: ipaddress.IPv6Network, ipv4: ipaddress.IPv4Address) -> ipaddress.IPv6Address:
+    """The IPv6 address a DNS64 makes of `ipv4` with `prefix` (RFC 6052 §2.2)."""
+    length = prefix.prefixlen
+    head = prefix.network_address.packed[: length // 8]
+    if length == 96:
+        return ipaddress.IPv6Address(head + ipv4.packed)
+    raw = bytearray(16)
+    raw[: len(head)] = head
+    slots = [i for i in range(len(head), 16) if i != 8][:4]  # skip the u octet
+    for index, octet in zip(slots, ipv4.packed, strict=True):
+        raw[index] = octet
+    return ipaddress.IPv6Address(bytes(raw))
+
+
+async def through(prefix: ipaddress.IPv6Network, server: Address, deadline: float) -> Binding:
+    """One Binding to IPv4 `server` at its synthesized address, from this (IPv6) host."""
+    from natkit.diag.probes import RttEstimator, StunSocket, local_ip_towards
+
+    target = Address(str(synthesize(prefix, ipaddress.IPv4Address(server.host))), server.port)
+    try:
+        sock = await StunSocket.open(local_ip_towards(target), RttEstimator())
+    except OSError as err:
+        return Binding(target, "error", error=f"cannot send: {err.strerror or err}")
+    try:
+        return await sock.binding(target, deadline)
+    finally:
+        sock.close()
 
 
 class _Answer(asyncio.DatagramProtocol):

@@ -131,6 +131,18 @@ def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
     return out
 
 
+def _nat64_ipv4(b: Binding | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {
+        "server": str(b.target),
+        "reachable": b.ok,
+        "mapped_address": _addr(b.mapped),
+        "rtt_ms": b.rtt_ms,
+        "error": b.error,
+    }
+
+
 def _ipv6_fields(d: Diagnosis) -> dict[str, Any]:
     """`ipv6_translation` and `nat64` (docs/diagnose-json.md)."""
     from natkit.diag.ipv6 import translation
@@ -147,6 +159,7 @@ def _ipv6_fields(d: Diagnosis) -> dict[str, Any]:
                 "synthesized": list(n.synthesized),
                 "resolver": n.resolver,
                 "error": n.error,
+                "ipv4": _nat64_ipv4(n.ipv4),
             }
             if n
             else None
@@ -250,6 +263,8 @@ def _ipv6_lines(d: Diagnosis) -> list[str]:
     n = d.nat64
     if n is not None:
         found = ", ".join(str(p) for p in n.prefixes) or (n.error or "none (no DNS64 seen)")
+        if n.ipv4 is not None:
+            found += f"; IPv4 through it: {n.ipv4.mapped if n.ipv4.ok else 'no answer'}"
         lines.append(f"  NAT64 prefix          {found}")
     return lines
 

@@ -38,7 +38,7 @@ from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
 from natkit.diag.gather import GatherResult, Interface, gather, interfaces
 from natkit.diag.ipv6 import ipv4_less, ipv6_direct, translation
 from natkit.diag.lifetime import LifetimeResult, measure_lifetime
-from natkit.diag.nat64 import Nat64Result, discover
+from natkit.diag.nat64 import Nat64Result, discover, through
 from natkit.diag.path import PathProbe, probe_path
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
@@ -291,7 +291,12 @@ class _Run:
 
     async def nat64(self) -> None:
         self.progress("nat64", "start", "NAT64 prefix (RFC 7050: ipv4only.arpa AAAA)")
-        self.d.nat64 = found = await discover(self.o.dns64, self.left(1.5))
+        found = await discover(self.o.dns64, self.left(1.5))
+        v4 = self.servers(4)
+        if found.prefixes and v4:  # reachable through NAT64? (an IPv6-only host has no other way)
+            via = await through(found.prefixes[0], v4[0], time.monotonic() + self.left())
+            found = replace(found, ipv4=via)
+        self.d.nat64 = found
         if found.error:
             self.progress("nat64", "warn", found.error)
         else:

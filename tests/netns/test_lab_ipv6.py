@@ -281,6 +281,9 @@ def test_diagnose_reports_the_nat64_prefix(nat_lab: MakeLab, tmp_path: Path) -> 
     report = diagnose(lab, tmp_path, "--dns64", lab.state.nodes["peer"]["dns"])
     assert report["nat64"]["detected"] is True
     assert report["nat64"]["prefixes"] == [str(NAT64_PREFIX)]
+    via = report["nat64"]["ipv4"]  # a Binding to 203.0.113.10 at its synthesized address
+    assert via["reachable"] is True and via["server"] == "[2001:db8:ff64::cb00:710a]:3478"
+    assert via["mapped_address"].startswith(lab.address("nat") + ":"), "NAT64 then NAT44"
     assert report["udp"]["ipv4"] is False and report["udp"]["ipv6"] is True
     assert report["nat_type"] == "port-restricted-cone"  # the IPv6 firewall, the main family
     assert report["verdict"]["ipv6_direct"] is True

@@ -8,7 +8,7 @@ import pytest
 
 from natkit.addr import Address
 from natkit.diag.ipv6 import ipv4_less, ipv6_direct, translation
-from natkit.diag.nat64 import aaaa_query, parse_aaaa, prefixes
+from natkit.diag.nat64 import aaaa_query, parse_aaaa, prefixes, synthesize
 from natkit.diag.verdict import decide
 from natkit.errors import TopologyError
 from natkit.lab.plan import build_plan
@@ -78,6 +78,10 @@ def test_aaaa_codec_and_rfc7050_prefixes() -> None:
         ipaddress.IPv6Network("2001:db8:1:2::/64")
     ]
     assert prefixes([ipaddress.IPv6Address("2001:db8::1")]) == []
+    for net in ("64:ff9b::/96", "2001:db8:1:2::/64", "2001:db8::/32", "2001:db8:1::/48"):
+        prefix = ipaddress.IPv6Network(net)
+        synth = synthesize(prefix, ipaddress.IPv4Address("192.0.0.171"))
+        assert prefixes([synth]) == [prefix], net
 
 
 def test_ipv6_translation_and_verdict() -> None:
@@ -107,3 +111,19 @@ def test_a_missing_daemon_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -
         "this topology needs `tayga`: install the Debian tayga package (apt-get install tayga)"
     )
     check_binaries([], False)  # nothing needed, nothing checked
+
+
+def test_matrix_prediction_with_ipv6() -> None:
+    from natkit.p2p.ipv6 import PeerView, predict, view
+
+    fw = PeerView("symmetric", True, True)
+    npt = PeerView("port-restricted-cone", True, False)
+    only = PeerView("port-restricted-cone", False, True)
+    classic = PeerView("symmetric", True, None)
+    assert predict(fw, fw) is True  # IPv6 carries what IPv4 cannot
+    assert predict(fw, npt) is False  # translated IPv6 offers no candidate
+    assert predict(only, fw) is True and predict(only, npt) is False  # no IPv4 to fall back on
+    assert predict(classic, classic) is False and predict(classic, None) is None
+    assert predict(PeerView("full-cone", True, None), classic) is True  # the IPv4 table as before
+    report = {"nat_type": "symmetric", "udp": {"ipv4": True}, "verdict": {"ipv6_direct": True}}
+    assert view(report) == fw and view(None) is None
