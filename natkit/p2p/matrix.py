@@ -360,6 +360,10 @@ def to_json(records: list[PairRecord]) -> list[dict[str, Any]]:
     return [asdict(r) for r in records]
 
 
+def _v6_mark(ipv6_direct: bool | None) -> str:
+    return ", IPv6 untranslated" if ipv6_direct else ""
+
+
 def render_table(records: list[PairRecord]) -> str:
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
@@ -367,7 +371,8 @@ def render_table(records: list[PairRecord]) -> str:
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            f"{r.a} ({r.a_type})", f"{r.b} ({r.b_type})", mark(r.direct), mark(r.relay),
+            f"{r.a} ({r.a_type}{_v6_mark(r.a_ipv6_direct)})",
+            f"{r.b} ({r.b_type}{_v6_mark(r.b_ipv6_direct)})", mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],
             "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",
