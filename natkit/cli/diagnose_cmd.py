@@ -58,6 +58,12 @@ Exit status (the verdict's outcome, docs/diagnose-json.md):
     help="Longest idle time the --lifetime test waits.",
 )
 @click.option("--no-ice", is_flag=True, help="Skip ICE candidate gathering with aioice.")
+@click.option(
+    "--dns64",
+    metavar="IP",
+    help="DNS64 server to ask for the NAT64 prefix (RFC 7050; default: the system resolver, "
+    "only on a host without IPv4).",
+)
 def command(
     config_path: str | None,
     stun: tuple[str, ...],
@@ -70,6 +76,7 @@ def command(
     lifetime: bool,
     lifetime_max: float,
     no_ice: bool,
+    dns64: str | None,
 ) -> None:
     """Find out what your NAT does and whether a direct P2P connection can work.
 
@@ -113,6 +120,7 @@ def command(
         lifetime=lifetime,
         lifetime_max=lifetime_max,
         gather=not no_ice,
+        dns64=_ip_literal(dns64),
     )
     progress = None
     if not as_json and sys.stderr.isatty():
@@ -130,3 +138,14 @@ def command(
     else:
         click.echo(to_text(result, click.style))
     sys.exit(result.exit_status)
+
+
+def _ip_literal(text: str | None) -> str | None:
+    if text is None:
+        return None
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        fail(f"diagnose: --dns64: expected an IP address, got {text!r}")

@@ -131,6 +131,42 @@ def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
     return out
 
 
+def _nat64_ipv4(b: Binding | None) -> dict[str, Any] | None:
+    if b is None:
+        return None
+    return {
+        "server": str(b.target),
+        "reachable": b.ok,
+        "mapped_address": _addr(b.mapped),
+        "rtt_ms": b.rtt_ms,
+        "error": b.error,
+    }
+
+
+def _ipv6_fields(d: Diagnosis) -> dict[str, Any]:
+    """`ipv6_translation` and `nat64` (docs/diagnose-json.md)."""
+    from natkit.diag.ipv6 import translation
+
+    c6, p6 = d.classes.get(6), d.families.get(6)
+    kind = translation(p6.local, c6.public_address) if c6 and p6 else None
+    n = d.nat64
+    return {
+        "ipv6_translation": kind,
+        "nat64": (
+            {
+                "detected": n.detected,
+                "prefixes": [str(p) for p in n.prefixes],
+                "synthesized": list(n.synthesized),
+                "resolver": n.resolver,
+                "error": n.error,
+                "ipv4": _nat64_ipv4(n.ipv4),
+            }
+            if n
+            else None
+        ),
+    }
+
+
 def to_json(d: Diagnosis) -> dict[str, Any]:
     """The diagnose JSON document, version 1."""
     main = d.main
@@ -191,6 +227,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             if d.lifetime
             else None
         ),
+        **_ipv6_fields(d),
         "problems": list(d.problems),
         "verdict": {
             "direct_p2p": v.direct_p2p if v else "unlikely",
@@ -200,6 +237,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "explanation": v.explanation if v else "no diagnosis",
             "actions": list(v.actions) if v else [],
             "outcome": v.outcome if v else "not-measured",
+            "ipv6_direct": v.ipv6_direct if v else None,
         },
         "exit_status": d.exit_status,
     }
@@ -213,6 +251,22 @@ def _yn(value: bool | None, style: Style) -> str:
     if value is None:
         return style("unknown", fg="yellow")
     return style("yes", fg="green") if value else style("no", fg="red")
+
+
+def _ipv6_lines(d: Diagnosis) -> list[str]:
+    fields = _ipv6_fields(d)
+    lines = []
+    kind, c6 = fields["ipv6_translation"], d.classes.get(6)
+    if kind is not None and c6 is not None:
+        names = {"none": "none", "prefix": "prefix only (NPTv6)", "address": "NAT66"}
+        lines.append(f"  IPv6 translation      {names[kind]}; {c6.nat_type}")
+    n = d.nat64
+    if n is not None:
+        found = ", ".join(str(p) for p in n.prefixes) or (n.error or "none (no DNS64 seen)")
+        if n.ipv4 is not None:
+            found += f"; IPv4 through it: {n.ipv4.mapped if n.ipv4.ok else 'no answer'}"
+        lines.append(f"  NAT64 prefix          {found}")
+    return lines
 
 
 def to_text(d: Diagnosis, style: Style = _plain) -> str:
@@ -239,6 +293,7 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
             f"  port preservation     {_yn(main.port_preservation, style)}",
             f"  same mapping for all  {_yn(main.mapping_consistent, style)}",
         ]
+    lines += _ipv6_lines(d)
     if d.cgnat is not None and d.cgnat.behind is not None:
         detail = f" — {d.cgnat.evidence}" if d.cgnat.evidence else " (every hop answered)"
         lines.append(f"  carrier-grade NAT     {_yn(d.cgnat.behind, style)}{detail}")

@@ -36,7 +36,9 @@ from natkit.diag.classify import CLASSIC_NAMES as _CLASSIC_NAMES
 from natkit.diag.classify import Classification, FamilyProbe, classify
 from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
 from natkit.diag.gather import GatherResult, Interface, gather, interfaces
+from natkit.diag.ipv6 import ipv4_less, ipv6_direct, translation
 from natkit.diag.lifetime import LifetimeResult, measure_lifetime
+from natkit.diag.nat64 import Nat64Result, discover, through
 from natkit.diag.path import PathProbe, probe_path
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
@@ -83,6 +85,9 @@ class DiagnoseOptions:
     """Longest binding lifetime the --lifetime test looks for, seconds."""
     gather: bool = True
     """Gather ICE candidates with aioice."""
+    dns64: str | None = None
+    """DNS64 server (IP) to ask for ipv4only.arpa (RFC 7050); None: the system resolver, asked
+    only when this host has no IPv4 address (an IPv6-only host, where NAT64 is)."""
 
 
 @dataclass
@@ -104,6 +109,8 @@ class Diagnosis:
     finding: UdpFinding | None = None
     """Why no STUN server answered over UDP (None: not decided yet)."""
     cgnat: Cgnat | None = None
+    nat64: Nat64Result | None = None
+    """RFC 7050 discovery (None: not attempted)."""
     problems: list[str] = field(default_factory=list)
     bad_input: bool = False
     verdict: Verdict | None = None
@@ -282,6 +289,20 @@ class _Run:
             + (f"; {result.error}" if result.error else ""),
         )
 
+    async def nat64(self) -> None:
+        self.progress("nat64", "start", "NAT64 prefix (RFC 7050: ipv4only.arpa AAAA)")
+        found = await discover(self.o.dns64, self.left(1.5))
+        v4 = self.servers(4)
+        if found.prefixes and v4:  # reachable through NAT64? (an IPv6-only host has no other way)
+            via = await through(found.prefixes[0], v4[0], time.monotonic() + self.left())
+            found = replace(found, ipv4=via)
+        self.d.nat64 = found
+        if found.error:
+            self.progress("nat64", "warn", found.error)
+        else:
+            shown = ", ".join(str(p) for p in found.prefixes) or "none (no DNS64)"
+            self.progress("nat64", "ok", f"NAT64 prefix: {shown}")
+
     async def run(self) -> Diagnosis:
         self.d.interfaces = interfaces()
         await self.resolve_all()
@@ -292,6 +313,9 @@ class _Run:
         ]
         if self.o.gather:
             jobs.append(self.guarded("ice", self.ice()))
+        addresses = [a for i in self.d.interfaces for a in i.addresses]
+        if self.o.dns64 is not None or ipv4_less(addresses):
+            jobs.append(self.guarded("nat64", self.nat64()))
         turns = [self.guarded("turn", self.turn_one(t)) for t in self.o.turn]
         results = await asyncio.gather(*jobs, *turns)
         self.d.turn = [r for r in results[len(jobs) :] if isinstance(r, TurnCheckReport)]
@@ -347,7 +371,15 @@ class _Run:
             consistent=main.mapping_consistent if main else None,
             finding=self.d.finding,
             cgnat=self.d.cgnat,
+            ipv6_direct=self.ipv6_direct(),
+            nat64=bool(self.d.nat64 and self.d.nat64.detected),
         )
+
+    def ipv6_direct(self) -> bool | None:
+        c6, p6 = self.d.classes.get(6), self.d.families.get(6)
+        if c6 is None or p6 is None:
+            return None
+        return ipv6_direct(c6.udp, translation(p6.local, c6.public_address))
 
     def carrier_nat(self) -> Cgnat:
         v4, c4 = self.d.families.get(4), self.d.classes.get(4)

@@ -107,6 +107,8 @@ class Verdict:
     exit_status: int = 0
     outcome: Outcome = "direct"
     """What most calls will do; `exit_status` is EXIT_STATUS[outcome]."""
+    ipv6_direct: bool | None = None
+    """Direct over IPv6 works with peers whose IPv6 is untranslated too (None: no IPv6)."""
 
 
 def compatible_peer_types(kind: NatType, *, eim_known: bool = False) -> tuple[NatType, ...]:
@@ -283,6 +285,8 @@ def decide(
     consistent: bool | None = None,
     finding: UdpFinding | None = None,
     cgnat: Cgnat | None = None,
+    ipv6_direct: bool | None = None,
+    nat64: bool = False,
 ) -> Verdict:
     """The verdict for this machine from its NAT type, the UDP finding (why no server answered,
     when none did), carrier-grade NAT and the relay/stream checks."""
@@ -311,6 +315,8 @@ def decide(
             "than one uplink or NAT address; peers may see an address that does not work."
         )
     result = outcome(compatible, udp=udp, relay_ok=relay_ok, measured=measured)
+    if ipv6_direct and measured:
+        text += " " + _ipv6_text(compatible, nat64)
     return Verdict(
         direct_p2p=direct,
         relay_required=direct == "unlikely",
@@ -322,4 +328,18 @@ def decide(
         actions=tuple(actions),
         exit_status=EXIT_STATUS[result],
         outcome=result,
+        ipv6_direct=ipv6_direct if measured else None,
     )
+
+
+def _ipv6_text(compatible: Sequence[NatType], nat64: bool) -> str:
+    """IPv6 without translation connects directly to every peer with the same, whatever IPv4
+    needs (natkit.diag.ipv6): ICE pairs the two host candidates and the outbound checks open a
+    stateful firewall on both sides."""
+    if MOST_PEERS not in compatible:
+        lead = "Over IPv6, though, your address is not translated: "
+        tail = " — even though over IPv4 most calls need a TURN relay."
+    else:
+        lead, tail = "Over IPv6 your address is not translated: ", "."
+    via = " IPv4-only servers are reached through NAT64." if nat64 else ""
+    return f"{lead}direct connections work with every peer that has untranslated IPv6{tail}{via}"

@@ -280,9 +280,11 @@ class Lab:
 
 
 def _build(topo: Topology, state: LabState) -> None:
+    from natkit.lab import daemons
     from natkit.lab.plan import build_plan
 
     plan = build_plan(topo, state.prefix)
+    daemons.check_binaries(plan.daemons, bool(plan.ip6tables))
     state.namespaces = plan.namespaces
     state.nodes = {
         n.name: {
@@ -291,11 +293,16 @@ def _build(topo: Topology, state: LabState) -> None:
             "addresses": [str(a) for a in (*n.addresses, *n.addresses6)],
             **({"lan": str(n.lan)} if n.lan else {}),
             **({"behind": n.parent} if n.parent else {}),
+            **({"lan6": str(n.lan6)} if n.lan6 else {}),
+            **({"dns": n.dns} if n.dns else {}),
         }
         for n in plan.nodes.values()
     }
     state.save()  # the namespaces are on record before the first one exists
     netlink.apply_plan(plan)
+    if plan.daemons:
+        run = daemons.run_dir(registry.state_dir(), state.prefix)
+        daemons.start({n.name: n.netns for n in plan.nodes.values()}, plan.daemons, run)
     state.status = "up"
     state.save()
 

@@ -223,6 +223,13 @@ def apply_plan(plan: Plan) -> None:
         _run(["tc", "-n", ns, "-batch", "-"], "\n".join(lines) + "\n", f"tc in {ns}")
     for ns, values in plan.late_sysctls.items():
         in_netns(ns, _write_sysctls, values)
+    for ns, text in plan.ip6tables.items():
+        done = in_netns(
+            ns, subprocess.run, ["ip6tables-restore"], input=text,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        if done.returncode != 0:
+            raise LabError(f"ip6tables-restore in {ns} failed: {done.stderr.strip()[:200]}")
 
 
 def list_namespaces(pattern: re.Pattern[str] | None = None) -> list[str]:

@@ -215,6 +215,8 @@ def router_rules(r: RouterRules) -> str:
         *(f"    {rule}" for rule in snat),
         "  }",
     ]
+    # With IPv6 on the LAN, natkit.lab.ipv6's table filters IPv6: the trap rule drops IPv4 only.
+    unsolicited = f"{wan} drop" if nat.ipv6 == "none" else f"{wan} meta nfproto ipv4 drop"
     policy = []
     if not nat.firewall.udp:
         policy.append(f'    {lan} oifname "{r.wan_if}" meta l4proto udp drop')
@@ -228,12 +230,12 @@ def router_rules(r: RouterRules) -> str:
         "    ct state established,related accept",
         f"    {wan} ct status dnat accept",
         "    # unsolicited: drop before conntrack confirms it (the conntrack trap)",
-        f"    {wan} drop",
+        f"    {unsolicited}",
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
         "    ct state established,related accept",
-        f"    {wan} drop",
+        f"    {unsolicited}",
         "  }",
     ]
     return _wrap(body)

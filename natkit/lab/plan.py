@@ -9,6 +9,7 @@ carries a plan out. Addressing (DESIGN.md "Lab addressing"):
 - NAT number N (declaration order, from 1) has LAN 10.0.N.0/24, or 100.64.N.0/24 when other NATs
   sit behind it (carrier-grade NAT space), router at .1, NATs behind it at .2 upward, hosts at .10
   upward;
+- IPv6 on a NAT's LAN (`ipv6:` other than none) is laid out by `natkit.lab.ipv6`;
 - interfaces: a node's uplink is ``<prefix>-wan`` (NAT) or ``<prefix>-eth0``; a parent's side
   of child i is ``<prefix>-u<i>`` (internet) or ``<prefix>-d<i>`` (NAT LAN, on bridge
   ``<prefix>-lan``).
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from natkit.errors import LabError
+from natkit.lab import ipv6
 from natkit.lab.nft import RouterRules, impairment_rules, router_rules
 from natkit.lab.topology import INTERNET, Link, Nat, Topology
 
@@ -49,6 +51,11 @@ class NodePlan:
     lan: ipaddress.IPv4Network | None = None
     lan_ip: IPv4 | None = None
     link: Link = field(default_factory=Link)
+    lan6: ipaddress.IPv6Network | None = None
+    lan6_ip: ipaddress.IPv6Address | None = None
+    gateway6: ipaddress.IPv6Address | None = None
+    dns: str | None = None
+    """The lab resolver this host should ask (DNS64 on an IPv6-only LAN)."""
 
 
 @dataclass
@@ -69,6 +76,10 @@ class Plan:
     nft: dict[str, str]
     tc_batch: dict[str, list[str]]
     needs_netem: bool = False
+    ip6tables: dict[str, str] = field(default_factory=dict)
+    """Per namespace `ip6tables-restore` input (NPTv6, which nftables cannot express)."""
+    daemons: list[ipv6.Daemon] = field(default_factory=list)
+    """Processes started in nodes once the rules are loaded (NAT64, DNS64)."""
 
     @property
     def namespaces(self) -> list[str]:
@@ -87,6 +98,7 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
     ):
         nodes[name] = NodePlan(name, kind, f"{prefix}-{name}")  # type: ignore[arg-type]
     _address(topo, nodes, prefix)
+    ipv6.address(topo, nodes)
     plan = Plan(prefix, nodes, [], {}, {}, {}, {}, {})
     plan.link_batch.append(f"link add {prefix}-br netns {nodes[INTERNET].netns} type bridge")
     for nat in topo.nats:
@@ -103,6 +115,7 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
     for node in nodes.values():
         if node.kind != "nat" and node.uplink and node.link.loss:
             plan.nft[node.netns] = impairment_rules(node.uplink, node.link.loss)
+    ipv6.commands(topo, plan)
     return plan
 
 

@@ -137,7 +137,10 @@ def remove_lab(state: LabState) -> None:
     names = set(state.namespaces) | {
         n for n in netlink.list_namespaces(PREFIX_PATTERN) if n.startswith(state.prefix + "-")
     }
-    netlink.delete_namespaces(sorted(names))
+    netlink.delete_namespaces(sorted(names))  # kills the lab's daemons too
+    from natkit.lab import daemons  # lazily: `natkit lab down` stays light
+
+    daemons.remove(daemons.run_dir(state_dir(), state.prefix))
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
 
@@ -161,4 +164,10 @@ def gc() -> list[str]:
     if orphans:
         netlink.delete_namespaces(orphans)
         removed += orphans
+    from natkit.lab import daemons
+
+    for run in state_dir().glob("nk*.run"):  # daemon files of labs no longer on record
+        if run.name.removesuffix(".run") not in live_prefixes:
+            daemons.remove(run)
+            removed.append(str(run))
     return removed

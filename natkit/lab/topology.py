@@ -27,6 +27,12 @@ YAML (version 1)::
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
                                                # that has NATs behind it)
         link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink
+        ipv6: firewall                         # none | open | firewall | nptv6 | nat66
+                                               # (natkit.lab.ipv6; the NAT must sit on the
+                                               # internet)
+        ipv6_only: false                       # true: the LAN's hosts have no IPv4
+        nat64: false                           # true: NAT64 (tayga) + DNS64 (unbound) in the
+                                               # router; needs an ipv6 mode
     hosts:
       alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
 """
@@ -47,6 +53,7 @@ from natkit.yamlsource import closest, compose, line_of
 
 __all__ = [
     "BEHAVIOURS",
+    "IPV6_MODES",
     "NAT_TYPES",
     "Firewall",
     "Host",
@@ -58,6 +65,8 @@ __all__ = [
 
 Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
 PortPreservation = Literal["on", "off", "blocks"]
+Ipv6Mode = Literal["none", "open", "firewall", "nptv6", "nat66"]
+IPV6_MODES: tuple[str, ...] = ("none", "open", "firewall", "nptv6", "nat66")
 
 BEHAVIOURS: tuple[str, ...] = (
     "endpoint-independent",
@@ -120,6 +129,12 @@ class Nat:
     upstream: str = INTERNET
     lan: ipaddress.IPv4Network | None = None
     link: Link = field(default_factory=Link)
+    ipv6: Ipv6Mode = "none"
+    """The LAN's IPv6 (natkit.lab.ipv6): none, open, firewall (RFC 6092), nptv6, nat66."""
+    ipv6_only: bool = False
+    """The LAN's hosts get no IPv4 address (an IPv6-only network)."""
+    nat64: bool = False
+    """NAT64 (RFC 6146) + DNS64 (RFC 6147) in the router."""
 
 
 @dataclass(frozen=True)
@@ -327,6 +342,9 @@ class _Reader:
                 "upstream",
                 "lan",
                 "link",
+                "ipv6",
+                "ipv6_only",
+                "nat64",
             ),
         )
         mapping, filtering = "endpoint-independent", "address-and-port-dependent"
@@ -366,7 +384,22 @@ class _Reader:
             str(d.get("upstream", INTERNET)),
             lan,
             self.link(d.get("link"), f"{key}.link"),
+            *self.ipv6(d, key),
         )
+
+    def ipv6(self, d: dict[str, Any], key: str) -> tuple[Ipv6Mode, bool, bool]:
+        mode = self.choice(d.get("ipv6", "none"), IPV6_MODES, f"{key}.ipv6")
+        only = self.flag(d.get("ipv6_only", False), f"{key}.ipv6_only")
+        nat64 = self.flag(d.get("nat64", False), f"{key}.nat64")
+        for name, on in (("ipv6_only", only), ("nat64", nat64)):
+            if on and mode == "none":
+                raise self.fail(
+                    f"{key}.{name}",
+                    "needs IPv6 on the LAN: set ipv6 to open, firewall, nptv6 or nat66",
+                )
+        if mode != "none" and d.get("upstream", INTERNET) != INTERNET:
+            raise self.fail(f"{key}.ipv6", "IPv6 needs a NAT attached to the internet (upstream)")
+        return cast(Ipv6Mode, mode), only, nat64
 
     def choice(
         self, raw: Any, allowed: tuple[str, ...], key: str, elsewhere: dict[str, str] | None = None

@@ -10,7 +10,9 @@ and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and rel
 every process is started through the lab, so `Lab.down()` stops whatever is left.
 
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
-applied to both measured types; `held` says whether the direct outcome matched it.
+applied to both measured types; `held` says whether the direct outcome matched it. Topologies
+with IPv6 LANs add an IPv6 STUN server and one rule (`natkit.p2p.ipv6`): two peers with
+untranslated IPv6 connect directly whatever their IPv4 NATs do.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 import yaml
 
 from natkit.errors import LabError
+from natkit.p2p import ipv6
 
 __all__ = [
     "LAB_PEER_RANGES",
@@ -74,6 +77,9 @@ class PairRecord:
     selected: str | None
     direct_error: str | None = None
     relay_error: str | None = None
+    a_ipv6_direct: bool | None = None
+    """diagnose's verdict.ipv6_direct for a (None: IPv6 not measured)."""
+    b_ipv6_direct: bool | None = None
 
 
 def predict_direct(a: str | None, b: str | None) -> bool | None:
@@ -104,7 +110,7 @@ def run_matrix(
     with Lab.up(topology) as lab, tempfile.TemporaryDirectory(prefix="natkit-matrix-") as tmp:
         peers = sorted(n for n in lab.nodes if lab.state.nodes[n]["kind"] == "host")
         runner = _PairRunner(lab, secrets.token_urlsafe(12), timeout, progress)
-        with _serving(lab, Path(tmp), runner.password):
+        with _serving(lab, Path(tmp), runner.password), ipv6.serving(lab, Path(tmp)):
             return runner.run_all(peers, concurrency)
 
 
@@ -164,17 +170,13 @@ def _serving(lab: Any, tmp: Path, password: str) -> Iterator[None]:
             proc.wait()
 
 
-def _diagnose(lab: Any, peer: str) -> str | None:
-    done = lab.exec(
-        peer,
-        [*_PY, "diagnose", "--stun", f"{SERVER}:{STUN_PORT}", "--json", "--timeout", "5"],
-        timeout=30,
-    )
+def _diagnose(lab: Any, peer: str) -> ipv6.PeerView | None:
+    stun = ["--stun", f"{SERVER}:{STUN_PORT}", *ipv6.diagnose_args(lab, peer)]
+    done = lab.exec(peer, [*_PY, "diagnose", *stun, "--json", "--timeout", "5"], timeout=30)
     try:
-        kind = json.loads(done.stdout)["nat_type"]
-    except (ValueError, KeyError, TypeError):
+        return ipv6.view(json.loads(done.stdout))
+    except ValueError:
         return None
-    return str(kind) if kind else None
 
 
 class _Unfinished(Exception):
@@ -197,6 +199,7 @@ class _PairRunner:
     ) -> None:
         self.lab, self.password = lab, password
         self.types: dict[str, str | None] = {}
+        self.views: dict[str, ipv6.PeerView | None] = {}
         self.timeout, self.progress = timeout, progress
         self.cancelled = threading.Event()
 
@@ -206,8 +209,9 @@ class _PairRunner:
         what they see next is no outcome."""
         pool = ThreadPoolExecutor(max(1, concurrency))
         try:
-            types = pool.map(lambda p: _diagnose(self.lab, p), peers)
-            self.types = dict(zip(peers, types, strict=True))
+            views = pool.map(lambda p: _diagnose(self.lab, p), peers)
+            self.views = dict(zip(peers, views, strict=True))
+            self.types = {p: v.nat_type if v else None for p, v in self.views.items()}
             try:
                 return list(pool.map(self.run, itertools.combinations(peers, 2)))
             except _Unfinished as err:
@@ -228,7 +232,7 @@ class _PairRunner:
         relay = self._p2p(a, b, relay=True)
         if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
             raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
-        predicted = predict_direct(self.types[a], self.types[b])
+        predicted = ipv6.predict(self.views[a], self.views[b])
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
             a=a, b=b, a_type=self.types[a], b_type=self.types[b],
@@ -237,6 +241,7 @@ class _PairRunner:
             held=None if predicted is None else predicted == bool(direct.get("connected")),
             ice_s=shown.get("ice_s"), selected=_selected(shown),
             direct_error=direct.get("error"), relay_error=relay.get("error"),
+            a_ipv6_direct=_v6(self.views[a]), b_ipv6_direct=_v6(self.views[b]),
         )  # fmt: skip
         if self.progress:
             self.progress(record)
@@ -254,6 +259,8 @@ class _PairRunner:
             "32768",
             "--json",
         ]
+        if not relay and ipv6.ipv6_only(self.lab, node):
+            return [*ipv6.only_args(SERVER, SIGNAL_PORT), *common[2:]]
         if not relay:
             return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
         blocked = self.types[node] == "udp-blocked" or node.endswith("udp-blocked")
@@ -275,6 +282,8 @@ class _PairRunner:
 
     def _p2p(self, a: str, b: str, *, relay: bool) -> dict[str, Any]:
         """Offer in `a`, answer in `b`; the offerer's JSON report (or an error record)."""
+        if relay and (ipv6.ipv6_only(self.lab, a) or ipv6.ipv6_only(self.lab, b)):
+            return {"connected": False, "error": ipv6.NO_RELAY}
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         offerer = self.lab.spawn(a, [*_PY, "p2p", "offer", *self._args(a, relay)], **pipes)
         answerer = None
@@ -309,6 +318,10 @@ class _PairRunner:
                 if proc is not None and proc.poll() is None:
                     proc.kill()
                     proc.wait()
+
+
+def _v6(v: ipv6.PeerView | None) -> bool | None:
+    return v.ipv6_direct if v else None
 
 
 def _error(out: str) -> str:
@@ -347,6 +360,10 @@ def to_json(records: list[PairRecord]) -> list[dict[str, Any]]:
     return [asdict(r) for r in records]
 
 
+def _v6_mark(ipv6_direct: bool | None) -> str:
+    return ", IPv6 untranslated" if ipv6_direct else ""
+
+
 def render_table(records: list[PairRecord]) -> str:
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
@@ -354,7 +371,8 @@ def render_table(records: list[PairRecord]) -> str:
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            f"{r.a} ({r.a_type})", f"{r.b} ({r.b_type})", mark(r.direct), mark(r.relay),
+            f"{r.a} ({r.a_type}{_v6_mark(r.a_ipv6_direct)})",
+            f"{r.b} ({r.b_type}{_v6_mark(r.b_ipv6_direct)})", mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],
             "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",

@@ -4,6 +4,7 @@ reach, `gc` cleans up after SIGKILL, and the CLI passes exit statuses through (n
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -51,6 +52,18 @@ def _natkit(*argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     )  # type: ignore[call-overload]
 
 
+def _reaches_s1(lab: Lab, host: str) -> bool:
+    """An IPv6-only host reaches S1 through its LAN's NAT64 (natkit.lab.ipv6)."""
+    if any(":" not in a for a in lab.addresses(host)):
+        return probe(lab.socket(host), S1) is not None
+    from natkit.lab.ipv6 import NAT64_PREFIX
+
+    synth = ipaddress.IPv6Address(
+        int(NAT64_PREFIX.network_address) | int(ipaddress.IPv4Address(S1[0]))
+    )
+    return probe(lab.socket(host, socket.AF_INET6), (str(synth), S1[1])) is not None
+
+
 @pytest.mark.parametrize("preset", preset_names())
 def test_every_preset_builds_and_leaves_nothing(preset: str) -> None:
     before = set(list_namespaces())
@@ -59,7 +72,7 @@ def test_every_preset_builds_and_leaves_nothing(preset: str) -> None:
         assert not [v for v in _host_veths() if lab.prefix in v]  # never in the host namespace
         hosts = [n for n, i in lab.status()["nodes"].items() if i["kind"] == "host"]
         with Reflector(lab, "server", [S1]):
-            reached = {h: probe(lab.socket(h), S1) is not None for h in hosts}
+            reached = {h: _reaches_s1(lab, h) for h in hosts}
         blocked = {h for h in hosts if "udp-blocked" in h} | (
             set(hosts) if preset == "udp-blocked" else set()
         )
