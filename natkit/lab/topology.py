@@ -22,6 +22,18 @@ YAML (version 1)::
         port_preservation: on                  # on | off | blocks (per-host port blocks)
         hairpinning: false
         udp_timeout: 120                       # seconds, mapping lifetime (both clocks)
+        udp_timeout_outbound: 30               # a mapping that has seen only outbound packets
+                                               # (default: udp_timeout; conntrack's
+                                               # nf_conntrack_udp_timeout)
+        udp_timeout_established: 180           # one that has seen replies, > 2 s old (default:
+                                               # udp_timeout; nf_conntrack_udp_timeout_stream)
+        port_allocation: sequential            # preserve (default) | sequential | random: how a
+                                               # new mapping's external port is chosen
+        port_stride: 2                         # sequential only: consecutive new mappings get
+                                               # p, p+2, p+4... (default 1)
+        port_block: 8                          # per-subscriber (per LAN address) block of 8
+                                               # ports; the 9th concurrent UDP flow of a
+                                               # subscriber is dropped (a CGNAT's exhausted block)
         firewall: {udp: true, tcp_ports: [80, 443]}   # tcp_ports omitted: all TCP allowed
         upstream: internet                     # or the name of another NAT (nesting)
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
@@ -48,6 +60,7 @@ from natkit.yamlsource import closest, compose, line_of
 __all__ = [
     "BEHAVIOURS",
     "NAT_TYPES",
+    "PORT_ALLOCATIONS",
     "Firewall",
     "Host",
     "Link",
@@ -58,6 +71,8 @@ __all__ = [
 
 Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
 PortPreservation = Literal["on", "off", "blocks"]
+PortAllocation = Literal["preserve", "sequential", "random"]
+PORT_ALLOCATIONS: tuple[str, ...] = ("preserve", "sequential", "random")
 
 BEHAVIOURS: tuple[str, ...] = (
     "endpoint-independent",
@@ -120,6 +135,26 @@ class Nat:
     upstream: str = INTERNET
     lan: ipaddress.IPv4Network | None = None
     link: Link = field(default_factory=Link)
+    port_allocation: PortAllocation = "preserve"
+    """How a new mapping's external port is chosen (natkit.lab.portalloc)."""
+    port_stride: int = 1
+    """Sequential allocation: the step between consecutive new mappings' ports."""
+    port_block: int | None = None
+    """Ports (and concurrent UDP flows) per subscriber; None: no per-subscriber limit."""
+    udp_timeout_outbound: int | None = None
+    """Lifetime of a mapping that has seen only outbound packets (None: `udp_timeout`)."""
+    udp_timeout_established: int | None = None
+    """Lifetime of a mapping that has seen replies (None: `udp_timeout`)."""
+
+    @property
+    def timeout_outbound(self) -> int:
+        return self.udp_timeout if self.udp_timeout_outbound is None else self.udp_timeout_outbound
+
+    @property
+    def timeout_established(self) -> int:
+        if self.udp_timeout_established is None:
+            return self.udp_timeout
+        return self.udp_timeout_established
 
 
 @dataclass(frozen=True)
@@ -323,6 +358,11 @@ class _Reader:
                 "port_preservation",
                 "hairpinning",
                 "udp_timeout",
+                "udp_timeout_outbound",
+                "udp_timeout_established",
+                "port_allocation",
+                "port_stride",
+                "port_block",
                 "firewall",
                 "upstream",
                 "lan",
@@ -342,10 +382,35 @@ class _Reader:
         pp = {True: "on", False: "off"}.get(pp, pp) if isinstance(pp, bool) else pp
         pp = self.choice(pp, ("on", "off", "blocks"), f"{key}.port_preservation")
         hairpin = self.flag(d.get("hairpinning", False), f"{key}.hairpinning")
-        timeout = d.get("udp_timeout", 120)
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
-            problem = f"expected whole seconds 1-86400, got {_got(timeout)}"
-            raise self.fail(f"{key}.udp_timeout", problem)
+        timeout = self.whole(d.get("udp_timeout", 120), f"{key}.udp_timeout", 1, 86400, "seconds")
+        timeouts = {
+            k: None if d.get(k) is None else self.whole(d[k], f"{key}.{k}", 1, 86400, "seconds")
+            for k in ("udp_timeout_outbound", "udp_timeout_established")
+        }
+        alloc = self.choice(
+            d.get("port_allocation", "preserve"), PORT_ALLOCATIONS, f"{key}.port_allocation"
+        )
+        if alloc != "preserve" and pp != "on":
+            raise self.fail(
+                f"{key}.port_allocation",
+                f'port_allocation "{alloc}" replaces port_preservation; remove '
+                f'"port_preservation: {pp}"',
+            )
+        stride = self.whole(d.get("port_stride", 1), f"{key}.port_stride", 1, 1000, "ports")
+        if "port_stride" in d and alloc != "sequential":
+            problem = 'only with "port_allocation: sequential"'
+            raise self.fail(f"{key}.port_stride", problem)
+        block = d.get("port_block")
+        if block is not None:
+            block = self.whole(block, f"{key}.port_block", 1, 4096, "ports")
+            if alloc == "sequential" or pp != "on":
+                other = (
+                    "port_allocation: sequential"
+                    if alloc == "sequential"
+                    else (f"port_preservation: {pp}")
+                )
+                problem = f'cannot be combined with "{other}" (a block allocates its own ports)'
+                raise self.fail(f"{key}.port_block", problem)
         lan = None
         if d.get("lan") is not None:
             try:
@@ -366,7 +431,18 @@ class _Reader:
             str(d.get("upstream", INTERNET)),
             lan,
             self.link(d.get("link"), f"{key}.link"),
+            cast(PortAllocation, alloc),
+            stride,
+            block,
+            timeouts["udp_timeout_outbound"],
+            timeouts["udp_timeout_established"],
         )
+
+    def whole(self, raw: Any, key: str, low: int, high: int, unit: str) -> int:
+        """A whole number in [low, high]; else a one-line error naming the unit."""
+        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+            raise self.fail(key, f"expected whole {unit} {low}-{high}, got {_got(raw)}")
+        return raw
 
     def choice(
         self, raw: Any, allowed: tuple[str, ...], key: str, elsewhere: dict[str, str] | None = None

@@ -10,7 +10,10 @@ and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and rel
 every process is started through the lab, so `Lab.down()` stops whatever is left.
 
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
-applied to both measured types; `held` says whether the direct outcome matched it.
+applied to both measured types; `held` says whether the direct outcome matched it. A peer whose
+diagnose saw its NAT refuse every new mapping (`port_allocation.exhausted`: a CGNAT's port block
+used up) is predicted to connect directly with no one, and relays over TURN/TCP as a UDP-blocked
+peer does (its NAT makes no new UDP mapping, and TCP has its own ports).
 """
 
 from __future__ import annotations
@@ -74,6 +77,8 @@ class PairRecord:
     selected: str | None
     direct_error: str | None = None
     relay_error: str | None = None
+    exhausted: tuple[str, ...] = ()
+    """The peers of the pair whose NAT made no new mapping (diagnose's port_allocation)."""
 
 
 def predict_direct(a: str | None, b: str | None) -> bool | None:
@@ -164,17 +169,21 @@ def _serving(lab: Any, tmp: Path, password: str) -> Iterator[None]:
             proc.wait()
 
 
-def _diagnose(lab: Any, peer: str) -> str | None:
+def _diagnose(lab: Any, peer: str) -> tuple[str | None, bool]:
+    """The peer's measured NAT type, and whether its NAT refused new mappings."""
     done = lab.exec(
         peer,
         [*_PY, "diagnose", "--stun", f"{SERVER}:{STUN_PORT}", "--json", "--timeout", "5"],
         timeout=30,
     )
     try:
-        kind = json.loads(done.stdout)["nat_type"]
+        report = json.loads(done.stdout)
+        kind = report["nat_type"]
     except (ValueError, KeyError, TypeError):
-        return None
-    return str(kind) if kind else None
+        return None, False
+    ports = report.get("port_allocation")
+    exhausted = isinstance(ports, dict) and ports.get("exhausted") is True
+    return (str(kind) if kind else None), exhausted
 
 
 class _Unfinished(Exception):
@@ -197,6 +206,7 @@ class _PairRunner:
     ) -> None:
         self.lab, self.password = lab, password
         self.types: dict[str, str | None] = {}
+        self.exhausted: set[str] = set()
         self.timeout, self.progress = timeout, progress
         self.cancelled = threading.Event()
 
@@ -206,8 +216,9 @@ class _PairRunner:
         what they see next is no outcome."""
         pool = ThreadPoolExecutor(max(1, concurrency))
         try:
-            types = pool.map(lambda p: _diagnose(self.lab, p), peers)
-            self.types = dict(zip(peers, types, strict=True))
+            found = list(pool.map(lambda p: _diagnose(self.lab, p), peers))
+            self.types = {p: kind for p, (kind, _) in zip(peers, found, strict=True)}
+            self.exhausted = {p for p, (_, out) in zip(peers, found, strict=True) if out}
             try:
                 return list(pool.map(self.run, itertools.combinations(peers, 2)))
             except _Unfinished as err:
@@ -228,7 +239,8 @@ class _PairRunner:
         relay = self._p2p(a, b, relay=True)
         if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
             raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
-        predicted = predict_direct(self.types[a], self.types[b])
+        exhausted = tuple(p for p in (a, b) if p in self.exhausted)
+        predicted = False if exhausted else predict_direct(self.types[a], self.types[b])
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
             a=a, b=b, a_type=self.types[a], b_type=self.types[b],
@@ -237,6 +249,7 @@ class _PairRunner:
             held=None if predicted is None else predicted == bool(direct.get("connected")),
             ice_s=shown.get("ice_s"), selected=_selected(shown),
             direct_error=direct.get("error"), relay_error=relay.get("error"),
+            exhausted=exhausted,
         )  # fmt: skip
         if self.progress:
             self.progress(record)
@@ -256,7 +269,11 @@ class _PairRunner:
         ]
         if not relay:
             return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
-        blocked = self.types[node] == "udp-blocked" or node.endswith("udp-blocked")
+        blocked = (
+            self.types[node] == "udp-blocked"
+            or node.endswith("udp-blocked")
+            or node in self.exhausted
+        )
         url = (
             f"turn:{SERVER}:{TURN_TCP_PORT}?transport=tcp"
             if blocked
@@ -351,10 +368,13 @@ def render_table(records: list[PairRecord]) -> str:
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
+    def peer(name: str, kind: str | None, r: PairRecord) -> str:
+        return f"{name} ({kind}{', no new mappings' if name in r.exhausted else ''})"
+
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            f"{r.a} ({r.a_type})", f"{r.b} ({r.b_type})", mark(r.direct), mark(r.relay),
+            peer(r.a, r.a_type, r), peer(r.b, r.b_type, r), mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],
             "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",

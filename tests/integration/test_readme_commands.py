@@ -260,7 +260,7 @@ def diagnose(s: Session, command: str) -> None:
 def diagnose_json(s: Session, command: str) -> None:
     ok(s.node("alice", command))
     report = json.loads((s.tree / "report.json").read_text())
-    assert report["version"] == 1 and report["nat_type"] == "full-cone", report
+    assert report["version"] == 2 and report["nat_type"] == "full-cone", report
 
 
 def p2p_signal(s: Session, command: str) -> None:
