@@ -98,8 +98,9 @@ def topology_from_report(report: dict[str, Any], *, source: str = "<report>") ->
 
 def _allocation(found: Any) -> dict[str, Any]:
     """Topology keys for the allocation pattern a version 2 report saw (none if it saw none)."""
-    pattern = found.get("pattern") if isinstance(found, dict) else None
-    stride = found.get("stride")
+    if not isinstance(found, dict):
+        return {}
+    pattern, stride = found.get("pattern"), found.get("stride")
     if pattern == "sequential" and isinstance(stride, int) and 1 <= stride <= 1000:
         return {"port_allocation": "sequential", "port_stride": stride, "port_preservation": "on"}
     if pattern == "random":

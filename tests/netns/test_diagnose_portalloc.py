@@ -3,6 +3,7 @@ its burst of fresh sockets, the stride, and whether port prediction could help."
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 from collections.abc import Callable
@@ -59,7 +60,7 @@ def test_diagnose_reports_the_port_allocation(
     assert len(samples) == 5 and all(s["mapped_port"] for s in samples), samples
     if pattern == "sequential":
         mapped = [s["mapped_port"] for s in samples]
-        assert [b - a for a, b in zip(mapped, mapped[1:], strict=False)] == [2] * 4, mapped
+        assert [b - a for a, b in itertools.pairwise(mapped)] == [2] * 4, mapped
         assert ports["next_port"] == mapped[-1] + 2
 
 

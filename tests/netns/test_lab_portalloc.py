@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections.abc import Callable
@@ -73,7 +74,7 @@ def test_random_allocator_gives_unpredictable_endpoint_independent_ports(
     ports = [a for a, b in seen]
     assert all(a == b for a, b in seen), seen  # still endpoint-independent
     assert all(p is not None and p != lp for p, lp in zip(ports, local, strict=True)), seen
-    steps = {b - a for a, b in zip(ports, ports[1:], strict=False)}  # type: ignore[operator]
+    steps = {b - a for a, b in itertools.pairwise(ports)}  # type: ignore[operator]
     assert len(steps) == len(ports) - 1 and len(set(ports)) == len(ports), ports
 
 

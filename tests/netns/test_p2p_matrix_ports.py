@@ -4,8 +4,8 @@
 (natkit p2p does no port prediction: diagnose says prediction could help, the matrix shows it is
 not used); random ports behind an endpoint-independent NAT do not matter; a peer whose CGNAT port
 block is used up connects directly with no one and only through TURN over TCP.
-`matrix-same-type`: symmetric–symmetric fails direct, port-restricted–port-restricted works.
-Diagnose's prediction holds for every pair.
+`matrix-same-type`: symmetric with symmetric fails direct, port-restricted with port-restricted
+works. Diagnose's prediction holds for every pair.
 """
 
 from __future__ import annotations
