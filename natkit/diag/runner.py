@@ -324,6 +324,14 @@ class _Run:
         self.d.allocation = found = classify_allocation(samples, main.mapping)
         if found.exhausted:
             self.d.problems.append(f"port allocation: {found.explanation}")
+            if self.d.verdict is not None:  # the verdict's type is what the probes that got
+                # through saw; new calls need new mappings, which this NAT refuses now
+                act = (
+                    "Your NAT refuses new mappings (a carrier-grade NAT's port block in use by "
+                    "other flows?): close idle connections, or use a TURN relay over TCP/TLS"
+                )
+                v = self.d.verdict
+                self.d.verdict = replace(v, actions=(act, *v.actions))
         self.progress("ports", "ok" if found.pattern else "warn", found.explanation)
 
     async def measure_lifetime(self) -> None:

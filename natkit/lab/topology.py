@@ -34,6 +34,7 @@ YAML (version 1)::
         port_block: 8                          # per-subscriber (per LAN address) block of 8
                                                # ports; the 9th concurrent UDP flow of a
                                                # subscriber is dropped (a CGNAT's exhausted block)
+                                               # (with preserve or random allocation only)
         firewall: {udp: true, tcp_ports: [80, 443]}   # tcp_ports omitted: all TCP allowed
         upstream: internet                     # or the name of another NAT (nesting)
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
@@ -41,6 +42,11 @@ YAML (version 1)::
         link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink
     hosts:
       alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
+
+Port allocation (natkit.lab.portalloc): a symmetric NAT allocates a port per new flow (so with
+`sequential` each new destination gets the next port), an endpoint-independent one per new inside
+socket (every later flow of the socket reuses its port). `port_allocation` other than preserve
+replaces `port_preservation` (giving both is an error); `port_stride` needs sequential.
 """
 
 from __future__ import annotations

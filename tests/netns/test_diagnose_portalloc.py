@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import itertools
 import json
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from natkit.lab import Lab
+from tests.netns.children import reaped
 from tests.netns.stunserver import wait_udp
 from tests.netns.test_diagnose_lab import _start_natkit, diagnose
 
@@ -30,17 +30,9 @@ EXPECTED: dict[str, tuple[str, str, int | None, bool, bool]] = {
 
 def _report(nat_lab: MakeLab, tmp_path: Path, preset: str) -> dict[str, object]:
     lab = nat_lab(preset)
-    proc = _start_natkit(lab, tmp_path)
-    try:
+    with reaped(_start_natkit(lab, tmp_path)):
         wait_udp(lab)
         report, _ = diagnose(lab)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     return report
 
 
@@ -73,3 +65,4 @@ def test_diagnose_sees_an_exhausted_port_block(nat_lab: MakeLab, tmp_path: Path)
     assert ports["exhausted"] is True and ports["refused"] == 5, ports
     assert ports["pattern"] is None and "port block exhausted" in ports["explanation"]
     assert any("new mappings were refused" in p for p in report["problems"]), report["problems"]
+    assert "refuses new mappings" in report["verdict"]["actions"][0]
