@@ -115,9 +115,10 @@ def test_port_block_of_8_refuses_the_9th_flow(nat_lab: MakeLab) -> None:
 
 
 def test_cgnat_port_block_preset_refuses_the_9th_flow(nat_lab: MakeLab) -> None:
+    """Towards four destinations: the kernel alone could reuse a block port per destination."""
     lab = nat_lab("cgnat-port-block")
     with Reflector(lab, "server", ENDPOINTS):
-        ports = [_port(_sock(lab, "peer")) for _ in range(9)]
+        ports = [_port(_sock(lab, "peer"), ENDPOINTS[i % 4]) for i in range(9)]
     assert None not in ports[:8] and ports[8] is None, ports
 
 
