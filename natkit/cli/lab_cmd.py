@@ -180,13 +180,18 @@ command.add_command(
 TURN + signal) in node `server`, and test every pair of peers with real WebRTC, direct and
 through TURN; print the outcome table and whether diagnose's prediction held.
 
+--topology NAME|FILE runs another matrix: a preset (matrix-ports: port allocators and an
+exhausted CGNAT port block; matrix-same-type: pairs of peers behind two NATs of the same type)
+or your own YAML file; every host node is a peer.
+
 Alias of `natkit p2p matrix` (same options). Needs root. Exit 0 when every pair connects
 (directly or relayed) and every prediction held.
 
 \b
 Example:
   sudo natkit lab matrix
-  sudo natkit lab matrix --json --parallel 4 > matrix.json
+  sudo natkit lab matrix --topology matrix-same-type
+  sudo natkit lab matrix --topology ./my-matrix.yaml --json --parallel 4 > matrix.json
 """,
     )
 )

@@ -192,7 +192,7 @@ def signal_cmd(config_path: str | None, listen: str | None) -> None:
     "--topology",
     default="matrix",
     show_default=True,
-    help="Lab preset or YAML file with one peer per NAT type.",
+    help="Lab preset (matrix, matrix-ports, matrix-same-type) or YAML file; hosts are peers.",
 )
 @click.option(
     "--timeout",

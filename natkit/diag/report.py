@@ -1,4 +1,4 @@
-"""Rendering a `Diagnosis`: the JSON document (version 1, docs/diagnose-json.md) and human text.
+"""Rendering a `Diagnosis`: the JSON document (version 2, docs/diagnose-json.md) and human text.
 
 The JSON's top-level fields named in DESIGN.md are a contract; everything else is added freely.
 The human report is plain text; `style` (click.style or a no-op) adds colour on a terminal.
@@ -12,13 +12,14 @@ from collections.abc import Callable
 from typing import Any
 
 from natkit.addr import Address
+from natkit.diag.allocation import Allocation
 from natkit.diag.classify import Binding, Classification, FamilyProbe
 from natkit.diag.path import Echo, PathProbe
 from natkit.diag.runner import Diagnosis
 
 __all__ = ["SCHEMA_VERSION", "ProgressPrinter", "to_json", "to_text"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 Style = Callable[..., str]
 
 
@@ -91,6 +92,22 @@ def _family(p: FamilyProbe, c: Classification | None, path: PathProbe | None) ->
             "filtering_change_port": _binding(p.change_port),
         }
     return out
+
+
+def _allocation(a: Allocation | None) -> dict[str, Any] | None:
+    if a is None:
+        return None
+    return {
+        "pattern": a.pattern,
+        "stride": a.stride,
+        "samples": [{"local_port": s.local, "mapped_port": s.mapped} for s in a.samples],
+        "refused": a.refused,
+        "exhausted": a.exhausted,
+        "predictable": a.predictable,
+        "prediction_helps": a.prediction_helps,
+        "next_port": a.next_port,
+        "explanation": a.explanation,
+    }
 
 
 def _stun_servers(d: Diagnosis) -> list[dict[str, Any]]:
@@ -168,7 +185,7 @@ def _ipv6_fields(d: Diagnosis) -> dict[str, Any]:
 
 
 def to_json(d: Diagnosis) -> dict[str, Any]:
-    """The diagnose JSON document, version 1."""
+    """The diagnose JSON document, version 2."""
     main = d.main
     v = d.verdict
     public = [str(c.public_address) for c in d.classes.values() if c.public_address]
@@ -228,6 +245,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             else None
         ),
         **_ipv6_fields(d),
+        "port_allocation": _allocation(d.allocation),
         "problems": list(d.problems),
         "verdict": {
             "direct_p2p": v.direct_p2p if v else "unlikely",
@@ -297,6 +315,13 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
     if d.cgnat is not None and d.cgnat.behind is not None:
         detail = f" — {d.cgnat.evidence}" if d.cgnat.evidence else " (every hop answered)"
         lines.append(f"  carrier-grade NAT     {_yn(d.cgnat.behind, style)}{detail}")
+    if d.allocation is not None:
+        a = d.allocation
+        said = a.pattern or style("unknown", fg="yellow")
+        said += f" (stride {a.stride})" if a.stride else ""
+        if a.prediction_helps is not None:
+            said += "; port prediction " + ("can help" if a.prediction_helps else "would not help")
+        lines.append(f"  port allocation       {said}")
     if d.lifetime is not None:
         lines.append(f"  binding lifetime      {d.lifetime.summary()}")
     for s in d.streams:

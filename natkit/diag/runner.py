@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 
 from natkit.addr import Address
+from natkit.diag.allocation import BURST, Allocation, classify_allocation, probe_allocation
 from natkit.diag.classify import CLASSIC_NAMES as _CLASSIC_NAMES
 from natkit.diag.classify import Classification, FamilyProbe, classify
 from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
@@ -58,6 +59,7 @@ STUN_PORT = 3478
 RESOLVE_TIMEOUT = 1.0
 REACH_WAIT = 1.5
 SIDE_WAIT = 2.0
+PORT_WAIT = 1.0
 MAX_STREAM_PROBES = 16
 
 
@@ -88,6 +90,8 @@ class DiagnoseOptions:
     dns64: str | None = None
     """DNS64 server (IP) to ask for ipv4only.arpa (RFC 7050); None: the system resolver, asked
     only when this host has no IPv4 address (an IPv6-only host, where NAT64 is)."""
+    port_burst: int = BURST
+    """Fresh sockets for the port allocation test (natkit.diag.allocation); 0: skip it."""
 
 
 @dataclass
@@ -114,6 +118,8 @@ class Diagnosis:
     problems: list[str] = field(default_factory=list)
     bad_input: bool = False
     verdict: Verdict | None = None
+    allocation: Allocation | None = None
+    """How the NAT picks ports (the burst after the RFC 5780 tests); None: not measured."""
 
     @property
     def main(self) -> Classification | None:
@@ -320,10 +326,37 @@ class _Run:
         results = await asyncio.gather(*jobs, *turns)
         self.d.turn = [r for r in results[len(jobs) :] if isinstance(r, TurnCheckReport)]
         self.finish()
+        if self.o.port_burst:
+            await self.guarded("ports", self.port_allocation())
         if self.o.lifetime:
             await self.measure_lifetime()
         self.d.duration_s = round(time.monotonic() - self.start, 3)
         return self.d
+
+    async def port_allocation(self) -> None:
+        """The port allocation burst, after everything else so that no other probe takes ports
+        in between (allocation.py); bounded by the budget, but at least PORT_WAIT."""
+        main = self.d.main
+        probe = next((p for p in self.d.families.values() if p.reachable), None)
+        if main is None or probe is None or probe.primary is None or probe.local is None:
+            return
+        self.progress("ports", "start", f"port allocation ({self.o.port_burst} fresh sockets)")
+        deadline = time.monotonic() + max(PORT_WAIT, self.deadline - time.monotonic())
+        samples = await probe_allocation(
+            probe.primary.target, probe.local.host, deadline, self.o.port_burst
+        )
+        self.d.allocation = found = classify_allocation(samples, main.mapping)
+        if found.exhausted:
+            self.d.problems.append(f"port allocation: {found.explanation}")
+            if self.d.verdict is not None:  # the verdict's type is what the probes that got
+                # through saw; new calls need new mappings, which this NAT refuses now
+                act = (
+                    "Your NAT refuses new mappings (a carrier-grade NAT's port block in use by "
+                    "other flows?): close idle connections, or use a TURN relay over TCP/TLS"
+                )
+                v = self.d.verdict
+                self.d.verdict = replace(v, actions=(act, *v.actions))
+        self.progress("ports", "ok" if found.pattern else "warn", found.explanation)
 
     async def measure_lifetime(self) -> None:
         main = self.d.main

@@ -11,6 +11,8 @@ NAT has those behaviours, so the broken network is reproduced in CI with one com
                                                   has the measured behaviours (the cgnat preset)
     hairpinning                                 → hairpinning (null: off, Linux's default)
     port_preservation false                     → port_preservation: off
+    port_allocation.pattern (version 2)         → port_allocation sequential (with the stride)
+                                                  or random
 
 What the report leaves unknown (mapping or filtering null while UDP worked) cannot be rebuilt
 and is a `TopologyError` naming the field.
@@ -38,9 +40,9 @@ def load_report(path: str | Path) -> dict[str, Any]:
         raise TopologyError(f"cannot read report: {err.strerror}", file=str(path)) from None
     except (UnicodeDecodeError, ValueError) as err:
         raise TopologyError(f"not a JSON report: {err}", file=str(path)) from None
-    if not isinstance(data, dict) or data.get("version") != 1 or "nat_type" not in data:
+    if not isinstance(data, dict) or data.get("version") not in (1, 2) or "nat_type" not in data:
         raise TopologyError(
-            "not a natkit diagnose/check report (version 1 with nat_type)", file=str(path)
+            "not a natkit diagnose/check report (version 1 or 2 with nat_type)", file=str(path)
         )
     return data
 
@@ -85,12 +87,25 @@ def topology_from_report(report: dict[str, Any], *, source: str = "<report>") ->
         "hairpinning": report.get("hairpinning") is True,
         "port_preservation": "off" if report.get("port_preservation") is False else "on",
     }
+    nat |= _allocation(report.get("port_allocation"))
     what = f"{nat['mapping']} mapping, {nat['filtering']} filtering"
     if report.get("cgnat") is True:
         nats = {"carrier": nat, "home": {"type": "full-cone", "upstream": "carrier"}}
         return _build(nats, "home", f"behind carrier-grade NAT: {what} (from a report)", source,
                       name)  # fmt: skip
     return _build({"nat": nat}, "nat", f"{what} (from a report)", source, name)
+
+
+def _allocation(found: Any) -> dict[str, Any]:
+    """Topology keys for the allocation pattern a version 2 report saw (none if it saw none)."""
+    if not isinstance(found, dict):
+        return {}
+    pattern, stride = found.get("pattern"), found.get("stride")
+    if pattern == "sequential" and isinstance(stride, int) and 1 <= stride <= 1000:
+        return {"port_allocation": "sequential", "port_stride": stride, "port_preservation": "on"}
+    if pattern == "random":
+        return {"port_allocation": "random", "port_preservation": "on"}
+    return {}
 
 
 def _build(nats: dict[str, Any], behind: str, what: str, source: str, name: str) -> Topology:

@@ -22,7 +22,11 @@ How each RFC 4787 behaviour is made of Linux parts (measured; see FIELD-NOTES.md
 - Hairpinning (REQ-9): a LAN packet to the WAN address is DNATed through the mapping map and
   SNATed to the WAN address.
 - Mapping lifetime: the dynamic map/set timeouts here; the conntrack UDP timeouts are per-namespace
-  sysctls set by the plan (two separate clocks, both set to `udp_timeout`).
+  sysctls set by the plan (two separate clocks). Per state: a mapping that has seen only outbound
+  packets lives `timeout_outbound` (conntrack: nf_conntrack_udp_timeout), one that has seen
+  replies `timeout_established` (nf_conntrack_udp_timeout_stream, which conntrack applies once the
+  flow is 2 s old); both default to `udp_timeout`.
+- Port allocation other than "preserve", and CGNAT port blocks: `natkit.lab.portalloc`.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from natkit.lab import portalloc
 from natkit.lab.topology import Nat
 
 __all__ = ["RouterRules", "impairment_rules", "port_blocks", "router_rules"]
@@ -70,6 +75,8 @@ def port_blocks(count: int, *, preserve: bool) -> list[tuple[int, int]]:
 def _mapping_rules(r: RouterRules) -> list[str]:
     nat, out = r.nat, f'oifname "{r.wan_if}" ip saddr {r.lan}'
     l4 = "meta l4proto { tcp, udp }"
+    if portalloc.allocates(nat):  # sequential / random / per-subscriber blocks
+        return portalloc.srcnat_rules(nat, r.wan_if, r.wan_ip, r.lan, r.clients)
     if nat.mapping == "address-and-port-dependent":
         return [f"{out} masquerade fully-random"]
     if nat.mapping == "address-dependent":
@@ -89,6 +96,18 @@ def _mapping_rules(r: RouterRules) -> list[str]:
             )
     rules.append(f"{out} snat ip to {r.wan_ip}")
     return rules
+
+
+def _by_state(match: str, update: str, nat: Nat) -> list[str]:
+    """`update` (with a %s where an element timeout goes) for an outbound packet: one rule, or,
+    when the per-state timeouts differ, one per state (has the flow seen a reply yet?)."""
+    out, est = nat.timeout_outbound, nat.timeout_established
+    if out == est:
+        return [f"{match} {update % ''}"]
+    return [
+        f"{match} ct status & seen-reply == 0 {update % f' timeout {out}s'}",
+        f"{match} ct status seen-reply {update % f' timeout {est}s'}",
+    ]
 
 
 def _loss_chains(iface: str, loss: float) -> list[str]:
@@ -133,8 +152,8 @@ def router_rules(r: RouterRules) -> str:
     eif = nat.filtering == "endpoint-independent"
     adf = nat.filtering == "address-dependent"
     keep_map = eif or adf or nat.hairpinning
-    t = f"{nat.udp_timeout}s"
-    body: list[str] = []
+    t = f"{max(nat.timeout_outbound, nat.timeout_established)}s"
+    body: list[str] = portalloc.declarations(nat)
     if keep_map:
         body += [
             "  # mapped UDP port -> inside endpoint, for EIF/ADF and hairpinning",
@@ -151,6 +170,7 @@ def router_rules(r: RouterRules) -> str:
             "  }",
         ]
     body += _loss_chains(r.wan_if, r.loss)
+    body += portalloc.chains(nat, r.wan_if)
     if keep_map:
         mark_in = [
             f"    {wan} meta l4proto udp ct state established ct direction reply "
@@ -170,8 +190,11 @@ def router_rules(r: RouterRules) -> str:
             "  }",
         ]
         mark_out = [
-            f'    oifname "{r.wan_if}" meta l4proto udp ct direction original '
-            "update @mappings { udp sport : ct original ip saddr . ct original proto-src }",
+            *_by_state(
+                f'    oifname "{r.wan_if}" meta l4proto udp ct direction original',
+                "update @mappings { udp sport%s : ct original ip saddr . ct original proto-src }",
+                nat,
+            ),
             f'    oifname "{r.wan_if}" meta l4proto udp ct direction reply '
             "update @mappings { udp sport : ct reply ip saddr . ct reply proto-src }",
         ]
@@ -217,7 +240,7 @@ def router_rules(r: RouterRules) -> str:
     ]
     # With IPv6 on the LAN, natkit.lab.ipv6's table filters IPv6: the trap rule drops IPv4 only.
     unsolicited = f"{wan} drop" if nat.ipv6 == "none" else f"{wan} meta nfproto ipv4 drop"
-    policy = []
+    policy = portalloc.limit_rules(nat, r.lan_if, r.wan_if)
     if not nat.firewall.udp:
         policy.append(f'    {lan} oifname "{r.wan_if}" meta l4proto udp drop')
     if nat.firewall.tcp_ports is not None:

@@ -109,8 +109,8 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
         node = nodes[nat.name]
         plan.nft[node.netns] = router_rules(_router_spec(nat, node, nodes, plan.prefix))
         plan.late_sysctls[node.netns] = {
-            "net/netfilter/nf_conntrack_udp_timeout": str(nat.udp_timeout),
-            "net/netfilter/nf_conntrack_udp_timeout_stream": str(nat.udp_timeout),
+            "net/netfilter/nf_conntrack_udp_timeout": str(nat.timeout_outbound),
+            "net/netfilter/nf_conntrack_udp_timeout_stream": str(nat.timeout_established),
         }
     for node in nodes.values():
         if node.kind != "nat" and node.uplink and node.link.loss:

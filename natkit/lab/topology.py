@@ -22,6 +22,19 @@ YAML (version 1)::
         port_preservation: on                  # on | off | blocks (per-host port blocks)
         hairpinning: false
         udp_timeout: 120                       # seconds, mapping lifetime (both clocks)
+        udp_timeout_outbound: 30               # a mapping that has seen only outbound packets
+                                               # (default: udp_timeout; conntrack's
+                                               # nf_conntrack_udp_timeout)
+        udp_timeout_established: 180           # one that has seen replies, > 2 s old (default:
+                                               # udp_timeout; nf_conntrack_udp_timeout_stream)
+        port_allocation: sequential            # preserve (default) | sequential | random: how a
+                                               # new mapping's external port is chosen
+        port_stride: 2                         # sequential only: consecutive new mappings get
+                                               # p, p+2, p+4... (default 1)
+        port_block: 8                          # per-subscriber (per LAN address) block of 8
+                                               # ports; the 9th concurrent UDP flow of a
+                                               # subscriber is dropped (a CGNAT's exhausted block)
+                                               # (with preserve or random allocation only)
         firewall: {udp: true, tcp_ports: [80, 443]}   # tcp_ports omitted: all TCP allowed
         upstream: internet                     # or the name of another NAT (nesting)
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
@@ -35,6 +48,11 @@ YAML (version 1)::
                                                # router; needs an ipv6 mode
     hosts:
       alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
+
+Port allocation (natkit.lab.portalloc): a symmetric NAT allocates a port per new flow (so with
+`sequential` each new destination gets the next port), an endpoint-independent one per new inside
+socket (every later flow of the socket reuses its port). `port_allocation` other than preserve
+replaces `port_preservation` (giving both is an error); `port_stride` needs sequential.
 """
 
 from __future__ import annotations
@@ -55,6 +73,7 @@ __all__ = [
     "BEHAVIOURS",
     "IPV6_MODES",
     "NAT_TYPES",
+    "PORT_ALLOCATIONS",
     "Firewall",
     "Host",
     "Link",
@@ -67,6 +86,8 @@ Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-po
 PortPreservation = Literal["on", "off", "blocks"]
 Ipv6Mode = Literal["none", "open", "firewall", "nptv6", "nat66"]
 IPV6_MODES: tuple[str, ...] = ("none", "open", "firewall", "nptv6", "nat66")
+PortAllocation = Literal["preserve", "sequential", "random"]
+PORT_ALLOCATIONS: tuple[str, ...] = ("preserve", "sequential", "random")
 
 BEHAVIOURS: tuple[str, ...] = (
     "endpoint-independent",
@@ -135,6 +156,26 @@ class Nat:
     """The LAN's hosts get no IPv4 address (an IPv6-only network)."""
     nat64: bool = False
     """NAT64 (RFC 6146) + DNS64 (RFC 6147) in the router."""
+    port_allocation: PortAllocation = "preserve"
+    """How a new mapping's external port is chosen (natkit.lab.portalloc)."""
+    port_stride: int = 1
+    """Sequential allocation: the step between consecutive new mappings' ports."""
+    port_block: int | None = None
+    """Ports (and concurrent UDP flows) per subscriber; None: no per-subscriber limit."""
+    udp_timeout_outbound: int | None = None
+    """Lifetime of a mapping that has seen only outbound packets (None: `udp_timeout`)."""
+    udp_timeout_established: int | None = None
+    """Lifetime of a mapping that has seen replies (None: `udp_timeout`)."""
+
+    @property
+    def timeout_outbound(self) -> int:
+        return self.udp_timeout if self.udp_timeout_outbound is None else self.udp_timeout_outbound
+
+    @property
+    def timeout_established(self) -> int:
+        if self.udp_timeout_established is None:
+            return self.udp_timeout
+        return self.udp_timeout_established
 
 
 @dataclass(frozen=True)
@@ -338,6 +379,11 @@ class _Reader:
                 "port_preservation",
                 "hairpinning",
                 "udp_timeout",
+                "udp_timeout_outbound",
+                "udp_timeout_established",
+                "port_allocation",
+                "port_stride",
+                "port_block",
                 "firewall",
                 "upstream",
                 "lan",
@@ -360,10 +406,35 @@ class _Reader:
         pp = {True: "on", False: "off"}.get(pp, pp) if isinstance(pp, bool) else pp
         pp = self.choice(pp, ("on", "off", "blocks"), f"{key}.port_preservation")
         hairpin = self.flag(d.get("hairpinning", False), f"{key}.hairpinning")
-        timeout = d.get("udp_timeout", 120)
-        if not isinstance(timeout, int) or isinstance(timeout, bool) or not 1 <= timeout <= 86400:
-            problem = f"expected whole seconds 1-86400, got {_got(timeout)}"
-            raise self.fail(f"{key}.udp_timeout", problem)
+        timeout = self.whole(d.get("udp_timeout", 120), f"{key}.udp_timeout", 1, 86400, "seconds")
+        timeouts = {
+            k: None if d.get(k) is None else self.whole(d[k], f"{key}.{k}", 1, 86400, "seconds")
+            for k in ("udp_timeout_outbound", "udp_timeout_established")
+        }
+        alloc = self.choice(
+            d.get("port_allocation", "preserve"), PORT_ALLOCATIONS, f"{key}.port_allocation"
+        )
+        if alloc != "preserve" and pp != "on":
+            raise self.fail(
+                f"{key}.port_allocation",
+                f'port_allocation "{alloc}" replaces port_preservation; remove '
+                f'"port_preservation: {pp}"',
+            )
+        stride = self.whole(d.get("port_stride", 1), f"{key}.port_stride", 1, 1000, "ports")
+        if "port_stride" in d and alloc != "sequential":
+            problem = 'only with "port_allocation: sequential"'
+            raise self.fail(f"{key}.port_stride", problem)
+        block = d.get("port_block")
+        if block is not None:
+            block = self.whole(block, f"{key}.port_block", 1, 4096, "ports")
+            if alloc == "sequential" or pp != "on":
+                other = (
+                    "port_allocation: sequential"
+                    if alloc == "sequential"
+                    else (f"port_preservation: {pp}")
+                )
+                problem = f'cannot be combined with "{other}" (a block allocates its own ports)'
+                raise self.fail(f"{key}.port_block", problem)
         lan = None
         if d.get("lan") is not None:
             try:
@@ -385,6 +456,11 @@ class _Reader:
             lan,
             self.link(d.get("link"), f"{key}.link"),
             *self.ipv6(d, key),
+            cast(PortAllocation, alloc),
+            stride,
+            block,
+            timeouts["udp_timeout_outbound"],
+            timeouts["udp_timeout_established"],
         )
 
     def ipv6(self, d: dict[str, Any], key: str) -> tuple[Ipv6Mode, bool, bool]:
@@ -400,6 +476,12 @@ class _Reader:
         if mode != "none" and d.get("upstream", INTERNET) != INTERNET:
             raise self.fail(f"{key}.ipv6", "IPv6 needs a NAT attached to the internet (upstream)")
         return cast(Ipv6Mode, mode), only, nat64
+
+    def whole(self, raw: Any, key: str, low: int, high: int, unit: str) -> int:
+        """A whole number in [low, high]; else a one-line error naming the unit."""
+        if not isinstance(raw, int) or isinstance(raw, bool) or not low <= raw <= high:
+            raise self.fail(key, f"expected whole {unit} {low}-{high}, got {_got(raw)}")
+        return raw
 
     def choice(
         self, raw: Any, allowed: tuple[str, ...], key: str, elsewhere: dict[str, str] | None = None

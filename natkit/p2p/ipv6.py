@@ -60,18 +60,23 @@ class PeerView:
     """udp.ipv4: IPv4 UDP worked (False: none, e.g. an IPv6-only peer)."""
     ipv6_direct: bool | None
     """verdict.ipv6_direct: IPv6 without translation."""
+    exhausted: bool = False
+    """port_allocation.exhausted: the NAT made no new mapping (a CGNAT port block used up)."""
 
 
 def view(report: dict[str, Any] | None) -> PeerView | None:
     if not isinstance(report, dict) or not report.get("nat_type"):
         return None
     udp, verdict = report.get("udp") or {}, report.get("verdict") or {}
-    return PeerView(str(report["nat_type"]), udp.get("ipv4"), verdict.get("ipv6_direct"))
+    ports = report.get("port_allocation")
+    exhausted = isinstance(ports, dict) and ports.get("exhausted") is True
+    return PeerView(str(report["nat_type"]), udp.get("ipv4"), verdict.get("ipv6_direct"), exhausted)
 
 
 def predict(a: PeerView | None, b: PeerView | None) -> bool | None:
     """Direct expected: both IPv6 untranslated, else the IPv4 table on the IPv4 types (a peer
-    without IPv4 UDP counts as udp-blocked there)."""
+    without IPv4 UDP counts as udp-blocked there, and so does one whose NAT makes no new
+    mappings)."""
     from natkit.p2p.matrix import predict_direct
 
     if a is None or b is None:
@@ -80,7 +85,9 @@ def predict(a: PeerView | None, b: PeerView | None) -> bool | None:
         return True
 
     def v4(p: PeerView) -> str | None:
-        return "udp-blocked" if p.ipv4 is False and p.ipv6_direct is not None else p.nat_type
+        if p.exhausted or (p.ipv4 is False and p.ipv6_direct is not None):
+            return "udp-blocked"
+        return p.nat_type
 
     return predict_direct(v4(a), v4(b))
 

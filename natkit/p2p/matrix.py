@@ -12,7 +12,10 @@ every process is started through the lab, so `Lab.down()` stops whatever is left
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
 applied to both measured types; `held` says whether the direct outcome matched it. Topologies
 with IPv6 LANs add an IPv6 STUN server and one rule (`natkit.p2p.ipv6`): two peers with
-untranslated IPv6 connect directly whatever their IPv4 NATs do.
+untranslated IPv6 connect directly whatever their IPv4 NATs do. A peer whose diagnose saw its NAT
+refuse every new mapping (`port_allocation.exhausted`: a CGNAT's port block used up) is predicted
+to connect directly with no one (over IPv4), and relays over TURN/TCP as a UDP-blocked peer does
+(its NAT makes no new UDP mapping, and TCP has its own ports).
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class PairRecord:
     a_ipv6_direct: bool | None = None
     """diagnose's verdict.ipv6_direct for a (None: IPv6 not measured)."""
     b_ipv6_direct: bool | None = None
+    exhausted: tuple[str, ...] = ()
+    """The peers of the pair whose NAT made no new mapping (diagnose's port_allocation)."""
 
 
 def predict_direct(a: str | None, b: str | None) -> bool | None:
@@ -200,6 +205,7 @@ class _PairRunner:
         self.lab, self.password = lab, password
         self.types: dict[str, str | None] = {}
         self.views: dict[str, ipv6.PeerView | None] = {}
+        self.exhausted: set[str] = set()
         self.timeout, self.progress = timeout, progress
         self.cancelled = threading.Event()
 
@@ -212,6 +218,7 @@ class _PairRunner:
             views = pool.map(lambda p: _diagnose(self.lab, p), peers)
             self.views = dict(zip(peers, views, strict=True))
             self.types = {p: v.nat_type if v else None for p, v in self.views.items()}
+            self.exhausted = {p for p, v in self.views.items() if v and v.exhausted}
             try:
                 return list(pool.map(self.run, itertools.combinations(peers, 2)))
             except _Unfinished as err:
@@ -232,6 +239,7 @@ class _PairRunner:
         relay = self._p2p(a, b, relay=True)
         if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
             raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
+        exhausted = tuple(p for p in (a, b) if p in self.exhausted)
         predicted = ipv6.predict(self.views[a], self.views[b])
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
@@ -242,6 +250,7 @@ class _PairRunner:
             ice_s=shown.get("ice_s"), selected=_selected(shown),
             direct_error=direct.get("error"), relay_error=relay.get("error"),
             a_ipv6_direct=_v6(self.views[a]), b_ipv6_direct=_v6(self.views[b]),
+            exhausted=exhausted,
         )  # fmt: skip
         if self.progress:
             self.progress(record)
@@ -263,7 +272,11 @@ class _PairRunner:
             return [*ipv6.only_args(SERVER, SIGNAL_PORT), *common[2:]]
         if not relay:
             return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
-        blocked = self.types[node] == "udp-blocked" or node.endswith("udp-blocked")
+        blocked = (
+            self.types[node] == "udp-blocked"
+            or node.endswith("udp-blocked")
+            or node in self.exhausted
+        )
         url = (
             f"turn:{SERVER}:{TURN_TCP_PORT}?transport=tcp"
             if blocked
@@ -368,11 +381,15 @@ def render_table(records: list[PairRecord]) -> str:
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
+    def peer(name: str, kind: str | None, v6: bool | None, r: PairRecord) -> str:
+        full = ", no new mappings" if name in r.exhausted else ""
+        return f"{name} ({kind}{_v6_mark(v6)}{full})"
+
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            f"{r.a} ({r.a_type}{_v6_mark(r.a_ipv6_direct)})",
-            f"{r.b} ({r.b_type}{_v6_mark(r.b_ipv6_direct)})", mark(r.direct), mark(r.relay),
+            peer(r.a, r.a_type, r.a_ipv6_direct, r), peer(r.b, r.b_type, r.b_ipv6_direct, r),
+            mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],
             "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",

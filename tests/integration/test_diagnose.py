@@ -53,7 +53,7 @@ def alt_server(natkit_serve: Serve) -> Served:
 def test_natkit_serve_with_alternate_is_open(natkit_serve: Serve) -> None:
     served = alt_server(natkit_serve)
     report, code, _ = diagnose("--stun", f"127.0.0.1:{served.port}")
-    assert report["version"] == 1
+    assert report["version"] == 2
     assert (report["mapping"], report["filtering"], report["nat_type"]) == (EIM, EIM, "open")
     assert report["udp"]["reachable"] is True and report["behind_nat"] is False
     assert report["public_address"].startswith("127.0.0.1:")

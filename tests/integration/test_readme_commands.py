@@ -103,6 +103,10 @@ ELSEWHERE = {
     "sudo .venv/bin/natkit lab matrix": (
         "tests/netns/test_p2p_matrix.py runs run_matrix(), which this command calls (minutes)"
     ),
+    "sudo .venv/bin/natkit lab matrix --topology matrix-same-type": (
+        "tests/netns/test_p2p_matrix_ports.py runs run_matrix('matrix-same-type'), which this "
+        "command calls (20 s)"
+    ),
 }
 NOT_RUN = {
     "make test": "it is this test suite; .ci/run runs it from a clean clone",
@@ -260,7 +264,7 @@ def diagnose(s: Session, command: str) -> None:
 def diagnose_json(s: Session, command: str) -> None:
     ok(s.node("alice", command))
     report = json.loads((s.tree / "report.json").read_text())
-    assert report["version"] == 1 and report["nat_type"] == "full-cone", report
+    assert report["version"] == 2 and report["nat_type"] == "full-cone", report
 
 
 def p2p_signal(s: Session, command: str) -> None:

@@ -37,7 +37,9 @@ def test_presets_load_and_name_their_nodes() -> None:
         assert "server" in nodes
         if name.startswith("pair-"):
             assert {"alice", "bob"} <= set(nodes)
-        elif not name.startswith("matrix"):
+        elif name.startswith("matrix"):  # matrix presets: one peer-* per NAT kind
+            assert all(h.name.startswith("peer-") for h in topo.hosts)
+        else:
             assert "peer" in nodes
 
 
