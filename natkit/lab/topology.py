@@ -27,6 +27,8 @@ YAML (version 1)::
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
                                                # that has NATs behind it)
         link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink
+        port_mapping: {upnp: true, natpmp: true, pcp: false}   # protocols the router offers
+                                               # its LAN (miniupnpd); true = all three
     hosts:
       alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
 """
@@ -52,6 +54,7 @@ __all__ = [
     "Host",
     "Link",
     "Nat",
+    "PortMapping",
     "Server",
     "Topology",
 ]
@@ -107,6 +110,22 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """Port-mapping protocols the NAT router offers its LAN (served by miniupnpd)."""
+
+    upnp: bool = False
+    """UPnP-IGD: SSDP on 239.255.255.250:1900 and SOAP over HTTP."""
+    natpmp: bool = False
+    """NAT-PMP (RFC 6886) on UDP 5351."""
+    pcp: bool = False
+    """PCP (RFC 6887) on UDP 5351."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.upnp or self.natpmp or self.pcp
+
+
+@dataclass(frozen=True)
 class Nat:
     """A NAT router: its RFC 4787 behaviour and where it is attached."""
 
@@ -120,6 +139,7 @@ class Nat:
     upstream: str = INTERNET
     lan: ipaddress.IPv4Network | None = None
     link: Link = field(default_factory=Link)
+    port_mapping: PortMapping = field(default_factory=PortMapping)
 
 
 @dataclass(frozen=True)
@@ -327,6 +347,7 @@ class _Reader:
                 "upstream",
                 "lan",
                 "link",
+                "port_mapping",
             ),
         )
         mapping, filtering = "endpoint-independent", "address-and-port-dependent"
@@ -366,6 +387,18 @@ class _Reader:
             str(d.get("upstream", INTERNET)),
             lan,
             self.link(d.get("link"), f"{key}.link"),
+            self.port_mapping(d.get("port_mapping"), f"{key}.port_mapping"),
+        )
+
+    def port_mapping(self, raw: Any, key: str) -> PortMapping:
+        if isinstance(raw, bool):  # `port_mapping: true` offers all three
+            return PortMapping(raw, raw, raw)
+        if raw is not None and not isinstance(raw, dict):
+            problem = f"expected true, false or a mapping of upnp/natpmp/pcp, got {_got(raw)}"
+            raise self.fail(key, problem)
+        d = self.mapping(raw, key, ("upnp", "natpmp", "pcp"))
+        return PortMapping(
+            *(self.flag(d.get(k, False), f"{key}.{k}") for k in ("upnp", "natpmp", "pcp"))
         )
 
     def choice(
