@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -58,6 +59,18 @@ Exit status (the verdict's outcome, docs/diagnose-json.md):
     help="Longest idle time the --lifetime test waits.",
 )
 @click.option("--no-ice", is_flag=True, help="Skip ICE candidate gathering with aioice.")
+@click.option(
+    "--port-mapping/--no-port-mapping",
+    default=True,
+    help="Ask the default gateway which of UPnP-IGD, NAT-PMP and PCP it offers (maps nothing; "
+    "skipped when every STUN server is loopback).",
+)
+@click.option(
+    "--map-port",
+    is_flag=True,
+    help="Map a UDP port (PCP, else NAT-PMP, else UPnP), test from the STUN server that it is "
+    "reachable, then delete the mapping.",
+)
 def command(
     config_path: str | None,
     stun: tuple[str, ...],
@@ -70,6 +83,8 @@ def command(
     lifetime: bool,
     lifetime_max: float,
     no_ice: bool,
+    port_mapping: bool,
+    map_port: bool,
 ) -> None:
     """Find out what your NAT does and whether a direct P2P connection can work.
 
@@ -113,7 +128,11 @@ def command(
         lifetime=lifetime,
         lifetime_max=lifetime_max,
         gather=not no_ice,
+        port_mapping=port_mapping,
+        map_port=map_port,
     )
+    if map_port:  # SIGTERM unwinds like Ctrl-C, so the mapping is deleted (diag.portmap)
+        signal.signal(signal.SIGTERM, _interrupt)
     progress = None
     if not as_json and sys.stderr.isatty():
         progress = ProgressPrinter(lambda line: click.echo(line, err=True), click.style)
@@ -130,3 +149,7 @@ def command(
     else:
         click.echo(to_text(result, click.style))
     sys.exit(result.exit_status)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -32,6 +32,7 @@ from natkit.addr import Address
 from natkit.portmap import natpmp, pcp, upnp
 
 __all__ = [
+    "PROTOCOL_NAMES",
     "MappedPort",
     "PortMappingProbe",
     "default_gateway",
@@ -47,6 +48,7 @@ _INSIDE = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10")
 )
 Protocol = Literal["pcp", "natpmp", "upnp"]
+PROTOCOL_NAMES: dict[str, str] = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP-IGD"}
 
 
 @dataclass
