@@ -34,6 +34,7 @@ from natkit.portmap import natpmp, pcp, upnp
 __all__ = [
     "PROTOCOL_NAMES",
     "MappedPort",
+    "Mapper",
     "PortMappingProbe",
     "default_gateway",
     "detect",
@@ -306,7 +307,10 @@ def _sync_ask(request: bytes, dest: tuple[str, int], timeout: float) -> bytes | 
     return None
 
 
-class _Mapper:
+class Mapper:
+    """One mapping of `port` through `protocol`: `request(lifetime)` makes or renews it,
+    `request(0)` deletes it (blocking calls)."""
+
     def __init__(self, probe: PortMappingProbe, protocol: Protocol, port: int) -> None:
         assert probe.gateway and probe.local
         self.probe, self.protocol, self.port = probe, protocol, port
@@ -411,7 +415,7 @@ async def map_port(
     with _udp(probe.local) as mapped_sock:
         port = mapped_sock.getsockname()[1]
         result = MappedPort(protocol, Address(probe.local, port))
-        mapper = _Mapper(probe, protocol, port)
+        mapper = Mapper(probe, protocol, port)
         made = False
         try:
             external, granted = await asyncio.to_thread(mapper.request, lifetime, timeout)

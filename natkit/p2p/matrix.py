@@ -10,7 +10,9 @@ and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and rel
 every process is started through the lab, so `Lab.down()` stops whatever is left.
 
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
-applied to both measured types; `held` says whether the direct outcome matched it.
+applied to both measured types; `held` says whether the direct outcome matched it. A peer whose
+gateway offers a port-mapping protocol (diagnose's `port_mapping`) runs its direct test with
+`natkit p2p --map-port`, and counts as reachable like a full cone (`verdict.with_port_mapping`).
 """
 
 from __future__ import annotations
@@ -74,16 +76,23 @@ class PairRecord:
     selected: str | None
     direct_error: str | None = None
     relay_error: str | None = None
+    a_mapped: bool = False
+    """Peer a mapped its ICE port through its gateway (p2p --map-port)."""
+    b_mapped: bool = False
 
 
-def predict_direct(a: str | None, b: str | None) -> bool | None:
-    """Whether diagnose's verdict expects a direct path between NAT types `a` and `b`."""
+def predict_direct(
+    a: str | None, b: str | None, *, a_mapped: bool = False, b_mapped: bool = False
+) -> bool | None:
+    """Whether diagnose's verdict expects a direct path between NAT types `a` and `b`; a peer
+    that maps its port through its gateway is reachable like a full cone."""
     from natkit.diag.verdict import COMPATIBLE
 
     if a is None or b is None or "unknown" in (a, b):
         return None
     if "udp-blocked" in (a, b):
         return False
+    a, b = ("full-cone" if a_mapped else a), ("full-cone" if b_mapped else b)
     return b in COMPATIBLE.get(a, ()) and a in COMPATIBLE.get(b, ())  # type: ignore[call-overload]
 
 
@@ -164,17 +173,21 @@ def _serving(lab: Any, tmp: Path, password: str) -> Iterator[None]:
             proc.wait()
 
 
-def _diagnose(lab: Any, peer: str) -> str | None:
+def _diagnose(lab: Any, peer: str) -> tuple[str | None, bool]:
+    """(NAT type, whether the gateway offers a port-mapping protocol)."""
     done = lab.exec(
         peer,
         [*_PY, "diagnose", "--stun", f"{SERVER}:{STUN_PORT}", "--json", "--timeout", "5"],
         timeout=30,
     )
     try:
-        kind = json.loads(done.stdout)["nat_type"]
+        report = json.loads(done.stdout)
+        kind = report["nat_type"]
     except (ValueError, KeyError, TypeError):
-        return None
-    return str(kind) if kind else None
+        return None, False
+    pm = report.get("port_mapping") or {}
+    mapped = any(pm.get(p) for p in ("pcp", "natpmp", "upnp"))
+    return (str(kind) if kind else None), mapped
 
 
 class _Unfinished(Exception):
@@ -197,6 +210,7 @@ class _PairRunner:
     ) -> None:
         self.lab, self.password = lab, password
         self.types: dict[str, str | None] = {}
+        self.mapped: dict[str, bool] = {}
         self.timeout, self.progress = timeout, progress
         self.cancelled = threading.Event()
 
@@ -206,8 +220,9 @@ class _PairRunner:
         what they see next is no outcome."""
         pool = ThreadPoolExecutor(max(1, concurrency))
         try:
-            types = pool.map(lambda p: _diagnose(self.lab, p), peers)
-            self.types = dict(zip(peers, types, strict=True))
+            found = list(pool.map(lambda p: _diagnose(self.lab, p), peers))
+            self.types = {p: kind for p, (kind, _) in zip(peers, found, strict=True)}
+            self.mapped = {p: mapped for p, (_, mapped) in zip(peers, found, strict=True)}
             try:
                 return list(pool.map(self.run, itertools.combinations(peers, 2)))
             except _Unfinished as err:
@@ -228,7 +243,10 @@ class _PairRunner:
         relay = self._p2p(a, b, relay=True)
         if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
             raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
-        predicted = predict_direct(self.types[a], self.types[b])
+        a_mapped, b_mapped = self.mapped.get(a, False), self.mapped.get(b, False)
+        predicted = predict_direct(
+            self.types[a], self.types[b], a_mapped=a_mapped, b_mapped=b_mapped
+        )
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
             a=a, b=b, a_type=self.types[a], b_type=self.types[b],
@@ -237,6 +255,7 @@ class _PairRunner:
             held=None if predicted is None else predicted == bool(direct.get("connected")),
             ice_s=shown.get("ice_s"), selected=_selected(shown),
             direct_error=direct.get("error"), relay_error=relay.get("error"),
+            a_mapped=a_mapped, b_mapped=b_mapped,
         )  # fmt: skip
         if self.progress:
             self.progress(record)
@@ -255,7 +274,8 @@ class _PairRunner:
             "--json",
         ]
         if not relay:
-            return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
+            mapping = ["--map-port"] if self.mapped.get(node) else []
+            return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}", *mapping]
         blocked = self.types[node] == "udp-blocked" or node.endswith("udp-blocked")
         url = (
             f"turn:{SERVER}:{TURN_TCP_PORT}?transport=tcp"
@@ -354,7 +374,8 @@ def render_table(records: list[PairRecord]) -> str:
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            f"{r.a} ({r.a_type})", f"{r.b} ({r.b_type})", mark(r.direct), mark(r.relay),
+            f"{r.a} ({r.a_type}{', mapped' * r.a_mapped})",
+            f"{r.b} ({r.b_type}{', mapped' * r.b_mapped})", mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],
             "-" if r.ice_s is None else f"{r.ice_s:.2f}", r.selected or "-",
