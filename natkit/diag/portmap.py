@@ -140,19 +140,21 @@ def _local_towards(gateway: str) -> str | None:
 async def _ask(
     sock: socket.socket, request: bytes, dest: tuple[str, int], deadline: float
 ) -> bytes | None:
-    """Send `request` every RETRY s until an answer from `dest`'s host or the deadline."""
+    """Send `request` every RETRY s until an answer from `dest` or the deadline. The socket is
+    connected, so the kernel keeps out strangers and reports the gateway's ICMP port
+    unreachable (nothing listens: the protocol is not offered, no need to wait)."""
     loop = asyncio.get_running_loop()
+    sock.connect(dest)
     while (left := deadline - time.monotonic()) > 0:
-        with contextlib.suppress(OSError):
-            sock.sendto(request, dest)
-        end = time.monotonic() + min(RETRY, left)
-        while (wait := end - time.monotonic()) > 0:
-            try:
-                data, source = await asyncio.wait_for(loop.sock_recvfrom(sock, 2048), wait)
-            except (TimeoutError, OSError):
-                break
-            if source[0] == dest[0]:
-                return data
+        try:
+            sock.send(request)
+            return await asyncio.wait_for(loop.sock_recv(sock, 2048), min(RETRY, left))
+        except TimeoutError:
+            continue
+        except ConnectionRefusedError:
+            return None
+        except OSError:
+            await asyncio.sleep(min(RETRY, max(0.0, left)))
     return None
 
 

@@ -318,8 +318,10 @@ class _Run:
 
     async def port_mapping(self) -> None:
         servers = [a for addrs in self.d.resolved.values() for a in addrs]
-        if servers and all(a.ip.is_loopback for a in servers):
-            return  # a loopback test: the machine's real gateway is none of its business
+        if all(a.ip.is_loopback for a in servers):
+            # Nothing resolved (bad input) or a loopback test: the machine's real gateway is
+            # none of its business.
+            return
         self.progress("portmap", "start", "port-mapping protocols of the gateway")
         self.d.port_mapping = probe = await detect(self.left(1.0))
         offered = ", ".join(PROTOCOL_NAMES[p] for p in probe.offered) or "none"
