@@ -3,8 +3,10 @@
 Detection leaves nothing behind: PCP ANNOUNCE (RFC 6887 §14.1) and the NAT-PMP external-address
 request (RFC 6886 §3.2, opcode 0) to the default route's gateway on UDP 5351, and an SSDP M-SEARCH
 for an Internet Gateway Device sent out of the interface that faces the gateway (multicast TTL 2,
-so it stays on the LAN). All three run at once within one bound; each asks again every 250 ms
-(NAT-PMP's initial retransmission interval, RFC 6886 §3.1).
+so it stays on the LAN). All three run at once within DETECT_TIMEOUT (250 ms, as Tailscale's
+portmapper: the gateway is one hop away on the LAN, so a service that is there answers at once),
+asking again every RETRY; a gateway outside the private ranges is not asked at all (it is no
+home router).
 
 `map_port` asks for a UDP mapping of a fresh socket, PCP first, then NAT-PMP, then UPnP, with a
 short lifetime, and checks from the STUN server that the mapped port is reachable: a Binding
@@ -32,6 +34,7 @@ from natkit.addr import Address
 from natkit.portmap import natpmp, pcp, upnp
 
 __all__ = [
+    "DETECT_TIMEOUT",
     "PROTOCOL_NAMES",
     "MappedPort",
     "Mapper",
@@ -41,7 +44,8 @@ __all__ = [
     "map_port",
 ]
 
-RETRY = 0.25
+DETECT_TIMEOUT = 0.25
+RETRY = 0.08
 # An external address in these ranges belongs to another NAT's inside (RFC 1918, RFC 6598).
 # Not `is_private`: that also covers the documentation ranges the lab's internet uses.
 _INSIDE = tuple(
@@ -240,11 +244,14 @@ async def _ssdp(probe: PortMappingProbe, deadline: float) -> None:
     probe.upnp = False
 
 
-async def detect(timeout: float = 1.0) -> PortMappingProbe:
+async def detect(timeout: float = DETECT_TIMEOUT) -> PortMappingProbe:
     """Ask the default gateway which protocols it offers; nothing is mapped."""
     probe = PortMappingProbe(gateway=default_gateway())
     if probe.gateway is None:
         probe.notes.append("no IPv4 default gateway")
+        return probe
+    if not _behind_another_nat(probe.gateway):
+        probe.notes.append(f"the gateway {probe.gateway} is not a private address: not asked")
         return probe
     probe.local = _local_towards(probe.gateway)
     if probe.local is None:
@@ -320,38 +327,44 @@ class Mapper:
         self.nonce = os.urandom(12)
 
     def request(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
-        """(external address, granted lifetime) or (None, 0) after raising nothing."""
-        client = ipaddress.IPv4Address(self.local)
+        """Make (renew) the mapping for `lifetime` s, or delete it with 0: (external address or
+        None when the gateway names none, granted lifetime). Raises when refused or unanswered."""
         if self.protocol == "pcp":
-            req = pcp.map_request(client, self.nonce, self.port, lifetime, external_port=self.port)
-            data = _sync_ask(req, (self.gateway, pcp.PORT), timeout)
-            if data is None:
-                raise TimeoutError("no PCP answer")
-            answer = pcp.parse_response(data, pcp.OP_MAP)
-            if not answer.ok or answer.mapping is None:
-                raise RuntimeError(f"PCP MAP refused: {answer.result_name}")
-            m = answer.mapping
-            return Address(str(m.external_address), m.external_port), answer.lifetime
+            return self._pcp(lifetime, timeout)
         if self.protocol == "natpmp":
-            req = natpmp.map_request(
-                self.port, lifetime, external_port=self.port if lifetime else 0
+            return self._natpmp(lifetime, timeout)
+        return self._upnp(lifetime, timeout)
+
+    def _pcp(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
+        client = ipaddress.IPv4Address(self.local)
+        # The same nonce each time: RFC 6887 §11.2 renews (or, lifetime 0, deletes) by it.
+        req = pcp.map_request(client, self.nonce, self.port, lifetime, external_port=self.port)
+        data = _sync_ask(req, (self.gateway, pcp.PORT), timeout)
+        if data is None:
+            raise TimeoutError("no PCP answer")
+        answer = pcp.parse_response(data, pcp.OP_MAP)
+        if not answer.ok or answer.mapping is None:
+            raise RuntimeError(f"PCP MAP refused: {answer.result_name}")
+        m = answer.mapping
+        return Address(str(m.external_address), m.external_port), answer.lifetime
+
+    def _natpmp(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
+        req = natpmp.map_request(self.port, lifetime, external_port=self.port if lifetime else 0)
+        data = _sync_ask(req, (self.gateway, natpmp.PORT), timeout)
+        if data is None:
+            raise TimeoutError("no NAT-PMP answer")
+        got = natpmp.parse_map(data)
+        if not got.ok:
+            raise RuntimeError(f"NAT-PMP refused: {natpmp.RESULTS.get(got.result, got.result)}")
+        ext = self.probe.external_address
+        if ext is None and lifetime:  # the map answer carries no address (RFC 6886 §3.3)
+            data = _sync_ask(
+                natpmp.external_address_request(), (self.gateway, natpmp.PORT), timeout
             )
-            data = _sync_ask(req, (self.gateway, natpmp.PORT), timeout)
-            if data is None:
-                raise TimeoutError("no NAT-PMP answer")
-            got = natpmp.parse_map(data)
-            if not got.ok:
-                raise RuntimeError(f"NAT-PMP refused: {natpmp.RESULTS.get(got.result)}")
-            ext = self.probe.external_address
-            if ext is None and lifetime:
-                ans = natpmp.parse_external_address(
-                    _sync_ask(
-                        natpmp.external_address_request(), (self.gateway, natpmp.PORT), timeout
-                    )
-                    or b""
-                )
-                ext = str(ans.address)
-            return (Address(ext, got.external_port) if ext else None), got.lifetime
+            ext = str(natpmp.parse_external_address(data or b"").address)
+        return (Address(ext, got.external_port) if ext else None), got.lifetime
+
+    def _upnp(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
         args: dict[str, str | int] = {
             "NewRemoteHost": "",
             "NewExternalPort": self.port,

@@ -13,7 +13,7 @@ Time plan (budget B = --timeout, default 3 s):
       TURN checks (turncheck.py): what is left of B, uncapped — a check is several round
         trips to the server, and a high-RTT link (satellite, mobile) must not fail for a cap
       port-mapping protocols offered by the gateway (portmap.py; when asked for): bounded by
-        min(1 s, what is left of B); with map_port a mapping is made, tested and deleted after
+        min(0.25 s, what is left of B); with map_port a mapping is made, tested and deleted after
         the rest
     local interfaces: read, not probed
 
@@ -41,7 +41,13 @@ from natkit.diag.evidence import Cgnat, UdpFinding, cgnat, udp_finding
 from natkit.diag.gather import GatherResult, Interface, gather, interfaces
 from natkit.diag.lifetime import LifetimeResult, measure_lifetime
 from natkit.diag.path import PathProbe, probe_path
-from natkit.diag.portmap import PROTOCOL_NAMES, PortMappingProbe, detect, map_port
+from natkit.diag.portmap import (
+    DETECT_TIMEOUT,
+    PROTOCOL_NAMES,
+    PortMappingProbe,
+    detect,
+    map_port,
+)
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
 from natkit.diag.turncheck import TurnCheckReport, check_turn
@@ -323,7 +329,7 @@ class _Run:
             # none of its business.
             return
         self.progress("portmap", "start", "port-mapping protocols of the gateway")
-        self.d.port_mapping = probe = await detect(self.left(1.0))
+        self.d.port_mapping = probe = await detect(self.left(DETECT_TIMEOUT))
         offered = ", ".join(PROTOCOL_NAMES[p] for p in probe.offered) or "none"
         self.progress("portmap", "ok", f"gateway {probe.gateway or '-'}: port mapping {offered}")
 

@@ -39,7 +39,7 @@ class PortMapper:
         self.notes: list[str] = []
 
     async def extra_candidates(self, local: list[Candidate]) -> list[Candidate]:
-        probe = await detect(self.timeout)
+        probe = await detect()
         if not probe.offered or probe.local is None:
             self.notes.append("the gateway offers no port-mapping protocol")
             return []

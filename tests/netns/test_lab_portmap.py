@@ -44,7 +44,7 @@ PCP_ONLY = Topology.from_dict(
 
 
 def _detect(lab: Lab) -> PortMappingProbe:
-    return lab.call("peer", asyncio.run, detect(1.0))
+    return lab.call("peer", asyncio.run, detect())
 
 
 @pytest.mark.parametrize(
