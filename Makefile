@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the lab, the coturn engine, the interop tests, the cluster tests (redis-server),
 # the packaging test (systemd-analyze) and the browser check page's tests (chromium) need
 # (installed when root).
-APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd chromium tayga unbound iptables
+APT_PACKAGES := iproute2 nftables conntrack coturn clang libbpf-dev ethtool redis-server systemd chromium tayga unbound iptables miniupnpd-nftables
 CONFIG ?= configs/natkit.yaml
 
 .PHONY: install system-packages run test test-fast lint bench demo clean

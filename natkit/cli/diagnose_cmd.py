@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -64,6 +65,18 @@ Exit status (the verdict's outcome, docs/diagnose-json.md):
     help="DNS64 server to ask for the NAT64 prefix (RFC 7050; default: the system resolver, "
     "only on a host without IPv4).",
 )
+@click.option(
+    "--port-mapping/--no-port-mapping",
+    default=True,
+    help="Ask the default gateway which of UPnP-IGD, NAT-PMP and PCP it offers (maps nothing; "
+    "skipped when every STUN server is loopback).",
+)
+@click.option(
+    "--map-port",
+    is_flag=True,
+    help="Map a UDP port (PCP, else NAT-PMP, else UPnP), test from the STUN server that it is "
+    "reachable, then delete the mapping.",
+)
 def command(
     config_path: str | None,
     stun: tuple[str, ...],
@@ -77,6 +90,8 @@ def command(
     lifetime_max: float,
     no_ice: bool,
     dns64: str | None,
+    port_mapping: bool,
+    map_port: bool,
 ) -> None:
     """Find out what your NAT does and whether a direct P2P connection can work.
 
@@ -121,7 +136,11 @@ def command(
         lifetime_max=lifetime_max,
         gather=not no_ice,
         dns64=_ip_literal(dns64),
+        port_mapping=port_mapping,
+        map_port=map_port,
     )
+    if map_port:  # SIGTERM unwinds like Ctrl-C, so the mapping is deleted (diag.portmap)
+        signal.signal(signal.SIGTERM, _interrupt)
     progress = None
     if not as_json and sys.stderr.isatty():
         progress = ProgressPrinter(lambda line: click.echo(line, err=True), click.style)
@@ -149,3 +168,7 @@ def _ip_literal(text: str | None) -> str | None:
         return str(ipaddress.ip_address(text.strip("[]")))
     except ValueError:
         fail(f"diagnose: --dns64: expected an IP address, got {text!r}")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt

@@ -80,6 +80,12 @@ def _peer_options(func: F) -> F:
             show_default=True,
             help="Bytes sent to measure throughput.",
         ),
+        click.option(
+            "--map-port",
+            is_flag=True,
+            help="Map the ICE sockets' ports through the gateway (PCP, NAT-PMP or UPnP) and "
+            "offer the mapped addresses as server-reflexive candidates.",
+        ),
         click.option("--json", "as_json", is_flag=True, help="Machine-readable output."),
     ]
     for option in reversed(options):
@@ -109,6 +115,7 @@ def _options(kw: dict[str, Any]) -> Any:
         wait=kw["wait"],
         host_addresses=tuple(kw["hosts"]) or None,
         payload_bytes=kw["payload"],
+        map_port=kw["map_port"],
     )
 
 

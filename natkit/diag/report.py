@@ -15,6 +15,7 @@ from natkit.addr import Address
 from natkit.diag.allocation import Allocation
 from natkit.diag.classify import Binding, Classification, FamilyProbe
 from natkit.diag.path import Echo, PathProbe
+from natkit.diag.portmap import PROTOCOL_NAMES
 from natkit.diag.runner import Diagnosis
 
 __all__ = ["SCHEMA_VERSION", "ProgressPrinter", "to_json", "to_text"]
@@ -246,6 +247,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
         ),
         **_ipv6_fields(d),
         "port_allocation": _allocation(d.allocation),
+        "port_mapping": d.port_mapping.to_dict() if d.port_mapping else None,
         "problems": list(d.problems),
         "verdict": {
             "direct_p2p": v.direct_p2p if v else "unlikely",
@@ -256,6 +258,7 @@ def to_json(d: Diagnosis) -> dict[str, Any]:
             "actions": list(v.actions) if v else [],
             "outcome": v.outcome if v else "not-measured",
             "ipv6_direct": v.ipv6_direct if v else None,
+            "port_mapping_peer_types": list(v.port_mapping_peer_types) if v else [],
         },
         "exit_status": d.exit_status,
     }
@@ -347,6 +350,17 @@ def to_text(d: Diagnosis, style: Style = _plain) -> str:
             f"  ICE candidates        {summary}"
             + (f"  ({d.gathered.error})" if d.gathered.error else "")
         )
+    pm = d.port_mapping
+    if pm is not None:
+        offered = ", ".join(PROTOCOL_NAMES[p] for p in pm.offered) or "none"
+        lines.append(f"  port mapping          {offered} (gateway {pm.gateway or '-'})")
+        if pm.mapped is not None:
+            m = pm.mapped
+            name, outside = PROTOCOL_NAMES[m.protocol], m.external or "-"
+            lines.append(
+                f"  mapped port           {name} {m.internal} -> {outside}"
+                f": {m.evidence or m.error or '-'}" + ("; deleted" if m.deleted else "")
+            )
     tunnels = [i.name for i in d.interfaces if i.tunnel]
     if tunnels:
         lines.append(f"  VPN/tunnel interfaces {', '.join(tunnels)} (traffic may leave via them)")

@@ -12,6 +12,9 @@ Time plan (budget B = --timeout, default 3 s):
         min(2 s, what is left of B)
       TURN checks (turncheck.py): what is left of B, uncapped — a check is several round
         trips to the server, and a high-RTT link (satellite, mobile) must not fail for a cap
+      port-mapping protocols offered by the gateway (portmap.py; when asked for): bounded by
+        min(0.25 s, what is left of B); with map_port a mapping is made, tested and deleted after
+        the rest
     local interfaces: read, not probed
 
 So a reachable setup is done in a few RTTs plus ~0.25 s, and a UDP-blocked one in ~2 s. Whether
@@ -41,10 +44,17 @@ from natkit.diag.ipv6 import ipv4_less, ipv6_direct, translation
 from natkit.diag.lifetime import LifetimeResult, measure_lifetime
 from natkit.diag.nat64 import Nat64Result, discover, through
 from natkit.diag.path import PathProbe, probe_path
+from natkit.diag.portmap import (
+    DETECT_TIMEOUT,
+    PROTOCOL_NAMES,
+    PortMappingProbe,
+    detect,
+    map_port,
+)
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
 from natkit.diag.turncheck import TurnCheckReport, check_turn
-from natkit.diag.verdict import RelayStatus, StreamStatus, Verdict, decide
+from natkit.diag.verdict import RelayStatus, StreamStatus, Verdict, decide, with_port_mapping
 from natkit.turn.credentials import mint
 from natkit.turn.uri import TurnURI
 from natkit.uri import StunURI
@@ -92,6 +102,11 @@ class DiagnoseOptions:
     only when this host has no IPv4 address (an IPv6-only host, where NAT64 is)."""
     port_burst: int = BURST
     """Fresh sockets for the port allocation test (natkit.diag.allocation); 0: skip it."""
+    port_mapping: bool = False
+    """Ask the default gateway which of UPnP-IGD, NAT-PMP and PCP it offers (maps nothing)."""
+    map_port: bool = False
+    """Also map a UDP port through the best offered protocol, test it from the STUN server and
+    delete it (implies port_mapping)."""
 
 
 @dataclass
@@ -120,6 +135,8 @@ class Diagnosis:
     verdict: Verdict | None = None
     allocation: Allocation | None = None
     """How the NAT picks ports (the burst after the RFC 5780 tests); None: not measured."""
+    port_mapping: PortMappingProbe | None = None
+    """What the gateway offers (None: not asked, or only loopback servers were given)."""
 
     @property
     def main(self) -> Classification | None:
@@ -322,9 +339,13 @@ class _Run:
         addresses = [a for i in self.d.interfaces for a in i.addresses]
         if self.o.dns64 is not None or ipv4_less(addresses):
             jobs.append(self.guarded("nat64", self.nat64()))
+        if self.o.port_mapping or self.o.map_port:
+            jobs.append(self.guarded("portmap", self.port_mapping()))
         turns = [self.guarded("turn", self.turn_one(t)) for t in self.o.turn]
         results = await asyncio.gather(*jobs, *turns)
         self.d.turn = [r for r in results[len(jobs) :] if isinstance(r, TurnCheckReport)]
+        if self.o.map_port and self.d.port_mapping is not None:
+            await self.guarded("portmap", self.map_port(self.d.port_mapping))
         self.finish()
         if self.o.port_burst:
             await self.guarded("ports", self.port_allocation())
@@ -357,6 +378,29 @@ class _Run:
                 v = self.d.verdict
                 self.d.verdict = replace(v, actions=(act, *v.actions))
         self.progress("ports", "ok" if found.pattern else "warn", found.explanation)
+
+    async def port_mapping(self) -> None:
+        servers = [a for addrs in self.d.resolved.values() for a in addrs]
+        if all(a.ip.is_loopback for a in servers):
+            # Nothing resolved (bad input) or a loopback test: the machine's real gateway is
+            # none of its business.
+            return
+        self.progress("portmap", "start", "port-mapping protocols of the gateway")
+        self.d.port_mapping = probe = await detect(self.left(DETECT_TIMEOUT))
+        offered = ", ".join(PROTOCOL_NAMES[p] for p in probe.offered) or "none"
+        self.progress("portmap", "ok", f"gateway {probe.gateway or '-'}: port mapping {offered}")
+
+    async def map_port(self, probe: PortMappingProbe) -> None:
+        if not probe.offered:
+            return
+        v4 = self.servers(4)
+        self.progress(
+            "portmap", "start", f"mapping a UDP port with {PROTOCOL_NAMES[probe.offered[0]]}"
+        )
+        probe.mapped = m = await map_port(probe, v4[0] if v4 else None)
+        if m is not None:
+            state = "ok" if m.reachable else "warn"
+            self.progress("portmap", state, f"{m.internal} -> {m.external}: {m.evidence}")
 
     async def measure_lifetime(self) -> None:
         main = self.d.main
@@ -407,6 +451,10 @@ class _Run:
             ipv6_direct=self.ipv6_direct(),
             nat64=bool(self.d.nat64 and self.d.nat64.detected),
         )
+        pm = self.d.port_mapping
+        if pm is not None:
+            reachable = pm.mapped.reachable if pm.mapped else None
+            self.d.verdict = with_port_mapping(self.d.verdict, pm.offered, reachable, udp=udp)
 
     def ipv6_direct(self) -> bool | None:
         c6, p6 = self.d.classes.get(6), self.d.families.get(6)

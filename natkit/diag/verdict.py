@@ -23,7 +23,7 @@ contract) is the outcome, so the text, the JSON and the exit status cannot disag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from natkit.diag.classify import NatType
@@ -40,6 +40,7 @@ __all__ = [
     "compatible_peer_types",
     "decide",
     "outcome",
+    "with_port_mapping",
 ]
 
 Direct = Literal["likely", "peer-dependent", "unlikely"]
@@ -109,6 +110,9 @@ class Verdict:
     """What most calls will do; `exit_status` is EXIT_STATUS[outcome]."""
     ipv6_direct: bool | None = None
     """Direct over IPv6 works with peers whose IPv6 is untranslated too (None: no IPv6)."""
+    port_mapping_peer_types: tuple[NatType, ...] = ()
+    """Peer types an application that maps its port through the gateway (PCP, NAT-PMP, UPnP)
+    connects to directly; empty when the gateway offers none (see `with_port_mapping`)."""
 
 
 def compatible_peer_types(kind: NatType, *, eim_known: bool = False) -> tuple[NatType, ...]:
@@ -343,3 +347,24 @@ def _ipv6_text(compatible: Sequence[NatType], nat64: bool) -> str:
         lead, tail = "Over IPv6 your address is not translated: ", "."
     via = " IPv4-only servers are reached through NAT64." if nat64 else ""
     return f"{lead}direct connections work with every peer that has untranslated IPv6{tail}{via}"
+
+
+_PM_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP-IGD"}
+
+
+def with_port_mapping(
+    verdict: Verdict, offered: Sequence[str], reachable: bool | None, *, udp: bool
+) -> Verdict:
+    """`verdict` extended for a gateway that offers port mapping. A mapped port is endpoint-
+    independent both ways (the gateway forwards every packet to it), so an application that maps
+    its port is reachable like a full cone: every peer type with UDP connects directly. Not when
+    a test mapping was shown unreachable (another NAT in front, or a firewall)."""
+    if not offered or not udp or reachable is False:
+        return verdict
+    names = "/".join(_PM_NAMES.get(p, p) for p in offered)
+    action = (
+        f"Your gateway offers {names}: applications that map their port (natkit p2p --map-port, "
+        "most games and WebRTC apps with UPnP/PCP support) connect directly with peers behind "
+        "any NAT type."
+    )
+    return replace(verdict, port_mapping_peer_types=PEER_TYPES, actions=(*verdict.actions, action))

@@ -60,10 +60,12 @@ class Lab:
         process: SIGTERM and SIGHUP unwind like Ctrl-C while it holds one, interpreter exit
         removes one left up, and `natkit lab gc` removes them once the process is gone.
         """
+        from natkit.lab.portmap import check_dependencies
         from natkit.lab.presets import load_topology
 
         topo = load_topology(topology)
         netlink.check_privileges()
+        check_dependencies(topo)
         started = time.perf_counter()
         # Owned before the state file exists: a SIGTERM from here on unwinds (natkit.lab.signals).
         token = f"#building-{secrets.token_hex(4)}"  # "#" is in no lab name
@@ -303,6 +305,10 @@ def _build(topo: Topology, state: LabState) -> None:
     if plan.daemons:
         run = daemons.run_dir(registry.state_dir(), state.prefix)
         daemons.start({n.name: n.netns for n in plan.nodes.values()}, plan.daemons, run)
+    if any(n.port_mapping.enabled for n in topo.nats):
+        from natkit.lab.portmap import start_daemons
+
+        start_daemons(topo, plan, registry.files_dir(state))
     state.status = "up"
     state.save()
 

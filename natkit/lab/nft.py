@@ -21,6 +21,11 @@ How each RFC 4787 behaviour is made of Linux parts (measured; see FIELD-NOTES.md
   therefore dropped in input and forward, before confirmation.
 - Hairpinning (REQ-9): a LAN packet to the WAN address is DNATed through the mapping map and
   SNATed to the WAN address.
+- Port-mapping protocols (`natkit.lab.portmap`): miniupnpd writes its DNAT and accept rules into
+  the regular chains upnp_prerouting / upnp_forward / upnp_postrouting of this table, jumped to
+  first from dstnat / forward / srcnat, so a mapping it makes takes precedence over the NAT's own
+  behaviour. NAT-PMP and PCP share UDP 5351 (one switch in miniupnpd): a protocol that is off is
+  dropped here by its version byte, before conntrack could admit a retry as established.
 - Mapping lifetime: the dynamic map/set timeouts here; the conntrack UDP timeouts are per-namespace
   sysctls set by the plan (two separate clocks). Per state: a mapping that has seen only outbound
   packets lives `timeout_outbound` (conntrack: nf_conntrack_udp_timeout), one that has seen
@@ -37,11 +42,17 @@ from dataclasses import dataclass
 from natkit.lab import portalloc
 from natkit.lab.topology import Nat
 
-__all__ = ["RouterRules", "impairment_rules", "port_blocks", "router_rules"]
+__all__ = ["UPNP_CHAINS", "RouterRules", "impairment_rules", "port_blocks", "router_rules"]
 
 TABLE = "natkit"
 ADM_PORTS = 1024
 ADM_BASE = 20000
+UPNP_CHAINS = {
+    "forward": "upnp_forward",
+    "nat": "upnp_prerouting",
+    "postrouting": "upnp_postrouting",
+}
+"""miniupnpd's chains in this table (its upnp_forward_chain, upnp_nat_chain, ...)."""
 
 
 @dataclass(frozen=True)
@@ -146,6 +157,14 @@ def impairment_rules(iface: str, loss: float) -> str:
     return _wrap(_loss_chains(iface, loss))
 
 
+def _port_control_filter(lan: str, natpmp: bool, pcp: bool) -> list[str]:
+    """Drop the 5351 protocol that is off (first payload byte: 0 NAT-PMP, 2 PCP)."""
+    if natpmp == pcp:
+        return []  # both on (miniupnpd serves both), or both off (nothing listens)
+    version = 2 if natpmp else 0
+    return [f"    {lan} udp dport 5351 @th,64,8 {version} drop"]
+
+
 def router_rules(r: RouterRules) -> str:
     """The complete ruleset of one NAT router."""
     nat, wan, lan = r.nat, f'iifname "{r.wan_if}"', f'iifname "{r.lan_if}"'
@@ -171,6 +190,10 @@ def router_rules(r: RouterRules) -> str:
         ]
     body += _loss_chains(r.wan_if, r.loss)
     body += portalloc.chains(nat, r.wan_if)
+    pm = nat.port_mapping
+    jump = {c: [f"    jump {name}"] if pm.enabled else [] for c, name in UPNP_CHAINS.items()}
+    for name in UPNP_CHAINS.values() if pm.enabled else ():
+        body += [f"  chain {name} {{", "  }"]
     if keep_map:
         mark_in = [
             f"    {wan} meta l4proto udp ct state established ct direction reply "
@@ -224,6 +247,7 @@ def router_rules(r: RouterRules) -> str:
     body += [
         "  chain dstnat {",
         "    type nat hook prerouting priority dstnat; policy accept;",
+        *jump["nat"],
         *dnat,
         "  }",
     ]
@@ -235,6 +259,7 @@ def router_rules(r: RouterRules) -> str:
     body += [
         "  chain srcnat {",
         "    type nat hook postrouting priority srcnat; policy accept;",
+        *jump["postrouting"],
         *(f"    {rule}" for rule in snat),
         "  }",
     ]
@@ -251,12 +276,14 @@ def router_rules(r: RouterRules) -> str:
         "    type filter hook forward priority filter; policy accept;",
         *policy,
         "    ct state established,related accept",
+        *jump["forward"],
         f"    {wan} ct status dnat accept",
         "    # unsolicited: drop before conntrack confirms it (the conntrack trap)",
         f"    {unsolicited}",
         "  }",
         "  chain input {",
         "    type filter hook input priority filter; policy accept;",
+        *_port_control_filter(lan, pm.natpmp, pm.pcp),
         "    ct state established,related accept",
         f"    {unsolicited}",
         "  }",

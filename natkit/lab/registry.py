@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ __all__ = [
     "PREFIX_PATTERN",
     "LabState",
     "claim",
+    "files_dir",
     "gc",
     "load_all",
     "load_state",
@@ -87,6 +89,11 @@ class LabState:
         tmp.replace(self.path)
 
 
+def files_dir(state: LabState) -> Path:
+    """Where a lab keeps files its daemons need (configs, logs); removed with the lab."""
+    return state_dir() / f"{state.name}.d"
+
+
 def load_state(name: str) -> LabState:
     try:
         raw = json.loads((state_dir() / f"{name}.json").read_text())
@@ -141,6 +148,7 @@ def remove_lab(state: LabState) -> None:
     from natkit.lab import daemons  # lazily: `natkit lab down` stays light
 
     daemons.remove(daemons.run_dir(state_dir(), state.prefix))
+    shutil.rmtree(files_dir(state), ignore_errors=True)  # after the daemons that used it died
     with contextlib.suppress(FileNotFoundError):
         state.path.unlink()
 

@@ -46,6 +46,8 @@ YAML (version 1)::
         ipv6_only: false                       # true: the LAN's hosts have no IPv4
         nat64: false                           # true: NAT64 (tayga) + DNS64 (unbound) in the
                                                # router; needs an ipv6 mode
+        port_mapping: {upnp: true, natpmp: true, pcp: false}   # protocols the router offers
+                                               # its LAN (miniupnpd); true = all three
     hosts:
       alice: {behind: nat-a, link: {loss: 1}}  # behind: a NAT name, or internet
 
@@ -78,6 +80,7 @@ __all__ = [
     "Host",
     "Link",
     "Nat",
+    "PortMapping",
     "Server",
     "Topology",
 ]
@@ -137,6 +140,22 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class PortMapping:
+    """Port-mapping protocols the NAT router offers its LAN (served by miniupnpd)."""
+
+    upnp: bool = False
+    """UPnP-IGD: SSDP on 239.255.255.250:1900 and SOAP over HTTP."""
+    natpmp: bool = False
+    """NAT-PMP (RFC 6886) on UDP 5351."""
+    pcp: bool = False
+    """PCP (RFC 6887) on UDP 5351."""
+
+    @property
+    def enabled(self) -> bool:
+        return self.upnp or self.natpmp or self.pcp
+
+
+@dataclass(frozen=True)
 class Nat:
     """A NAT router: its RFC 4787 behaviour and where it is attached."""
 
@@ -176,6 +195,8 @@ class Nat:
         if self.udp_timeout_established is None:
             return self.udp_timeout
         return self.udp_timeout_established
+
+    port_mapping: PortMapping = field(default_factory=PortMapping)
 
 
 @dataclass(frozen=True)
@@ -391,6 +412,7 @@ class _Reader:
                 "ipv6",
                 "ipv6_only",
                 "nat64",
+                "port_mapping",
             ),
         )
         mapping, filtering = "endpoint-independent", "address-and-port-dependent"
@@ -461,6 +483,18 @@ class _Reader:
             block,
             timeouts["udp_timeout_outbound"],
             timeouts["udp_timeout_established"],
+            self.port_mapping(d.get("port_mapping"), f"{key}.port_mapping"),
+        )
+
+    def port_mapping(self, raw: Any, key: str) -> PortMapping:
+        if isinstance(raw, bool):  # `port_mapping: true` offers all three
+            return PortMapping(raw, raw, raw)
+        if raw is not None and not isinstance(raw, dict):
+            problem = f"expected true, false or a mapping of upnp/natpmp/pcp, got {_got(raw)}"
+            raise self.fail(key, problem)
+        d = self.mapping(raw, key, ("upnp", "natpmp", "pcp"))
+        return PortMapping(
+            *(self.flag(d.get(k, False), f"{key}.{k}") for k in ("upnp", "natpmp", "pcp"))
         )
 
     def ipv6(self, d: dict[str, Any], key: str) -> tuple[Ipv6Mode, bool, bool]:

@@ -62,6 +62,8 @@ class PeerView:
     """verdict.ipv6_direct: IPv6 without translation."""
     exhausted: bool = False
     """port_allocation.exhausted: the NAT made no new mapping (a CGNAT port block used up)."""
+    mapped: bool = False
+    """port_mapping: the gateway offers PCP, NAT-PMP or UPnP (the peer runs p2p --map-port)."""
 
 
 def view(report: dict[str, Any] | None) -> PeerView | None:
@@ -89,7 +91,7 @@ def predict(a: PeerView | None, b: PeerView | None) -> bool | None:
             return "udp-blocked"
         return p.nat_type
 
-    return predict_direct(v4(a), v4(b))
+    return predict_direct(v4(a), v4(b), a_mapped=a.mapped, b_mapped=b.mapped)
 
 
 def has_ipv6(lab: Any) -> bool:

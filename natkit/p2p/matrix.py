@@ -16,6 +16,9 @@ untranslated IPv6 connect directly whatever their IPv4 NATs do. A peer whose dia
 refuse every new mapping (`port_allocation.exhausted`: a CGNAT's port block used up) is predicted
 to connect directly with no one (over IPv4), and relays over TURN/TCP as a UDP-blocked peer does
 (its NAT makes no new UDP mapping, and TCP has its own ports).
+A peer whose gateway offers a port-mapping protocol (diagnose's `port_mapping`) runs its direct
+test with `natkit p2p --map-port`, and counts as reachable like a full cone
+(`verdict.with_port_mapping`).
 """
 
 from __future__ import annotations
@@ -85,16 +88,23 @@ class PairRecord:
     b_ipv6_direct: bool | None = None
     exhausted: tuple[str, ...] = ()
     """The peers of the pair whose NAT made no new mapping (diagnose's port_allocation)."""
+    a_mapped: bool = False
+    """Peer a mapped its ICE port through its gateway (p2p --map-port)."""
+    b_mapped: bool = False
 
 
-def predict_direct(a: str | None, b: str | None) -> bool | None:
-    """Whether diagnose's verdict expects a direct path between NAT types `a` and `b`."""
+def predict_direct(
+    a: str | None, b: str | None, *, a_mapped: bool = False, b_mapped: bool = False
+) -> bool | None:
+    """Whether diagnose's verdict expects a direct path between NAT types `a` and `b`; a peer
+    that maps its port through its gateway is reachable like a full cone."""
     from natkit.diag.verdict import COMPATIBLE
 
     if a is None or b is None or "unknown" in (a, b):
         return None
     if "udp-blocked" in (a, b):
         return False
+    a, b = ("full-cone" if a_mapped else a), ("full-cone" if b_mapped else b)
     return b in COMPATIBLE.get(a, ()) and a in COMPATIBLE.get(b, ())  # type: ignore[call-overload]
 
 
@@ -206,6 +216,7 @@ class _PairRunner:
         self.types: dict[str, str | None] = {}
         self.views: dict[str, ipv6.PeerView | None] = {}
         self.exhausted: set[str] = set()
+        self.mapped: dict[str, bool] = {}
         self.timeout, self.progress = timeout, progress
         self.cancelled = threading.Event()
 
@@ -219,6 +230,7 @@ class _PairRunner:
             self.views = dict(zip(peers, views, strict=True))
             self.types = {p: v.nat_type if v else None for p, v in self.views.items()}
             self.exhausted = {p for p, v in self.views.items() if v and v.exhausted}
+            self.mapped = {p: bool(v and v.mapped) for p, v in self.views.items()}
             try:
                 return list(pool.map(self.run, itertools.combinations(peers, 2)))
             except _Unfinished as err:
@@ -240,6 +252,7 @@ class _PairRunner:
         if self.cancelled.is_set() or direct.get("interrupted") or relay.get("interrupted"):
             raise _Unfinished(f"{a} <-> {b}")  # no "fail" row for a pair that never finished
         exhausted = tuple(p for p in (a, b) if p in self.exhausted)
+        a_mapped, b_mapped = self.mapped.get(a, False), self.mapped.get(b, False)
         predicted = ipv6.predict(self.views[a], self.views[b])
         shown = direct if direct.get("connected") else relay
         record = PairRecord(
@@ -251,6 +264,7 @@ class _PairRunner:
             direct_error=direct.get("error"), relay_error=relay.get("error"),
             a_ipv6_direct=_v6(self.views[a]), b_ipv6_direct=_v6(self.views[b]),
             exhausted=exhausted,
+            a_mapped=a_mapped, b_mapped=b_mapped,
         )  # fmt: skip
         if self.progress:
             self.progress(record)
@@ -271,7 +285,8 @@ class _PairRunner:
         if not relay and ipv6.ipv6_only(self.lab, node):
             return [*ipv6.only_args(SERVER, SIGNAL_PORT), *common[2:]]
         if not relay:
-            return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}"]
+            mapping = ["--map-port"] if self.mapped.get(node) else []
+            return [*common, "--stun", f"stun:{SERVER}:{STUN_PORT}", *mapping]
         blocked = (
             self.types[node] == "udp-blocked"
             or node.endswith("udp-blocked")
@@ -381,14 +396,15 @@ def render_table(records: list[PairRecord]) -> str:
     def mark(ok: bool | None) -> str:
         return "-" if ok is None else ("ok" if ok else "FAIL")
 
-    def peer(name: str, kind: str | None, v6: bool | None, r: PairRecord) -> str:
+    def peer(name: str, kind: str | None, v6: bool | None, mapped: bool, r: PairRecord) -> str:
         full = ", no new mappings" if name in r.exhausted else ""
-        return f"{name} ({kind}{_v6_mark(v6)}{full})"
+        return f"{name} ({kind}{_v6_mark(v6)}{', mapped' * mapped}{full})"
 
     rows = [("a", "b", "direct", "relay", "predicted", "held", "ice_s", "selected")]
     for r in records:
         rows.append((
-            peer(r.a, r.a_type, r.a_ipv6_direct, r), peer(r.b, r.b_type, r.b_ipv6_direct, r),
+            peer(r.a, r.a_type, r.a_ipv6_direct, r.a_mapped, r),
+            peer(r.b, r.b_type, r.b_ipv6_direct, r.b_mapped, r),
             mark(r.direct), mark(r.relay),
             mark(r.predicted_direct).replace("ok", "direct").replace("FAIL", "relay"),
             {None: "-", True: "yes", False: "NO"}[r.held],

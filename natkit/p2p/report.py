@@ -55,6 +55,8 @@ class P2PResult:
     diagnosis: dict[str, Any] | None = None
     """On failure: what `natkit diagnose` says of this side's NAT (nat_type, mapping, filtering,
     direct_p2p, compatible_peer_types), so the report says why, not only that it failed."""
+    port_mappings: list[dict[str, Any]] = field(default_factory=list)
+    """With --map-port: the mappings made for the ICE sockets (diagnose's `mapped` fields)."""
 
     @property
     def kind(self) -> str | None:
@@ -94,6 +96,7 @@ def to_json(result: P2PResult) -> dict[str, Any]:
         "error": result.error,
         "advice": result.advice,
         "diagnosis": result.diagnosis,
+        "port_mappings": result.port_mappings,
     }
 
 

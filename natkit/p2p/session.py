@@ -41,6 +41,7 @@ from aiortc import (
 )
 from aiortc.rtcconfiguration import RTCIceTransportPolicy
 
+from natkit.p2p.portmap import PortMapper, mapping_ports
 from natkit.p2p.report import Candidate, P2PResult
 from natkit.signal.client import SignalClient
 
@@ -71,6 +72,9 @@ class P2POptions:
     """Only these local IPs become host candidates (None: every interface but loopback)."""
     pings: int = 10
     payload_bytes: int = 1 << 20
+    map_port: bool = False
+    """Map the ICE sockets' ports through the gateway (PCP, NAT-PMP, UPnP) and offer the mapped
+    addresses as server-reflexive candidates (`natkit.p2p.portmap`)."""
 
 
 async def offer(options: P2POptions, on_code: Callable[[str], None] = lambda _: None) -> P2PResult:
@@ -82,7 +86,7 @@ async def offer(options: P2POptions, on_code: Callable[[str], None] = lambda _: 
         on_code(code)
         channel = peer.pc.createDataChannel("natkit")
         channel.on("open", peer.opened.set)
-        with _host_addresses(options.host_addresses):
+        with _host_addresses(options.host_addresses), mapping_ports(peer.mapper):
             await peer.pc.setLocalDescription(await peer.pc.createOffer())
         await client.put(code, "offer", peer.pc.localDescription.sdp)
         sdp = await client.wait(code, "answer", options.wait)
@@ -112,7 +116,7 @@ async def answer(code: str, options: P2POptions) -> P2PResult:
             peer.opened.set()  # aiortc announces a channel once its DCEP open arrived
 
         await peer.pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
-        with _host_addresses(options.host_addresses):
+        with _host_addresses(options.host_addresses), mapping_ports(peer.mapper):
             await peer.pc.setLocalDescription(await peer.pc.createAnswer())
         peer.ice_started()
         await client.put(code, "answer", peer.pc.localDescription.sdp)
@@ -141,6 +145,7 @@ class _Peer:
         self._ice_start: float | None = None
         self._deadline = self._start + options.timeout + options.wait
         self._received = 0
+        self.mapper = PortMapper() if options.map_port else None
         self.pc.on("iceconnectionstatechange", self._on_ice_state)
 
     def ice_started(self) -> None:
@@ -299,13 +304,19 @@ class _Peer:
 
     def finish(self) -> P2PResult:
         self.result.duration_s = time.monotonic() - self._start
+        if self.mapper is not None:
+            self.result.port_mappings = self.mapper.to_json()
         if not self.result.connected:
             self.result.advice = _advice(self.result, self.options)
         return self.result
 
     async def close(self) -> None:
-        with suppress(Exception):
-            await asyncio.wait_for(self.pc.close(), 5)
+        try:
+            with suppress(Exception):
+                await asyncio.wait_for(self.pc.close(), 5)
+        finally:
+            if self.mapper is not None:
+                self.mapper.close()
 
 
 def _configuration(options: P2POptions) -> RTCConfiguration:

@@ -26,6 +26,15 @@ FORBIDDEN = {
         "natkit.cli",
         "natkit.net",
     ),
+    # Port-mapping wire formats: sans-IO, below the diagnosis and the lab that use them.
+    "natkit.portmap": (
+        "natkit.diag",
+        "natkit.lab",
+        "natkit.p2p",
+        "natkit.cli",
+        "natkit.net",
+        "natkit.serve",
+    ),
     # The fleet's state beside turn/stun (DESIGN.md): it knows Redis and the config, no protocol.
     "natkit.cluster": (
         "natkit.turn",
