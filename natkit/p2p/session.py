@@ -173,6 +173,9 @@ class _Peer:
         self._snapshot()
         if self.opened.is_set():
             self.result.connected = True
+            # The measurements get a budget of their own: over a 600 ms satellite path ICE,
+            # DTLS and SCTP take ~5 round trips of the first one, and pings + bulk need ~10 more.
+            self._deadline = time.monotonic() + self.options.timeout
         elif self.failed.is_set():
             self.result.error = "ICE failed: no candidate pair worked"
         else:

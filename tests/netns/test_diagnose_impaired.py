@@ -1,0 +1,71 @@
+"""`natkit diagnose` over impaired uplinks (the satellite and lossy-mobile presets' links) still
+names the NAT right: its timers adapt to the measured RTT (needs root).
+
+The presets put their link on a port-restricted-cone NAT, whose filtering answers never come, so
+a diagnosis that gives up too early would still look right there. The same links on a full cone
+and a restricted cone make late answers matter: a LAN-tuned quiet period calls those NATs
+port-restricted (that is what diagnose did before it adapted).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from natkit.lab import Lab, Topology, load_topology
+from tests.netns.stunserver import PRIMARY, natkit_stun
+
+pytestmark = pytest.mark.netns
+MakeLab = Callable[..., Lab]
+EIM, ADF, APDF = "endpoint-independent", "address-dependent", "address-and-port-dependent"
+
+CASES = {
+    # preset, NAT type put behind its link → (filtering, nat_type, direct_p2p)
+    ("satellite", None): (APDF, "port-restricted-cone", "peer-dependent"),
+    ("satellite", "full-cone"): (EIM, "full-cone", "likely"),
+    ("lossy-mobile", None): (APDF, "port-restricted-cone", "peer-dependent"),
+    ("lossy-mobile", "restricted-cone"): (ADF, "restricted-cone", "likely"),
+}
+
+
+def impaired(preset: str, nat_type: str | None) -> Topology:
+    topo = load_topology(preset)
+    if nat_type is None:
+        return topo
+    raw = {
+        "nats": {"nat": {"type": nat_type, "link": {}}},
+        "hosts": {"peer": {"behind": "nat"}},
+    }
+    other = Topology.from_dict(raw, default_name=f"{preset}-{nat_type}")
+    nat = replace(other.nats[0], link=topo.nats[0].link)
+    return replace(other, nats=(nat,))
+
+
+# A 1 s budget (--timeout 1) matters where the RTT is 600 ms.
+RUNS = [(p, t, None) for p, t in CASES] + [("satellite", "full-cone", "1")]
+
+
+@pytest.mark.parametrize(
+    ("preset", "nat_type", "budget"), RUNS, ids=[f"{p}-{t}-{b or 'default'}" for p, t, b in RUNS]
+)
+def test_diagnose_names_the_nat_behind_an_impaired_link(
+    nat_lab: MakeLab, tmp_path: Path, preset: str, nat_type: str | None, budget: str | None
+) -> None:
+    lab = nat_lab(impaired(preset, nat_type))
+    filtering, nat_name, direct = CASES[(preset, nat_type)]
+    argv = [sys.executable, "-m", "natkit", "diagnose", "--json", "--stun", f"{PRIMARY}:3478"]
+    argv += ["--timeout", budget] if budget else []
+    with natkit_stun(lab, tmp_path):
+        done = lab.exec("peer", argv, timeout=30)
+    report = json.loads(done.stdout)
+    got = (report["mapping"], report["filtering"], report["nat_type"])
+    assert got == (EIM, filtering, nat_name), json.dumps(report, indent=1)
+    assert report["verdict"]["direct_p2p"] == direct
+    assert report["udp"]["reachable"] is True and done.returncode == 0
+    # Stretched for a 600 ms RTT (two round trips plus a quiet period), not left open-ended.
+    assert report["duration_s"] <= 3.5, report["duration_s"]
