@@ -70,8 +70,9 @@ def main(argv: list[str]) -> int:
     for r in rows:
         ratio = r["p99_abs_error_ms"] / max(anchor["p99_abs_error_ms"], 0.001)
         print(
-            f"{r['case']:32} {r['rate']:>6} {r['mean_error_ms']:>9.3f} {r['p50_abs_error_ms']:>9.3f}"
-            f" {r['p99_abs_error_ms']:>9.3f} {r['stdev_ms']:>7.3f} {r['loss_pct']:>7.2f}"
+            f"{r['case']:32} {r['rate']:>6} {r['mean_error_ms']:>9.3f}"
+            f" {r['p50_abs_error_ms']:>9.3f} {r['p99_abs_error_ms']:>9.3f}"
+            f" {r['stdev_ms']:>7.3f} {r['loss_pct']:>7.2f}"
             f" {r['reordered']:>6} {ratio:>9.1f}x"
         )
     print(

@@ -105,3 +105,15 @@ def test_link_keys_validated() -> None:
     ]:
         with pytest.raises(Exception, match=message):
             link(**keys)
+
+
+def test_impairment_presets() -> None:
+    from natkit.lab import load_topology
+
+    satellite = load_topology("satellite").nat("nat")
+    assert (satellite.filtering, satellite.link.delay_s) == ("address-and-port-dependent", 0.3)
+    mobile = load_topology("lossy-mobile").nat("nat").link
+    assert (mobile.delay_s, mobile.jitter_s, mobile.loss) == (0.08, 0.03, 3.0)
+    peers = {h.name: h.behind for h in load_topology("matrix-impaired").hosts}
+    assert peers["peer-satellite"] == "nat-satellite"
+    assert peers["peer-lossy-mobile"] == "nat-lossy-mobile"
