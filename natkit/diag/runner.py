@@ -58,6 +58,9 @@ RESOLVE_TIMEOUT = 1.0
 REACH_WAIT = 1.5
 MIN_REACH_WAIT = 1.0
 """Even a 1 s budget waits this long for test I: a satellite round trip (600 ms) must fit."""
+MIN_TURN_WAIT = 2.0
+"""Even a 1 s budget gives a TURN check and ICE gathering this long: a TURN allocation is two
+round trips (1.2 s over a satellite hop); the TURN check stretches itself after that."""
 SIDE_WAIT = 2.0
 MAX_STREAM_PROBES = 16
 
@@ -249,7 +252,7 @@ class _Run:
             username=spec.username,
             password=spec.password,
             secret=spec.secret,
-            timeout=self.left(cap=self.o.timeout),
+            timeout=max(self.left(cap=self.o.timeout), MIN_TURN_WAIT),
             insecure=True,
         )
         status = "ok" if report.ok else "fail"
@@ -276,7 +279,8 @@ class _Run:
             )
         self.progress("ice", "start", "gathering ICE candidates (aioice)")
         stun = (v4[0].host, v4[0].port) if v4 else None
-        self.d.gathered = result = await gather(self.left(), stun=stun, **kwargs)
+        wait = max(self.left(), MIN_TURN_WAIT) if turn is not None else self.left()
+        self.d.gathered = result = await gather(wait, stun=stun, **kwargs)
         kinds = sorted({c.type for c in result.candidates})
         self.progress(
             "ice",

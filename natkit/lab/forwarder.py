@@ -182,6 +182,8 @@ def wait_ready(proc: subprocess.Popen[bytes], what: str, timeout: float = 10.0) 
     line = proc.stdout.readline() if ready else b""
     proc.stdout.close()
     if line.strip() == b"ready":
+        assert proc.stderr is not None
+        proc.stderr.close()  # nobody reads it from here on: a write fails rather than blocks
         return
     with contextlib.suppress(ProcessLookupError):
         proc.kill()

@@ -64,7 +64,8 @@ class P2POptions:
     relay_only: bool = False
     """Offer only relay candidates (RFC 8829 iceTransportPolicy "relay")."""
     timeout: float = 30.0
-    """Seconds from knowing both descriptions to the end of the measurements."""
+    """Seconds from knowing both descriptions to the data channel opening; the measurements
+    then get as long again (a 600 ms RTT path needs ~15 round trips in all)."""
     wait: float = 300.0
     """Seconds to wait for the other peer to show up at the rendezvous."""
     host_addresses: tuple[str, ...] | None = None

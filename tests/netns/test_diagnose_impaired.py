@@ -10,6 +10,7 @@ port-restricted (that is what diagnose did before it adapted).
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from natkit.lab import Lab, Topology, load_topology
-from tests.netns.stunserver import PRIMARY, natkit_stun
+from tests.netns.stunserver import PRIMARY, natkit_stun, wait_udp
 
 pytestmark = pytest.mark.netns
 MakeLab = Callable[..., Lab]
@@ -69,3 +70,27 @@ def test_diagnose_names_the_nat_behind_an_impaired_link(
     assert report["udp"]["reachable"] is True and done.returncode == 0
     # Stretched for a 600 ms RTT (two round trips plus a quiet period), not left open-ended.
     assert report["duration_s"] <= 3.5, report["duration_s"]
+
+
+def test_turn_check_over_a_satellite_link_stretches_its_budget(nat_lab: MakeLab) -> None:
+    """Allocate, a second allocation, permission, channel and the relayed echo: ~10 round trips
+    of 600 ms. The check stretches its budget once allocate has shown how slow the path is."""
+    lab = nat_lab("satellite")
+    config = Path(__file__).parents[2] / "configs" / "examples" / "lab-server.yaml"
+    argv = [sys.executable, "-m", "natkit", "serve", "-c", str(config)]
+    server = lab.spawn("server", argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_udp(lab)
+        for budget in ([], ["--timeout", "1"]):
+            argv = [sys.executable, "-m", "natkit", "diagnose", "--json"]
+            argv += ["--stun", f"{PRIMARY}:3478", "--turn", f"turn:{PRIMARY}:3478?transport=udp"]
+            argv += ["--secret", "natkit-lab-only-secret", *budget]
+            done = lab.exec("peer", argv, timeout=30)
+            report = json.loads(done.stdout)
+            (turn,) = report["turn"]
+            assert turn["ok"], (budget, turn)
+            assert turn["rtt_ms"] >= 1200  # the relayed echo crosses the satellite hop twice
+            assert report["nat_type"] == "port-restricted-cone" and done.returncode == 0
+    finally:
+        server.terminate()
+        server.wait(10)
