@@ -2,7 +2,7 @@
 
 Each prints its figures as ratios against an anchor measured in the same run (coturn, pystun3,
 turnutils_natdiscovery) on the same cores; all traffic stays on loopback or inside lab
-namespaces, and each stops everything it started. ``lab`` and ``diagnose`` need root;
+namespaces, and each stops everything it started. ``lab``, ``diagnose`` and ``impair`` need root;
 ``cli`` times its lab part only as root.
 """
 
@@ -17,6 +17,7 @@ from bench import (
     cli_bench,
     diagnose_bench,
     fastpath_bench,
+    impair_bench,
     lab_bench,
     listener_bench,
     stun_bench,
@@ -40,6 +41,7 @@ BENCHMARKS: dict[str, Callable[[list[str]], int]] = {
     "alloc": alloc_bench.main,
     "lab": _lab,
     "diagnose": diagnose_bench.main,
+    "impair": impair_bench.main,
     "cli": cli_bench.main,
 }
 

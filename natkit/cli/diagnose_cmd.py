@@ -43,7 +43,8 @@ Exit status (the verdict's outcome, docs/diagnose-json.md):
     type=click.FloatRange(0.2, 60),
     default=None,
     metavar="SECONDS",
-    help="Overall time budget (default: diagnose.timeout of the config, 3 s).",
+    help="Overall time budget (default: diagnose.timeout of the config, 3 s); a slow path "
+    "(e.g. satellite) stretches the UDP probes to fit its measured RTT.",
 )
 @click.option(
     "--lifetime",

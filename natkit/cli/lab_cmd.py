@@ -111,6 +111,8 @@ def status_cmd(name: str | None, as_json: bool) -> None:
         )
         for node, info in lab["nodes"].items():
             addrs = " ".join(info["addresses"]) or "-"
+            if "link_netns" in info:  # an impaired uplink: its forwarder's namespace
+                addrs += f"  (uplink via {info['link_netns']})"
             click.echo(f"  {node:<24} {info['kind']:<8} {info['netns']:<30} {addrs}")
 
 

@@ -56,7 +56,7 @@ def _peer_options(func: F) -> F:
             type=float,
             default=30.0,
             show_default=True,
-            help="Seconds for ICE + measurements once both descriptions are known.",
+            help="Seconds to connect once both descriptions are known; as long again to measure.",
         ),
         click.option(
             "--wait",

@@ -2,10 +2,15 @@
 
 Theory of operation. A `StunSocket` is one UDP socket running any number of Binding transactions
 concurrently (matched by transaction id), with RTT-adaptive retransmission: the first RTO is
-100 ms until a round trip has been measured, then RFC 6298's SRTT + 4·RTTVAR (Karn: only answers
-to unretransmitted requests are samples), doubling per retransmission, always bounded by the
-transaction's deadline. A test that is *expected* to go unanswered (filtering, hairpinning) waits
-a quiet period derived from the RTO, not a fixed 2-8 s as classic clients do.
+100 ms until a round trip has been measured, then RFC 6298's SRTT + 4·RTTVAR, doubling per
+retransmission, always bounded by the transaction's deadline, and at least four sends fit in any
+transaction's time (loss on a mobile link is covered without waiting out a backed-off RTO). Each
+(re)send carries a transaction id of its own, so an answer tells which send it answers and every
+answer is an RTT sample — Karn's ambiguity never arises, and a 600 ms satellite round trip is
+measured by the first answer even though the 100 ms initial RTO fired several times before it.
+A test that is *expected* to go unanswered (filtering, hairpinning) waits a quiet period derived
+from the largest RTT seen (2·max RTT + 100 ms, at least 250 ms), not a fixed 2-8 s as classic
+clients do; `probe_family` stretches its deadline to fit those periods when the path is slow.
 
 `probe_family` runs the RFC 5780 tests for one address family on three sockets so that no test
 disturbs another (RFC 5780 §4.3, §4.4):
@@ -40,7 +45,9 @@ INITIAL_RTO = 0.1
 MIN_RTO = 0.015
 MAX_RTO = 1.0
 MIN_QUIET = 0.25
+QUIET_MARGIN = 0.1
 MAX_SENDS = 8
+MIN_SENDS = 4
 
 
 class RttEstimator:
@@ -49,9 +56,12 @@ class RttEstimator:
     def __init__(self, initial_rto: float = INITIAL_RTO) -> None:
         self.srtt: float | None = None
         self.rttvar = 0.0
+        self.max_rtt = 0.0
+        """The largest round trip measured: jitter makes the mean a poor bound for silence."""
         self._initial = initial_rto
 
     def sample(self, rtt: float) -> None:
+        self.max_rtt = max(self.max_rtt, rtt)
         if self.srtt is None:
             self.srtt, self.rttvar = rtt, rtt / 2
         else:
@@ -65,8 +75,10 @@ class RttEstimator:
         return min(MAX_RTO, max(MIN_RTO, self.srtt + 4 * self.rttvar))
 
     def quiet(self) -> float:
-        """How long to wait for an answer that may legitimately never come."""
-        return max(MIN_QUIET, 6 * self.rto)
+        """How long to wait for an answer that may legitimately never come: two of the slowest
+        round trips seen, so a retransmission answers in time too (250 ms on a LAN-fast path,
+        1.3 s over a 600 ms satellite hop)."""
+        return max(MIN_QUIET, 2 * self.max_rtt + QUIET_MARGIN)
 
 
 class _Protocol(asyncio.DatagramProtocol):
@@ -147,28 +159,39 @@ class StunSocket:
         of sends when nothing came.
         """
         listener = expect_on or self
-        tid, data = _request(change, response_port)
-        waiter = listener.expect(tid)
+        sent: dict[bytes, float] = {}  # transaction id of each send → when it went
+        waiters: dict[asyncio.Future[tuple[Message, Address, float]], bytes] = {}
         first = time.monotonic()
-        rto, sends = self.rtt.rto, 0
+        # At least MIN_SENDS fit before the deadline, however large the RTO has grown.
+        spacing = max(MIN_RTO, (deadline - first) / MIN_SENDS)
+        rto, sends = min(self.rtt.rto, spacing), 0
         try:
             while sends < MAX_SENDS:
                 now = time.monotonic()
                 if now >= deadline:
                     break
+                tid, data = _request(change, response_port)
+                waiters[listener.expect(tid)] = tid
                 self.transport.sendto(data, target)
+                sent[tid] = time.monotonic()
                 sends += 1
-                done, _ = await asyncio.wait({waiter}, timeout=min(rto, deadline - now))
+                done, _ = await asyncio.wait(
+                    set(waiters),
+                    timeout=min(rto, deadline - now),
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
                 if done:
+                    waiter = done.pop()
                     message, source, at = waiter.result()
-                    if sends == 1:  # Karn: a retransmitted request's RTT is ambiguous
-                        self.rtt.sample(at - first)
-                    return message, source, at - first, sends
-                rto = min(rto * 2, MAX_RTO)
+                    rtt = at - sent[waiters[waiter]]  # this send's answer: an exact sample
+                    self.rtt.sample(rtt)
+                    return message, source, rtt, sends
+                rto = min(rto * 2, MAX_RTO, spacing)
             return sends
         finally:
-            listener.proto.waiters.pop(tid, None)
-            waiter.cancel()
+            for waiter, tid in waiters.items():
+                listener.proto.waiters.pop(tid, None)
+                waiter.cancel()
 
     async def binding(
         self, target: Address, deadline: float, change: ChangeRequest | None = None
@@ -262,6 +285,10 @@ async def _run(
     index, first = chosen
     assert first.other is not None and first.mapped is not None
     other, primary = first.other, first.target
+    # A slow path (satellite, mobile) needs more than a LAN-tuned budget: one more round trip
+    # for the filtering socket's first answer, then a quiet period — never cut short by it.
+    needed = time.monotonic() + 1.5 * m.rtt.max_rtt + m.rtt.quiet() + QUIET_MARGIN
+    deadline = max(deadline, needed)
 
     def quiet() -> float:
         return min(deadline, time.monotonic() + m.rtt.quiet())

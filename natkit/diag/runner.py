@@ -4,8 +4,9 @@ Time plan (budget B = --timeout, default 3 s):
 
     0          resolve every STUN/TURN name (bounded by 1 s)
     then, all in parallel:
-      UDP probes per family (probes.py): test I must be answered by min(1.5 s, B/2), else
-        no server answered; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period later
+      UDP probes per family (probes.py): test I must be answered by min(1.5 s, max(B/2, 1 s)),
+        else no server answered; the rest is RTT-adaptive and ends ~2 RTTs + one quiet period
+        later — past B when the measured RTT needs it (a 600 ms satellite path: ~2.5 s)
       ICMP evidence per family (path.py), bounded like test I: why no server answered (port
         unreachable, prohibited, silence) and the routers on the way (TTL-limited: CGNAT)
       TCP/TLS reachability (streams.py) and ICE gathering (gather.py): each bounded by
@@ -68,6 +69,11 @@ Progress = Callable[[str, str, str], None]
 STUN_PORT = 3478
 RESOLVE_TIMEOUT = 1.0
 REACH_WAIT = 1.5
+MIN_REACH_WAIT = 1.0
+"""Even a 1 s budget waits this long for test I: a satellite round trip (600 ms) must fit."""
+MIN_TURN_WAIT = 2.0
+"""Even a 1 s budget gives a TURN check and ICE gathering this long: a TURN allocation is two
+round trips (1.2 s over a satellite hop); the TURN check stretches itself after that."""
 SIDE_WAIT = 2.0
 PORT_WAIT = 1.0
 MAX_STREAM_PROBES = 16
@@ -214,7 +220,7 @@ class _Run:
         if not servers:
             return
         self.progress(f"udp{family}", "start", f"IPv{family}: RFC 5780 tests via {servers[0]}")
-        reach = min(self.start + min(REACH_WAIT, self.o.timeout / 2), self.deadline)
+        reach = self.start + min(REACH_WAIT, max(self.o.timeout / 2, MIN_REACH_WAIT))
         probe, self.d.paths[family] = await asyncio.gather(
             probe_family(family, servers, reach_deadline=reach, deadline=self.deadline),
             probe_path(family, servers, reach),
@@ -276,7 +282,7 @@ class _Run:
             username=spec.username,
             password=spec.password,
             secret=spec.secret,
-            timeout=self.left(cap=self.o.timeout),
+            timeout=max(self.left(cap=self.o.timeout), MIN_TURN_WAIT),
             insecure=True,
         )
         status = "ok" if report.ok else "fail"
@@ -303,7 +309,8 @@ class _Run:
             )
         self.progress("ice", "start", "gathering ICE candidates (aioice)")
         stun = (v4[0].host, v4[0].port) if v4 else None
-        self.d.gathered = result = await gather(self.left(), stun=stun, **kwargs)
+        wait = max(self.left(), MIN_TURN_WAIT) if turn is not None else self.left()
+        self.d.gathered = result = await gather(wait, stun=stun, **kwargs)
         kinds = sorted({c.type for c in result.candidates})
         self.progress(
             "ice",

@@ -102,6 +102,9 @@ def _policy_hint(ip: str) -> str:
     )
 
 
+_STAGES_AFTER_ALLOCATE = 4.0  # times allocate's (two RTTs): ~eight RTTs of stages after it
+
+
 class _Check:
     def __init__(self, uri: TurnURI, username: str | None, password: str | None,
                  timeout: float, peer: str | None, family: int | None, insecure: bool,
@@ -139,6 +142,10 @@ class _Check:
             return False
         ms = (time.perf_counter() - start) * 1000
         self.report.steps.append(Step(name, True, ms, detail or ""))
+        if name == "allocate":
+            # Allocate took two round trips (the 401 challenge, then the real one); what follows
+            # (a second allocation, permissions, a channel, the relayed echo) takes up to eight.
+            self.clock.stretch(_STAGES_AFTER_ALLOCATE * ms / 1000)
         return True
 
     async def run(self) -> TurnCheckReport:

@@ -60,6 +60,11 @@ class Clock:
     def left(self) -> float:
         return max(0.0, self.deadline - time.monotonic())
 
+    def stretch(self, needed: float) -> None:
+        """At least `needed` seconds from now: a slow path measured on the way (a satellite
+        hop's 600 ms RTT) must not fail the stages still to come for a LAN-sized budget."""
+        self.deadline = max(self.deadline, time.monotonic() + needed)
+
     async def wait(self, aw: Any) -> Any:
         try:
             return await asyncio.wait_for(aw, self.left())

@@ -79,7 +79,7 @@ class Lab:
         try:
             state = registry.claim(topo.name, name, persistent)
             built.append(state)
-            _build(topo, state)
+            forwarders = _build(topo, state)
         except BaseException:
             try:
                 with signals.deferred(), contextlib.suppress(Exception):
@@ -88,6 +88,7 @@ class Lab:
                 signals.disown(token)
             raise
         lab = cls(state)
+        lab._procs.extend(forwarders)  # reaped by stop(); namespace removal kills them anyway
         lab.build_seconds = time.perf_counter() - started
         if not persistent:  # a persistent lab outlives this process: it is nobody's to remove
             lab._owner_token = state.name
@@ -188,6 +189,17 @@ class Lab:
                 return addr
         raise LabError(f"node {node} has no IPv{version} address")
 
+    def link_stats(self, node: str) -> dict[str, Any]:
+        """Counters of the forwarder on `node`'s delayed uplink, per direction ("to_parent",
+        "to_node": received, forwarded, lost, queue_drops, reordered, queued, ...) and its
+        memory ("rss_kib")."""
+        netns = self._node(node).get("link_netns")
+        if netns is None:
+            raise LabError(f"node {node}'s uplink has no forwarder (no delay, jitter or reorder)")
+        from natkit.lab.forwarder import stats
+
+        return stats(str(netns))
+
     def status(self) -> dict[str, Any]:
         """The lab as JSON-able data (what `natkit lab status --json` prints)."""
         return {
@@ -281,7 +293,7 @@ class Lab:
         return proc
 
 
-def _build(topo: Topology, state: LabState) -> None:
+def _build(topo: Topology, state: LabState) -> list[subprocess.Popen[Any]]:
     from natkit.lab import daemons
     from natkit.lab.plan import build_plan
 
@@ -297,11 +309,12 @@ def _build(topo: Topology, state: LabState) -> None:
             **({"behind": n.parent} if n.parent else {}),
             **({"lan6": str(n.lan6)} if n.lan6 else {}),
             **({"dns": n.dns} if n.dns else {}),
+            **({"link_netns": n.link_netns} if n.link_netns else {}),
         }
         for n in plan.nodes.values()
     }
     state.save()  # the namespaces are on record before the first one exists
-    netlink.apply_plan(plan)
+    forwarders = netlink.apply_plan(plan)
     if plan.daemons:
         run = daemons.run_dir(registry.state_dir(), state.prefix)
         daemons.start({n.name: n.netns for n in plan.nodes.values()}, plan.daemons, run)
@@ -311,6 +324,7 @@ def _build(topo: Topology, state: LabState) -> None:
         start_daemons(topo, plan, registry.files_dir(state))
     state.status = "up"
     state.save()
+    return forwarders
 
 
 def down_all() -> list[str]:

@@ -157,33 +157,13 @@ def _write_sysctls(values: dict[str, str]) -> None:
             f.write(value)
 
 
-def _netem_missing(netns: str) -> bool:
-    proc = subprocess.run(
-        ["tc", "-n", netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if proc.returncode == 0:
-        subprocess.run(
-            ["tc", "-n", netns, "qdisc", "del", "dev", "lo", "root"],
-            capture_output=True,
-            check=False,
-        )
-    return proc.returncode != 0
-
-
-def apply_plan(plan: Plan) -> None:
-    """Create everything in `plan`. On error the caller removes the namespaces (all of it)."""
+def apply_plan(plan: Plan) -> list[subprocess.Popen[bytes]]:
+    """Create everything in `plan`; return the link forwarders started. On error the caller
+    removes the namespaces (all of it, forwarders included: they live in lab namespaces)."""
     names = plan.namespaces
     _run(["ip", "-batch", "-"], "".join(f"netns add {n}\n" for n in names), "ip netns add")
     for ns, values in plan.sysctls.items():
         in_netns(ns, _write_sysctls, values)
-    if plan.needs_netem and _netem_missing(names[0]):
-        raise LabError(
-            "delay needs tc netem, which this kernel lacks "
-            "(loss and rate work: use link.loss / link.rate)"
-        )
     _run(["ip", "-batch", "-"], "\n".join(plan.link_batch) + "\n", "ip link add")
     procs = []
     for ns, lines in plan.ns_batch.items():
@@ -230,6 +210,20 @@ def apply_plan(plan: Plan) -> None:
         )  # fmt: skip
         if done.returncode != 0:
             raise LabError(f"ip6tables-restore in {ns} failed: {done.stderr.strip()[:200]}")
+    return _start_forwarders(plan)
+
+
+def _start_forwarders(plan: Plan) -> list[subprocess.Popen[bytes]]:
+    """Start every link forwarder (in parallel) and wait until each has its sockets bound."""
+    from natkit.lab import forwarder
+
+    procs = [
+        (f"node {f.node}", forwarder.start((f.node_side, f.parent_side), f.model, f.netns))
+        for f in plan.forwarders
+    ]
+    for what, proc in procs:
+        forwarder.wait_ready(proc, what)
+    return [proc for _, proc in procs]
 
 
 def list_namespaces(pattern: re.Pattern[str] | None = None) -> list[str]:

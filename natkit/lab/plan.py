@@ -12,7 +12,10 @@ carries a plan out. Addressing (DESIGN.md "Lab addressing"):
 - IPv6 on a NAT's LAN (`ipv6:` other than none) is laid out by `natkit.lab.ipv6`;
 - interfaces: a node's uplink is ``<prefix>-wan`` (NAT) or ``<prefix>-eth0``; a parent's side
   of child i is ``<prefix>-u<i>`` (internet) or ``<prefix>-d<i>`` (NAT LAN, on bridge
-  ``<prefix>-lan``).
+  ``<prefix>-lan``);
+- an uplink with delay, jitter or reorder runs through namespace ``<prefix>-<node>_link`` (``_``
+  is in no node name): the node's uplink meets ``<prefix>-dn`` there, the parent's port meets
+  ``<prefix>-up``, and a forwarder process (`natkit.lab.forwarder`) bridges the two.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Literal
 
 from natkit.errors import LabError
 from natkit.lab import ipv6
+from natkit.lab.impair import LinkModel
 from natkit.lab.nft import RouterRules, impairment_rules, router_rules
 from natkit.lab.topology import INTERNET, Link, Nat, Topology
 
-__all__ = ["NodePlan", "Plan", "build_plan"]
+__all__ = ["ForwarderPlan", "NodePlan", "Plan", "build_plan"]
 
 Kind = Literal["internet", "server", "nat", "host"]
 IPv4 = ipaddress.IPv4Address
@@ -56,6 +60,30 @@ class NodePlan:
     gateway6: ipaddress.IPv6Address | None = None
     dns: str | None = None
     """The lab resolver this host should ask (DNS64 on an IPv6-only LAN)."""
+    link_netns: str | None = None
+    """The namespace of the uplink's forwarder, when the link is delayed."""
+
+
+@dataclass(frozen=True)
+class ForwarderPlan:
+    """One link forwarder: where it runs, the two interfaces it bridges, what it does."""
+
+    node: str
+    netns: str
+    node_side: str
+    parent_side: str
+    model: LinkModel
+
+
+def link_model(link: Link) -> LinkModel:
+    """The forwarder's model of `link` (seconds and fractions)."""
+    return LinkModel(
+        delay=link.delay_s,
+        jitter=link.jitter_s,
+        loss=link.loss / 100,
+        reorder=link.reorder / 100,
+        limit=link.limit,
+    )
 
 
 @dataclass
@@ -80,10 +108,12 @@ class Plan:
     """Per namespace `ip6tables-restore` input (NPTv6, which nftables cannot express)."""
     daemons: list[ipv6.Daemon] = field(default_factory=list)
     """Processes started in nodes once the rules are loaded (NAT64, DNS64)."""
+    forwarders: list[ForwarderPlan] = field(default_factory=list)
 
     @property
     def namespaces(self) -> list[str]:
-        return [n.netns for n in self.nodes.values()]
+        nodes = [n.netns for n in self.nodes.values()]
+        return nodes + [n.link_netns for n in self.nodes.values() if n.link_netns]
 
 
 def build_plan(topo: Topology, prefix: str) -> Plan:
@@ -99,6 +129,9 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
         nodes[name] = NodePlan(name, kind, f"{prefix}-{name}")  # type: ignore[arg-type]
     _address(topo, nodes, prefix)
     ipv6.address(topo, nodes)
+    for node in nodes.values():
+        if node.link.forwarded:
+            node.link_netns = f"{node.netns}_link"
     plan = Plan(prefix, nodes, [], {}, {}, {}, {}, {})
     plan.link_batch.append(f"link add {prefix}-br netns {nodes[INTERNET].netns} type bridge")
     for nat in topo.nats:
@@ -113,7 +146,7 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
             "net/netfilter/nf_conntrack_udp_timeout_stream": str(nat.timeout_established),
         }
     for node in nodes.values():
-        if node.kind != "nat" and node.uplink and node.link.loss:
+        if node.kind != "nat" and node.uplink and node.link.loss and not node.link_netns:
             plan.nft[node.netns] = impairment_rules(node.uplink, node.link.loss)
     ipv6.commands(topo, plan)
     return plan
@@ -197,10 +230,13 @@ def _node_commands(plan: Plan, node: NodePlan) -> None:
     plan.sysctls[ns] = sysctl
     if node.uplink and node.parent and node.parent_port:
         parent = plan.nodes[node.parent]
-        plan.link_batch.append(
-            f"link add {node.uplink} netns {ns} type veth "
-            f"peer name {node.parent_port} netns {parent.netns}"
-        )
+        if node.link_netns:
+            _forwarded_link(plan, node, parent)
+        else:
+            plan.link_batch.append(
+                f"link add {node.uplink} netns {ns} type veth "
+                f"peer name {node.parent_port} netns {parent.netns}"
+            )
         bridge = f"{p}-br" if parent.kind == "internet" else f"{p}-lan"
         plan.ns_batch.setdefault(parent.netns, []).extend(
             [f"link set {node.parent_port} master {bridge}", f"link set {node.parent_port} up"]
@@ -216,19 +252,31 @@ def _node_commands(plan: Plan, node: NodePlan) -> None:
     plan.ns_batch.setdefault(ns, [])[:0] = lines
 
 
+def _forwarded_link(plan: Plan, node: NodePlan, parent: NodePlan) -> None:
+    """node uplink <-> dn [forwarder] up <-> parent port, the middle in the link namespace."""
+    assert node.link_netns and node.uplink and node.parent_port
+    p, ln = plan.prefix, node.link_netns
+    plan.link_batch += [
+        f"link add {node.uplink} netns {node.netns} type veth peer name {p}-dn netns {ln}",
+        f"link add {p}-up netns {ln} type veth peer name {node.parent_port} netns {parent.netns}",
+    ]
+    # No addresses and no IPv6 in the link namespace: its stack never answers or originates.
+    plan.sysctls[ln] = {
+        "net/ipv4/ip_forward": "0",
+        "net/ipv6/conf/all/disable_ipv6": "1",
+        "net/ipv6/conf/default/disable_ipv6": "1",
+    }
+    plan.ns_batch[ln] = [f"link set {p}-dn up promisc on", f"link set {p}-up up promisc on"]
+    plan.forwarders.append(
+        ForwarderPlan(node.name, ln, f"{p}-dn", f"{p}-up", link_model(node.link))
+    )
+
+
 def _impair_tc(plan: Plan, node: NodePlan, parent: NodePlan) -> None:
-    link = node.link
-    if link.delay or link.jitter:
-        plan.needs_netem = True
-        netem = ["netem", "delay", link.delay or "0ms", *([link.jitter] if link.jitter else [])]
-        if link.rate:
-            netem += ["rate", link.rate]
-        for ns, dev in ((node.netns, node.uplink), (parent.netns, node.parent_port)):
-            plan.tc_batch.setdefault(ns, []).append(f"qdisc add dev {dev} root {' '.join(netem)}")
-    elif link.rate:
+    if node.link.rate:
         for ns, dev in ((node.netns, node.uplink), (parent.netns, node.parent_port)):
             plan.tc_batch.setdefault(ns, []).append(
-                f"qdisc add dev {dev} root tbf rate {link.rate} burst 32kbit latency 100ms"
+                f"qdisc add dev {dev} root tbf rate {node.link.rate} burst 32kbit latency 100ms"
             )
 
 
@@ -242,5 +290,5 @@ def _router_spec(nat: Nat, node: NodePlan, nodes: dict[str, NodePlan], prefix: s
         wan_ip=node.addresses[0],
         lan=node.lan,
         clients=tuple(clients),
-        loss=node.link.loss,
+        loss=0.0 if node.link_netns else node.link.loss,  # a forwarded link drops its own
     )

@@ -39,7 +39,7 @@ YAML (version 1)::
         upstream: internet                     # or the name of another NAT (nesting)
         lan: 10.0.1.0/24                       # default 10.0.N.0/24 (100.64.N.0/24 for a NAT
                                                # that has NATs behind it)
-        link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink
+        link: {loss: 2, rate: 10mbit}          # impairments of the NAT's uplink (below)
         ipv6: firewall                         # none | open | firewall | nptv6 | nat66
                                                # (natkit.lab.ipv6; the NAT must sit on the
                                                # internet)
@@ -55,6 +55,21 @@ Port allocation (natkit.lab.portalloc): a symmetric NAT allocates a port per new
 `sequential` each new destination gets the next port), an endpoint-independent one per new inside
 socket (every later flow of the socket reuses its port). `port_allocation` other than preserve
 replaces `port_preservation` (giving both is an error); `port_stride` needs sequential.
+
+Link impairments (``link:`` of a server, NAT or host: its uplink, each direction)::
+
+    link:
+      delay: 300ms        # one-way, each direction (us, ms, s; at most 10s)
+      jitter: 30ms        # uniform in delay ± jitter (<= delay); FIFO: jitter alone never reorders
+      loss: 3             # percent of IP packets dropped, each direction (ARP is never dropped)
+      reorder: 1          # percent of packets overtaken by the next one (needs delay)
+      rate: 10mbit        # tc TBF rate limit
+      limit: 10000        # packets held per direction; more are dropped and counted
+
+Delay, jitter and reorder run in a user-space forwarder between two veths in a namespace of the
+link's own (no tc netem needed; `natkit.lab.impair` documents the model, `Lab.link_stats` its
+counters). Presets ``satellite`` (300 ms each way: 600 ms RTT) and ``lossy-mobile`` (80 ms ±
+30 ms, 3% loss each way) put these on a port-restricted NAT's uplink.
 """
 
 from __future__ import annotations
@@ -83,6 +98,7 @@ __all__ = [
     "PortMapping",
     "Server",
     "Topology",
+    "seconds",
 ]
 
 Behaviour = Literal["endpoint-independent", "address-dependent", "address-and-port-dependent"]
@@ -108,25 +124,59 @@ INTERNET = "internet"
 INTERNET_V4 = ipaddress.IPv4Network("203.0.113.0/24")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")
 _RATE = re.compile(r"^\d+(\.\d+)?([kmg]?bit|[kmg]?bps)$")
-_TIME = re.compile(r"^\d+(\.\d+)?(us|ms|s)$")
+_TIME = re.compile(r"^(\d+(?:\.\d+)?)(us|ms|s)$")
 
 
 @dataclass(frozen=True)
 class Link:
-    """Impairments of a node's uplink, applied in both directions."""
+    """Impairments of a node's uplink, each applied in both directions.
+
+    Delay, jitter and reordering run through a user-space forwarder on the link (this kernel has
+    no netem; `natkit.lab.impair` documents the model): jitter is uniform in ±jitter and does not
+    reorder; `reorder` is the share of packets overtaken by the next one. Loss is nftables
+    `numgen` on a plain link and the forwarder's on a delayed one; ARP is never delayed or lost.
+    """
 
     loss: float = 0.0
-    """Packet loss in percent (nftables numgen), 0-100."""
+    """Packet loss in percent, 0-100, each direction."""
     rate: str | None = None
     """Rate limit, tc syntax (e.g. "10mbit"), via TBF."""
     delay: str | None = None
-    """One-way delay (e.g. "20ms"); needs tc netem."""
+    """One-way delay (e.g. "20ms"), each direction."""
     jitter: str | None = None
-    """Delay variation (e.g. "5ms"); needs tc netem."""
+    """Delay variation (e.g. "5ms"): uniform in [delay - jitter, delay + jitter]."""
+    reorder: float = 0.0
+    """Percent of packets overtaken by the packet after them (needs a delay)."""
+    limit: int = 10000
+    """Packets the forwarder holds per direction; more are dropped and counted."""
 
     @property
     def impaired(self) -> bool:
-        return bool(self.loss or self.rate or self.delay or self.jitter)
+        return bool(self.loss or self.rate or self.delay or self.jitter or self.reorder)
+
+    @property
+    def forwarded(self) -> bool:
+        """Whether the link needs the user-space forwarder (anything netem would do)."""
+        return bool(self.delay or self.jitter or self.reorder)
+
+    @property
+    def delay_s(self) -> float:
+        return seconds(self.delay)
+
+    @property
+    def jitter_s(self) -> float:
+        return seconds(self.jitter)
+
+
+def seconds(text: str | None) -> float:
+    """A validated time ("20ms", "1.5s", "300us") in seconds; None is 0."""
+    if text is None:
+        return 0.0
+    match = _TIME.match(text)
+    if match is None:
+        raise ValueError(f"not a time: {text!r}")
+    scale = {"us": 1e-6, "ms": 1e-3, "s": 1.0}[match.group(2)]
+    return float(match.group(1)) * scale
 
 
 @dataclass(frozen=True)
@@ -551,22 +601,34 @@ class _Reader:
         return Firewall(udp, ports)
 
     def link(self, raw: Any, key: str) -> Link:
-        d = self.mapping(raw, key, ("loss", "rate", "delay", "jitter"))
-        loss = d.get("loss", 0)
-        if not isinstance(loss, int | float) or isinstance(loss, bool) or not 0 <= loss <= 100:
-            raise self.fail(f"{key}.loss", f"expected a percentage 0-100, got {_got(loss)}")
+        d = self.mapping(raw, key, ("loss", "rate", "delay", "jitter", "reorder", "limit"))
+        loss = self.percent(d.get("loss", 0), f"{key}.loss")
         rate = d.get("rate")
         if rate is not None and not _RATE.match(str(rate)):
             raise self.fail(f"{key}.rate", f"expected a tc rate like 10mbit, got {_got(rate)}")
         for k in ("delay", "jitter"):
             if d.get(k) is not None and not _TIME.match(str(d[k])):
                 raise self.fail(f"{key}.{k}", f"expected a time like 20ms, got {_got(d[k])}")
-        return Link(
-            float(loss),
-            None if rate is None else str(rate),
-            None if d.get("delay") is None else str(d["delay"]),
-            None if d.get("jitter") is None else str(d["jitter"]),
-        )
+            if d.get(k) is not None and seconds(str(d[k])) > 10:
+                raise self.fail(f"{key}.{k}", f"at most 10s, got {_got(d[k])}")
+        delay = None if d.get("delay") is None else str(d["delay"])
+        jitter = None if d.get("jitter") is None else str(d["jitter"])
+        if jitter is not None and seconds(jitter) > seconds(delay):
+            problem = f"jitter {jitter} exceeds the delay ({delay or 'none'}): set delay >= jitter"
+            raise self.fail(f"{key}.jitter", problem)
+        reorder = self.percent(d.get("reorder", 0), f"{key}.reorder")
+        if reorder and not seconds(delay):
+            problem = "reordering needs a delay (packets overtake while they wait): set delay"
+            raise self.fail(f"{key}.reorder", problem)
+        limit = d.get("limit", 10000)
+        if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1_000_000:
+            raise self.fail(f"{key}.limit", f"expected packets 1-1000000, got {_got(limit)}")
+        return Link(float(loss), None if rate is None else str(rate), delay, jitter, reorder, limit)
+
+    def percent(self, raw: Any, key: str) -> float:
+        if not isinstance(raw, int | float) or isinstance(raw, bool) or not 0 <= raw <= 100:
+            raise self.fail(key, f"expected a percentage 0-100, got {_got(raw)}")
+        return float(raw)
 
     def host(self, name: str, raw: Any) -> Host:
         key = f"hosts.{name}"

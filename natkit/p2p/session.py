@@ -65,7 +65,8 @@ class P2POptions:
     relay_only: bool = False
     """Offer only relay candidates (RFC 8829 iceTransportPolicy "relay")."""
     timeout: float = 30.0
-    """Seconds from knowing both descriptions to the end of the measurements."""
+    """Seconds from knowing both descriptions to the data channel opening; the measurements
+    then get as long again (a 600 ms RTT path needs ~15 round trips in all)."""
     wait: float = 300.0
     """Seconds to wait for the other peer to show up at the rendezvous."""
     host_addresses: tuple[str, ...] | None = None
@@ -178,6 +179,9 @@ class _Peer:
         self._snapshot()
         if self.opened.is_set():
             self.result.connected = True
+            # The measurements get a budget of their own: over a 600 ms satellite path ICE,
+            # DTLS and SCTP take ~5 round trips of the first one, and pings + bulk need ~10 more.
+            self._deadline = time.monotonic() + self.options.timeout
         elif self.failed.is_set():
             self.result.error = "ICE failed: no candidate pair worked"
         else:

@@ -8,7 +8,6 @@ filtering probe).
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -192,15 +191,6 @@ def test_mapping_timeout(nat_lab: MakeLab) -> None:
             sock.recvfrom(100)
 
 
-def _kernel_has_netem(netns: str) -> bool:
-    """Ask the kernel directly (not natkit): can a netem qdisc be added in `netns`?"""
-    add = ["tc", "-n", netns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms"]
-    if subprocess.run(add, capture_output=True, check=False).returncode != 0:
-        return False
-    subprocess.run(["tc", "-n", netns, "qdisc", "del", "dev", "lo", "root"], check=True)
-    return True
-
-
 def _rtt(sock: socket.socket, dest: tuple[str, int]) -> float | None:
     start = time.monotonic()
     if probe(sock, dest, timeout=2.0) is None:
@@ -208,27 +198,15 @@ def _rtt(sock: socket.socket, dest: tuple[str, int]) -> float | None:
     return time.monotonic() - start
 
 
-def test_loss_impairment_and_delay_whichever_way_the_kernel_is(nat_lab: MakeLab) -> None:
+def test_loss_impairment_and_delay_without_netem(nat_lab: MakeLab) -> None:
     lossy = Topology.from_dict({"hosts": {"peer": {"link": {"loss": 100, "rate": "1mbit"}}}})
     lab = nat_lab(lossy)
     with Reflector(lab, "server", ENDPOINTS):
         assert probe(_sock(lab, "peer"), S1) is None
-    netem = _kernel_has_netem(lab.netns("peer"))
-    delayed = Topology.from_dict({"hosts": {"peer": {"link": {"delay": "20ms"}}}})
-    from natkit.errors import LabError
-    from natkit.lab.netlink import list_namespaces
-    from tests.netns.test_lab_lifecycle import new_leftovers
-
-    before = set(list_namespaces())
-    if not netem:
-        # The clear error, before anything is built (and nothing is left behind).
-        with pytest.raises(LabError, match="delay needs tc netem, which this kernel lacks"):
-            nat_lab(delayed)
-        assert new_leftovers(before) == []
-        return
-    lab = nat_lab(delayed)
+    # Delay runs through the lab's user-space link forwarder (this kernel has no netem).
+    lab = nat_lab(Topology.from_dict({"hosts": {"peer": {"link": {"delay": "20ms"}}}}))
     with Reflector(lab, "server", ENDPOINTS):
         sock = _sock(lab, "peer")
         rtts = [_rtt(sock, S1) for _ in range(3)]
-    # A veth round trip takes well under 1 ms; 20 ms one way on the peer's link is the floor.
-    assert all(r is not None and r >= 0.020 for r in rtts), rtts
+    # A veth round trip takes well under 1 ms; 20 ms each way on the peer's link is the floor.
+    assert all(r is not None and 0.040 <= r < 0.060 for r in rtts), rtts

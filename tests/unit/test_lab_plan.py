@@ -87,9 +87,33 @@ def test_port_blocks() -> None:
     assert all(base % size == 0 and base + size <= 32768 for base, size in blocks)
 
 
-def test_delay_needs_netem_flagged() -> None:
-    topo = Topology.from_dict({"hosts": {"peer": {"link": {"delay": "20ms"}}}})
-    assert build_plan(topo, "nk0000").needs_netem
+def test_delay_runs_through_a_forwarder_namespace_not_netem() -> None:
+    topo = Topology.from_dict(
+        {
+            "nats": {"nat": {"link": {"delay": "20ms", "loss": 3, "rate": "1mbit"}}},
+            "hosts": {"peer": {"behind": "nat"}, "plain": {"behind": "nat", "link": {"loss": 2}}},
+        }
+    )
+    plan = build_plan(topo, "nk0000")
+    assert "nk0000-nat_link" in plan.namespaces
+    (fwd,) = plan.forwarders
+    assert (fwd.node, fwd.netns, fwd.node_side, fwd.parent_side) == (
+        "nat",
+        "nk0000-nat_link",
+        "nk0000-dn",
+        "nk0000-up",
+    )
+    assert (fwd.model.delay, fwd.model.loss) == (0.02, 0.03)
+    assert (
+        "link add nk0000-wan netns nk0000-nat type veth peer name nk0000-dn netns nk0000-nat_link"
+        in plan.link_batch
+    )
+    assert not any("netem" in line for lines in plan.tc_batch.values() for line in lines)
+    assert any("tbf rate 1mbit" in line for line in plan.tc_batch["nk0000-nat"])
+    # The forwarder drops on a delayed link; nft's numgen loss stays for plain links only.
+    assert "numgen" not in plan.nft["nk0000-nat"]
+    assert "numgen random mod 10000 < 200" in plan.nft["nk0000-plain"]
+    assert plan.sysctls["nk0000-nat_link"]["net/ipv6/conf/all/disable_ipv6"] == "1"
 
 
 def test_cli_without_root_says_what_is_needed(monkeypatch: pytest.MonkeyPatch) -> None:
