@@ -1,17 +1,17 @@
 """How the NAT picks external ports, from a short burst of fresh bindings; and whether port
 prediction could help a peer that cannot be reached through its STUN-learned mapping.
 
-Theory of operation. After the RFC 5780 tests, `probe_allocation` opens `count` fresh UDP sockets
-one after another and sends one Binding from each to the same server address. Every socket is a
-new mapping on any NAT (a new inside endpoint for EIM, a new flow for APDM), so the mapped ports
-show the allocator: `classify_allocation` (pure) calls it
+Theory of operation. After the RFC 5780 tests, `probe_allocation` opens `count` fresh UDP
+sockets and sends one Binding from each, back to back in order, to the same server address.
+Every socket is a new mapping on any NAT (a new inside endpoint for EIM, a new flow for APDM), so
+the mapped ports show the allocator: `classify_allocation` (pure) calls it
 
     preserving   every mapped port is the socket's own port
     sequential   the ports rise by a common step (the stride; a few larger steps that are
                  multiples of it are other traffic taking ports in between)
     random       anything else
 
-Sockets are opened one at a time so that on a quiet network consecutive mappings are the NAT's
+The requests leave in socket order, so on a quiet network consecutive mappings are the NAT's
 consecutive allocations. A socket that gets no answer (while the server answered the RFC 5780
 tests) is counted in `refused`; when the burst ends in at least two refusals in a row the NAT has
 stopped making new mappings: `exhausted` (a carrier-grade NAT whose port block ran out; the RFC
@@ -25,9 +25,9 @@ at the next ports; a random one does not.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -140,19 +140,21 @@ def _explain(
 async def probe_allocation(
     target: Address, local_ip: str, deadline: float, count: int = BURST
 ) -> list[PortSample]:
-    """`count` fresh sockets, one Binding each to `target`, one after another, by `deadline`."""
+    """`count` fresh sockets, one Binding each to `target`, answered by `deadline`.
+
+    The requests leave back to back in socket order (each task sends before its first await,
+    and tasks start in order), so the NAT makes the mappings in that order; the answers are
+    awaited together, so a long RTT costs one RTT, not `count`."""
+    sockets: list[StunSocket] = []
     rtt = RttEstimator()
-    samples: list[PortSample] = []
-    for index in range(count):
-        now = time.monotonic()
-        if now >= deadline:
-            break
-        # An equal share of what is left, so a refusing NAT cannot starve the later sockets.
-        until = min(deadline, now + (deadline - now) / (count - index))
-        sock = await StunSocket.open(local_ip, rtt)
-        try:
-            b = await sock.binding(target, until)
-        finally:
-            sock.close()
-        samples.append(PortSample(sock.local.port, b.mapped.port if b.mapped else None))
-    return samples
+    try:
+        for _ in range(count):
+            sockets.append(await StunSocket.open(local_ip, rtt))
+        found = await asyncio.gather(*(s.binding(target, deadline) for s in sockets))
+    finally:
+        for s in sockets:
+            s.close()
+    return [
+        PortSample(s.local.port, b.mapped.port if b.mapped else None)
+        for s, b in zip(sockets, found, strict=True)
+    ]

@@ -363,13 +363,16 @@ class _Run:
 
     async def port_allocation(self) -> None:
         """The port allocation burst, after everything else so that no other probe takes ports
-        in between (allocation.py); bounded by the budget, but at least PORT_WAIT."""
+        in between (allocation.py); bounded by the budget, but at least PORT_WAIT and 4 RTTs."""
         main = self.d.main
         probe = next((p for p in self.d.families.values() if p.reachable), None)
         if main is None or probe is None or probe.primary is None or probe.local is None:
             return
         self.progress("ports", "start", f"port allocation ({self.o.port_burst} fresh sockets)")
-        deadline = time.monotonic() + max(PORT_WAIT, self.deadline - time.monotonic())
+        # A long-RTT link (satellite) must not read as refusals: at least a few RTTs.
+        rtt = (probe.primary.rtt_ms or 0.0) / 1000
+        wait = max(PORT_WAIT, 4 * rtt + 0.25, self.deadline - time.monotonic())
+        deadline = time.monotonic() + wait
         samples = await probe_allocation(
             probe.primary.target, probe.local.host, deadline, self.o.port_burst
         )
