@@ -182,9 +182,12 @@ command.add_command(
 TURN + signal) in node `server`, and test every pair of peers with real WebRTC, direct and
 through TURN; print the outcome table and whether diagnose's prediction held.
 
---topology NAME|FILE runs another matrix: a preset (matrix-ports: port allocators and an
-exhausted CGNAT port block; matrix-same-type: pairs of peers behind two NATs of the same type)
-or your own YAML file; every host node is a peer.
+--topology NAME|FILE runs another matrix: a preset or your own YAML file; every host node is a
+peer. Presets: matrix-extended (all of the below with the classic peers: 15 peers, 105 pairs,
+some minutes), matrix-ipv6 (RFC 6092 firewall, NPTv6, IPv6-only with NAT64), matrix-ports (port
+allocators and an exhausted CGNAT port block), matrix-portmap (a symmetric NAT with
+UPnP/NAT-PMP/PCP), matrix-impaired (satellite and lossy mobile links), matrix-same-type (pairs of
+peers behind two NATs of the same type).
 
 Alias of `natkit p2p matrix` (same options). Needs root. Exit 0 when every pair connects
 (directly or relayed) and every prediction held.

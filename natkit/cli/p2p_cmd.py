@@ -199,7 +199,8 @@ def signal_cmd(config_path: str | None, listen: str | None) -> None:
     "--topology",
     default="matrix",
     show_default=True,
-    help="Lab preset (matrix, matrix-ports, matrix-same-type) or YAML file; hosts are peers.",
+    help="Lab preset (matrix, matrix-extended, matrix-ipv6, matrix-ports, matrix-portmap, "
+    "matrix-impaired, matrix-same-type) or YAML file; hosts are peers.",
 )
 @click.option(
     "--timeout",

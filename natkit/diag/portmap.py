@@ -142,13 +142,14 @@ def _local_towards(gateway: str) -> str | None:
 
 
 async def _ask(
-    sock: socket.socket, request: bytes, dest: tuple[str, int], deadline: float
+    sock: socket.socket, request: bytes, dest: tuple[str, int], timeout: float
 ) -> bytes | None:
     """Send `request` every RETRY s until an answer from `dest` or the deadline. The socket is
     connected, so the kernel keeps out strangers and reports the gateway's ICMP port
     unreachable (nothing listens: the protocol is not offered, no need to wait)."""
     loop = asyncio.get_running_loop()
     sock.connect(dest)
+    deadline = time.monotonic() + timeout  # from now: the loop may have been busy before
     while (left := deadline - time.monotonic()) > 0:
         try:
             sock.send(request)
@@ -169,14 +170,14 @@ def _udp(bind: str = "0.0.0.0") -> socket.socket:
     return s
 
 
-async def _pcp(probe: PortMappingProbe, deadline: float) -> None:
+async def _pcp(probe: PortMappingProbe, timeout: float) -> None:
     assert probe.gateway and probe.local
     with _udp() as s:
         data = await _ask(
             s,
             pcp.announce_request(ipaddress.IPv4Address(probe.local)),
             (probe.gateway, pcp.PORT),
-            deadline,
+            timeout,
         )
     if data is None:
         probe.pcp = False
@@ -192,11 +193,11 @@ async def _pcp(probe: PortMappingProbe, deadline: float) -> None:
         probe.notes.append(f"PCP ANNOUNCE answered {answer.result_name}")
 
 
-async def _natpmp(probe: PortMappingProbe, deadline: float) -> None:
+async def _natpmp(probe: PortMappingProbe, timeout: float) -> None:
     assert probe.gateway
     with _udp() as s:
         data = await _ask(
-            s, natpmp.external_address_request(), (probe.gateway, natpmp.PORT), deadline
+            s, natpmp.external_address_request(), (probe.gateway, natpmp.PORT), timeout
         )
     if data is None:
         probe.natpmp = False
@@ -214,9 +215,10 @@ async def _natpmp(probe: PortMappingProbe, deadline: float) -> None:
         probe.notes.append(f"NAT-PMP answered: {natpmp.RESULTS.get(answer.result, answer.result)}")
 
 
-async def _ssdp(probe: PortMappingProbe, deadline: float) -> None:
+async def _ssdp(probe: PortMappingProbe, timeout: float) -> None:
     assert probe.local
     loop = asyncio.get_running_loop()
+    deadline = time.monotonic() + timeout
     with _udp(probe.local) as s:
         # Out of the LAN interface only, and no further than the next router.
         s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(probe.local))
@@ -257,12 +259,13 @@ async def detect(timeout: float = DETECT_TIMEOUT) -> PortMappingProbe:
     if probe.local is None:
         probe.notes.append(f"no route to the gateway {probe.gateway}")
         return probe
-    deadline = time.monotonic() + timeout
-    await asyncio.gather(_pcp(probe, deadline), _natpmp(probe, deadline), _ssdp(probe, deadline))
+    # Each probe's `timeout` counts from its own first send: diagnose's other jobs can hold the
+    # event loop (module imports) between here and there, which must not eat the window.
+    await asyncio.gather(_pcp(probe, timeout), _natpmp(probe, timeout), _ssdp(probe, timeout))
     if probe.upnp and probe.external_address is None:
         with contextlib.suppress(Exception):
             probe.external_address = await asyncio.to_thread(
-                _upnp_external, probe, max(0.2, deadline - time.monotonic() + 0.5)
+                _upnp_external, probe, max(0.2, timeout + 0.5)
             )
     return probe
 

@@ -72,7 +72,11 @@ def view(report: dict[str, Any] | None) -> PeerView | None:
     udp, verdict = report.get("udp") or {}, report.get("verdict") or {}
     ports = report.get("port_allocation")
     exhausted = isinstance(ports, dict) and ports.get("exhausted") is True
-    return PeerView(str(report["nat_type"]), udp.get("ipv4"), verdict.get("ipv6_direct"), exhausted)
+    offered = report.get("port_mapping")
+    mapped = isinstance(offered, dict) and any(offered.get(p) for p in ("pcp", "natpmp", "upnp"))
+    return PeerView(
+        str(report["nat_type"]), udp.get("ipv4"), verdict.get("ipv6_direct"), exhausted, mapped
+    )
 
 
 def predict(a: PeerView | None, b: PeerView | None) -> bool | None:

@@ -100,6 +100,17 @@ ELSEWHERE = {
         _LAB_SERVER_TEST
     ),
     "sudo .venv/bin/natkit lab down demo": _LAB_SERVER_TEST,
+    **dict.fromkeys(
+        [
+            "sudo .venv/bin/natkit lab up ipv6-only-nat64 --name v6",
+            "sudo .venv/bin/natkit lab exec v6 server -- .venv/bin/natkit serve -c "
+            "configs/examples/lab-server-ipv6.yaml &",
+            "sudo .venv/bin/natkit lab exec v6 peer -- .venv/bin/natkit diagnose --stun "
+            "'[2001:db8::10]:3478' --dns64 2001:db8:1::1 --json",
+            "sudo .venv/bin/natkit lab down v6",
+        ],
+        "tests/netns/test_lab_ipv6.py::test_the_readme_ipv6_lines_run_as_written",
+    ),
     "sudo .venv/bin/natkit lab matrix": (
         "tests/netns/test_p2p_matrix.py runs run_matrix(), which this command calls (minutes)"
     ),

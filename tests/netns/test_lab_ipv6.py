@@ -343,3 +343,63 @@ def test_daemons_go_with_a_lab_removed_from_outside(how: str) -> None:
         owner.wait(30)  # it unwinds like Ctrl-C (natkit.lab.signals) and removes the lab
     assert _daemons_of(prefix) == []
     assert not (state_dir() / f"{prefix}.run").exists()
+
+
+def _readme_v6_commands() -> list[str]:
+    """The README's `v6` lab commands, in order, without their comments."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    found = [
+        line.split("  #")[0].rstrip()
+        for line in text.splitlines()
+        if line.startswith("sudo .venv/bin/natkit lab ") and " v6 " in f"{line} "
+    ]
+    assert len(found) == 4, found
+    return found
+
+
+@pytest.mark.slow
+def test_the_readme_ipv6_lines_run_as_written(tmp_path: Path) -> None:
+    """up, serve (configs/examples/lab-server-ipv6.yaml) `&`, diagnose, down: exactly the
+    README's lines (tests/integration/test_readme_commands.py lists them as run here)."""
+    from tests.readme_shell import readme_env
+
+    root = Path(__file__).resolve().parents[2]
+    up_cmd, serve_cmd, diagnose_cmd, down_cmd = _readme_v6_commands()
+    assert serve_cmd.endswith(" &")
+    env = readme_env(tmp_path)
+
+    def shell(command: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["bash", "-c", command], cwd=root, env=env, capture_output=True, text=True,
+            timeout=timeout,
+        )  # fmt: skip
+
+    up = shell(up_cmd)
+    assert up.returncode == 0 and up.stdout.strip() == "v6", up.stderr
+    out = tmp_path / "serve.out"
+    with out.open("wb") as sink:  # the `&`: our child, its output in a file
+        server = subprocess.Popen(
+            ["bash", "-c", serve_cmd.removesuffix(" &")], cwd=root, env=env, stdout=sink,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 20
+        while "listening udp://[2001:db8::10]:3478" not in out.read_text():
+            assert server.poll() is None, out.read_text()
+            assert time.monotonic() < deadline, out.read_text()
+            time.sleep(0.05)
+        done = shell(diagnose_cmd)
+        report = json.loads(done.stdout)
+        assert report["nat64"]["detected"] is True, report["nat64"]
+        assert report["nat64"]["prefixes"] == [str(NAT64_PREFIX)]
+        assert report["udp"]["ipv6"] is True and report["udp"]["ipv4"] is not True
+        assert report["nat_type"] == "port-restricted-cone"  # the RFC 6092 firewall
+        assert report["verdict"]["ipv6_direct"] is True
+        down = shell(down_cmd)
+        assert down.returncode == 0, down.stderr
+        assert server.wait(10) is not None, "lab down stops the server it runs"
+    finally:
+        shell(down_cmd)
+        if server.poll() is None:
+            os.killpg(server.pid, 9)
+            server.wait()

@@ -127,3 +127,23 @@ def test_matrix_prediction_with_ipv6() -> None:
     assert predict(PeerView("full-cone", True, None), classic) is True  # the IPv4 table as before
     report = {"nat_type": "symmetric", "udp": {"ipv4": True}, "verdict": {"ipv6_direct": True}}
     assert view(report) == fw and view(None) is None
+
+
+def test_the_peer_view_reads_exhaustion_and_port_mapping() -> None:
+    from natkit.p2p.ipv6 import PeerView, predict, view
+
+    report = {
+        "nat_type": "symmetric",
+        "udp": {"ipv4": True},
+        "verdict": {"ipv6_direct": None},
+        "port_allocation": {"exhausted": False},
+        "port_mapping": {"upnp": True, "natpmp": False, "pcp": None},
+    }
+    mapped = view(report)
+    assert mapped == PeerView("symmetric", True, None, exhausted=False, mapped=True)
+    plain = view({**report, "port_mapping": None})
+    full = view({**report, "nat_type": "port-restricted-cone", "port_mapping": None})
+    assert predict(mapped, full) is True and predict(plain, full) is False
+    out = view({**report, "port_allocation": {"exhausted": True}, "port_mapping": None})
+    assert out is not None and out.exhausted
+    assert predict(out, view({**report, "nat_type": "open", "port_mapping": None})) is False
