@@ -55,7 +55,14 @@ from natkit.diag.portmap import (
 from natkit.diag.probes import probe_family
 from natkit.diag.streams import StreamProbe, probe_stream
 from natkit.diag.turncheck import TurnCheckReport, check_turn
-from natkit.diag.verdict import RelayStatus, StreamStatus, Verdict, decide, with_port_mapping
+from natkit.diag.verdict import (
+    RelayStatus,
+    StreamStatus,
+    Verdict,
+    decide,
+    with_exhausted_ports,
+    with_port_mapping,
+)
 from natkit.turn.credentials import mint
 from natkit.turn.uri import TurnURI
 from natkit.uri import StunURI
@@ -381,12 +388,7 @@ class _Run:
             self.d.problems.append(f"port allocation: {found.explanation}")
             if self.d.verdict is not None:  # the verdict's type is what the probes that got
                 # through saw; new calls need new mappings, which this NAT refuses now
-                act = (
-                    "Your NAT refuses new mappings (a carrier-grade NAT's port block in use by "
-                    "other flows?): close idle connections, or use a TURN relay over TCP/TLS"
-                )
-                v = self.d.verdict
-                self.d.verdict = replace(v, actions=(act, *v.actions))
+                self.d.verdict = with_exhausted_ports(self.d.verdict)
         self.progress("ports", "ok" if found.pattern else "warn", found.explanation)
 
     async def port_mapping(self) -> None:

@@ -40,6 +40,7 @@ __all__ = [
     "compatible_peer_types",
     "decide",
     "outcome",
+    "with_exhausted_ports",
     "with_port_mapping",
 ]
 
@@ -347,6 +348,34 @@ def _ipv6_text(compatible: Sequence[NatType], nat64: bool) -> str:
         lead, tail = "Over IPv6 your address is not translated: ", "."
     via = " IPv4-only servers are reached through NAT64." if nat64 else ""
     return f"{lead}direct connections work with every peer that has untranslated IPv6{tail}{via}"
+
+
+def with_exhausted_ports(verdict: Verdict) -> Verdict:
+    """`verdict` for a NAT that refused every new mapping of the allocation burst (a
+    carrier-grade NAT's port block used up). The NAT type is what the earlier probes saw, but a
+    new call needs new UDP mappings: no direct path with anyone, so calls relay where a relay
+    worked (TURN over TCP/TLS has ports of its own) and fail where none did."""
+    if verdict.outcome == "not-measured":
+        return verdict
+    explanation = (
+        "Your NAT makes no new UDP mappings right now (a carrier-grade NAT's port block is used "
+        "up): new calls cannot connect directly with anyone and need a TURN relay over TCP or "
+        f"TLS until other flows end. Otherwise: {verdict.explanation}"
+    )
+    action = (
+        "Your NAT refuses new mappings (a carrier-grade NAT's port block in use by other "
+        "flows?): close idle connections, or use a TURN relay over TCP/TLS"
+    )
+    outcome: Outcome = "relay" if verdict.relay_working else "no-path"
+    return replace(
+        verdict,
+        direct_p2p="unlikely",
+        compatible_peer_types=(),
+        explanation=explanation,
+        actions=(action, *verdict.actions),
+        outcome=outcome,
+        exit_status=EXIT_STATUS[outcome],
+    )
 
 
 _PM_NAMES = {"pcp": "PCP", "natpmp": "NAT-PMP", "upnp": "UPnP-IGD"}

@@ -66,3 +66,7 @@ def test_diagnose_sees_an_exhausted_port_block(nat_lab: MakeLab, tmp_path: Path)
     assert ports["pattern"] is None and "port block exhausted" in ports["explanation"]
     assert any("new mappings were refused" in p for p in report["problems"]), report["problems"]
     assert "refuses new mappings" in report["verdict"]["actions"][0]
+    verdict = report["verdict"]  # the type is what got through; new calls get no mapping
+    assert (verdict["direct_p2p"], verdict["compatible_peer_types"]) == ("unlikely", [])
+    assert verdict["outcome"] == "no-path" and report["exit_status"] == 3  # no TURN given
+    assert "no new UDP mappings" in verdict["explanation"]

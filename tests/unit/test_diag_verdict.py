@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 
@@ -149,3 +150,15 @@ def test_no_hairpin_and_inconsistent_mapping_are_explained() -> None:
     v = decide(PORT, udp=True, hairpinning=False, consistent=False)
     assert any("hairpin" in a for a in v.actions)
     assert any("uplink" in a for a in v.actions)
+
+
+def test_an_exhausted_port_block_leaves_no_direct_path() -> None:
+    from natkit.diag.verdict import with_exhausted_ports
+
+    cone = decide("full-cone", udp=True)  # no TURN configured
+    out = with_exhausted_ports(cone)
+    assert (out.direct_p2p, out.compatible_peer_types, out.outcome) == ("unlikely", (), "no-path")
+    assert out.exit_status == 3 and out.actions[0].startswith("Your NAT refuses new mappings")
+    assert "no new UDP mappings" in out.explanation and cone.explanation in out.explanation
+    relayed = with_exhausted_ports(replace(cone, relay_working=True))
+    assert (relayed.outcome, relayed.exit_status) == ("relay", 1)
