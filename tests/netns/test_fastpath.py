@@ -482,8 +482,9 @@ def _public_address(lab: Lab, node: str) -> str:
     return lab.address(node)
 
 
+@pytest.mark.parametrize("length", [0, 200, 1468])
 def test_turnutils_uclient_relays_with_the_fast_path_on_with_no_loss(
-    nat_lab: Any, tmp_path: Path
+    nat_lab: Any, tmp_path: Path, length: int
 ) -> None:
     """coturn's own client and echo peer, both in node peer (offload off), with the kernel fast
     path on: every message back. Its channel mode picks numbers above 0x4FFF, which RFC 8656
@@ -498,7 +499,7 @@ def test_turnutils_uclient_relays_with_the_fast_path_on_with_no_loss(
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         with serving(lab, tmp_path, _turn_config()):
-            argv = ["turnutils_uclient", "-s", "-n", "100", "-m", "4", "-l", "200", "-e",
+            argv = ["turnutils_uclient", "-s", "-n", "100", "-m", "4", "-l", str(length), "-e",
                     peer_ip, "-r", "3480", "-u", "alice", "-w", "wonderland", PRIMARY]  # fmt: skip
             done = lab.exec("peer", argv, timeout=60)
             output = done.stdout + done.stderr
