@@ -29,6 +29,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from natkit.lab.nft import wrap_table
 from natkit.lab.topology import INTERNET, Nat, Topology
 
 if TYPE_CHECKING:
@@ -181,16 +182,7 @@ def router_table(nat: Nat, router: NodePlan, prefix: str) -> str:
             *srcnat,
             "  }",
         ]
-    return "\n".join(
-        [
-            f"table inet {TABLE}",
-            f"delete table inet {TABLE}",
-            f"table inet {TABLE} {{",
-            *body,
-            "}",
-            "",
-        ]
-    )
+    return wrap_table(body, TABLE)
 
 
 def ip6tables_rules(router: NodePlan, number: int) -> str:

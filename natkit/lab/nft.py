@@ -42,7 +42,14 @@ from dataclasses import dataclass
 from natkit.lab import portalloc
 from natkit.lab.topology import Nat
 
-__all__ = ["UPNP_CHAINS", "RouterRules", "impairment_rules", "port_blocks", "router_rules"]
+__all__ = [
+    "UPNP_CHAINS",
+    "RouterRules",
+    "impairment_rules",
+    "port_blocks",
+    "router_rules",
+    "wrap_table",
+]
 
 TABLE = "natkit"
 ADM_PORTS = 1024
@@ -138,13 +145,14 @@ def _loss_chains(iface: str, loss: float) -> list[str]:
     ]
 
 
-def _wrap(body: list[str]) -> str:
+def wrap_table(body: list[str], table: str = TABLE) -> str:
+    """`body` as the inet table `table`, replacing whatever of that name is loaded."""
     # Declaring then deleting the table first makes the whole file one atomic replace.
     return "\n".join(
         [
-            f"table inet {TABLE}",
-            f"delete table inet {TABLE}",
-            f"table inet {TABLE} {{",
+            f"table inet {table}",
+            f"delete table inet {table}",
+            f"table inet {table} {{",
             *body,
             "}",
             "",
@@ -154,7 +162,7 @@ def _wrap(body: list[str]) -> str:
 
 def impairment_rules(iface: str, loss: float) -> str:
     """Packet loss on a host's uplink, both directions."""
-    return _wrap(_loss_chains(iface, loss))
+    return wrap_table(_loss_chains(iface, loss))
 
 
 def _port_control_filter(lan: str, natpmp: bool, pcp: bool) -> list[str]:
@@ -288,4 +296,4 @@ def router_rules(r: RouterRules) -> str:
         f"    {unsolicited}",
         "  }",
     ]
-    return _wrap(body)
+    return wrap_table(body)
