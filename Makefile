@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
 	@$(BIN)/python -c 'import natkit.fastpath.build as b; raise SystemExit(b.main())'  # BPF object
+	@$(BIN)/python -c 'import natkit.turn.pump as p; raise SystemExit(p.main())'  # relay pump
 	@touch $@
 
 system-packages:

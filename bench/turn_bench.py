@@ -2,8 +2,10 @@
 
 Steps, all on 127.0.0.1 and bounded in time (< 60 s):
 1. compile bench/turnload.c into bench/bin/ (gcc; recvmmsg/sendmmsg batching, two threads);
-2. start the builtin engine (`natkit serve`, TURN on its STUN listener, uvloop when installed) and
-   coturn (rendered by natkit from the same config) on free ports;
+2. start the builtin engine (`natkit serve`, TURN on its STUN listener, uvloop when installed,
+   the relay pump on: ``turn.pump: auto``) and coturn (rendered by natkit from the same config)
+   on free ports; `--python` adds the builtin engine with ``turn.pump: off`` (every packet
+   through Python), for the pump's gain in the same run;
 3. against each, the same generator: Python allocates ALLOCS relays (Allocate, ChannelBind to an
    echo peer socket, long-term credentials) on UDP sockets, then hands those sockets to turnload
    (fd inheritance), which keeps WINDOW ChannelData frames in flight per allocation: client →
@@ -65,12 +67,17 @@ turn:
   relay: {{address: 127.0.0.1, ports: "{low}-{high}"}}
   quota: {{per_user: 1000, total: 2000}}
   peers: {{allow: ["127.0.0.1/32"]}}
+  pump: {pump}
 """
 
 
-def bench_config(engine: str, port: int, size: int = 500, workers: int = 1) -> str:
+def bench_config(
+    engine: str, port: int, size: int = 500, workers: int = 1, pump: str = "auto"
+) -> str:
     low = 30000 + (os.getpid() * 7) % 10000
-    return CONFIG.format(engine=engine, port=port, low=low, high=low + size, workers=workers)
+    return CONFIG.format(
+        engine=engine, port=port, low=low, high=low + size, workers=workers, pump=pump
+    )
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -130,9 +137,12 @@ def redis(workdir: Path) -> Iterator[int]:
 @contextmanager
 def server(engine: str, workdir: Path, workers: int = 1) -> Iterator[tuple[int, int]]:
     """The engine on a free port: yields (port, pid of its process group). "cluster" is the
-    builtin engine with ``cluster.redis`` on a redis-server of its own (issue 17: within 5%)."""
+    builtin engine with ``cluster.redis`` on a redis-server of its own (issue 17: within 5%);
+    "python" the builtin engine with ``turn.pump: off`` (every packet through Python)."""
     port = free_port()
-    text = bench_config("builtin" if engine == "cluster" else engine, port, workers=workers)
+    base = "builtin" if engine in ("cluster", "python") else engine
+    pump = "off" if engine == "python" else "auto"
+    text = bench_config(base, port, workers=workers, pump=pump)
     if engine == "cluster":
         stack = ExitStack()
         redis_port = stack.enter_context(redis(workdir))
@@ -145,7 +155,7 @@ def server(engine: str, workdir: Path, workers: int = 1) -> Iterator[tuple[int, 
         return
     conf = workdir / f"{engine}.yaml"
     conf.write_text(text)
-    if engine == "builtin":  # as operators run it: natkit serve, TURN on the STUN listener
+    if base == "builtin":  # as operators run it: natkit serve, TURN on the STUN listener
         argv = [sys.executable, "-m", "natkit", "serve", "-c", str(conf)]
         with child(argv, "listening", workdir) as proc:
             yield port, proc.pid
@@ -295,12 +305,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--cluster", action="store_true", help="also the builtin engine with cluster.redis on"
     )
+    parser.add_argument(
+        "--python",
+        action="store_true",
+        help="also the builtin engine with turn.pump: off (the Python relay path)",
+    )
     args = parser.parse_args(argv)
     build_c("turnload")
     names = [e for e in args.engines.split(",") if e]
     engines = [e for e in names if e != "coturn" or shutil.which("turnserver")]
     if args.cluster and shutil.which("redis-server"):
         engines.append("cluster")
+    if args.python:
+        engines.append("python")
     runs: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
     idle: dict[str, list[dict[str, float]]] = {e: [] for e in engines}
     started = time.monotonic()
@@ -348,6 +365,10 @@ def main(argv: list[str] | None = None) -> int:
             f"  ratio builtin/coturn: {ratio:.2f}x relayed pkt/s with {args.workers} worker(s) "
             f"(target >= {target}x; added latency target <= 20 us/hop)"
         )
+    if "python" in summary and "builtin" in summary:
+        ratio = summary["builtin"]["relayed_pps"] / max(1, summary["python"]["relayed_pps"])
+        summary["ratio_pump_vs_python"] = round(ratio, 2)
+        print(f"  ratio pump/python: {ratio:.2f}x relayed pkt/s (turn.pump: auto vs off)")
     if "cluster" in summary and "builtin" in summary:
         ratio = summary["cluster"]["relayed_pps"] / max(1, summary["builtin"]["relayed_pps"])
         summary["ratio_cluster_vs_builtin"] = round(ratio, 3)

@@ -99,6 +99,11 @@ COTURN_IGNORED: tuple[Ignored, ...] = (
         "coturn ends its allocations at SIGTERM (natkit forwards the signal)",
     ),
     Ignored(
+        "turn.pump",
+        lambda c: c.turn.pump != "auto",
+        "coturn relays in its own C code; the pump is the builtin engine's",
+    ),
+    Ignored(
         "metrics.listen",
         lambda c: c.metrics.listen is not None,
         "Debian's coturn 4.6.1 is built without Prometheus and natkit serves no metrics for it",

@@ -327,6 +327,13 @@ class TurnConfig:
         default_factory=TurnLimitsConfig, metadata=doc("Per-allocation limits (builtin engine).")
     )
     peers: TurnPeersConfig = field(default_factory=TurnPeersConfig, metadata=doc("Peer policy."))
+    pump: Literal["auto", "off"] = field(
+        default="auto",
+        metadata=doc(
+            "Builtin engine: ChannelData of bound IPv4 UDP channels relayed by compiled code "
+            "(C, built with cc): auto (when it builds, else in Python), off (always Python)."
+        ),
+    )
     coturn: TurnCoturnConfig = field(
         default_factory=TurnCoturnConfig, metadata=doc("coturn engine.")
     )

@@ -8,12 +8,11 @@ served by a stale object. Run time needs no compiler once built: `tc` loads the 
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
+
+from natkit import compiled
 
 __all__ = ["SOURCE", "FastPathError", "build_object"]
 
@@ -24,53 +23,29 @@ class FastPathError(RuntimeError):
     """The kernel fast path cannot run here: the message says why and what to do."""
 
 
-def _cache_dir() -> Path:
-    configured = os.environ.get("NATKIT_BPF_DIR")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "natkit" / "bpf"
-
-
 def build_object(directory: Path | None = None) -> Path:
     """The compiled BPF object for this source: the one `make install` built next to it, else
     one in the cache (``$NATKIT_BPF_DIR``, else ``~/.cache/natkit/bpf``), compiled now if
     needed. Objects are named by the source's hash: an edited source is never served stale."""
-    source = SOURCE.read_bytes()
-    digest = hashlib.sha256(source).hexdigest()[:16]
-    name = f"fastpath-{digest}.o"
-    if directory is None:
-        built = SOURCE.with_name(name)
-        if built.exists():
-            return built
-        directory = _cache_dir()
-    obj = directory / name
-    if obj.exists():
-        return obj
     clang = shutil.which("clang")
-    if clang is None:
-        raise FastPathError(
-            "the kernel fast path needs clang to build its BPF program: "
-            "apt-get install clang libbpf-dev (or set stun.fast_path: off)"
-        )
-    arch = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True, check=False)
-    include = f"-I/usr/include/{arch.stdout.strip() or 'x86_64-linux-gnu'}"
+
+    def argv(output: Path) -> list[str]:
+        if clang is None:
+            raise FastPathError(
+                "the kernel fast path needs clang to build its BPF program: "
+                "apt-get install clang libbpf-dev (or set stun.fast_path: off)"
+            )
+        machine = subprocess.run(["gcc", "-dumpmachine"], capture_output=True, text=True,
+                                 check=False).stdout.strip()  # fmt: skip
+        include = f"-I/usr/include/{machine or 'x86_64-linux-gnu'}"
+        return [clang, "-O2", "-g", "-target", "bpf", include, "-c", str(SOURCE), "-o", str(output)]
+
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        directory = Path(tempfile.gettempdir())
-        obj = directory / f"natkit-fastpath-{digest}-{os.getpid()}.o"
-    partial = obj.with_suffix(f".{os.getpid()}.tmp")
-    proc = subprocess.run(
-        [clang, "-O2", "-g", "-target", "bpf", include, "-c", str(SOURCE), "-o", str(partial)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if proc.returncode != 0:
-        partial.unlink(missing_ok=True)
-        detail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise FastPathError(f"compiling {SOURCE.name} failed: {detail} (is libbpf-dev installed?)")
-    partial.replace(obj)  # atomic: a concurrent start sees a whole object or none
-    return obj
+        return compiled.build(SOURCE, ".o", argv, compiled.cache_dir("NATKIT_BPF_DIR", "bpf"),
+                              directory)  # fmt: skip
+    except compiled.CompileError as err:
+        detail = f"compiling {SOURCE.name} failed: {err} (is libbpf-dev installed?)"
+        raise FastPathError(detail) from None
 
 
 def main() -> int:

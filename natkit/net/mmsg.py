@@ -113,6 +113,12 @@ class RecvBatch:
             self._msgs[i].hdr.iov = ctypes.addressof(self._iov[i])
             self._msgs[i].hdr.iovlen = 1
         self._msgs_ptr = ctypes.c_void_p(ctypes.addressof(self._msgs))
+        self.msgs_ptr = self._msgs_ptr
+        """The `struct mmsghdr` array, for compiled code that reads a batch (`natkit.turn.pump`)."""
+        self._handled = (ctypes.c_ubyte * batch)()
+        self.handled_ptr = ctypes.c_void_p(ctypes.addressof(self._handled))
+        self.handled = memoryview(self._handled).cast("B")
+        """One byte per datagram that compiled code sets when it relayed the datagram itself."""
         self.buffer = memoryview(self._buf).cast("B")
         """Every slot, `size` bytes apart (datagram i starts at ``i * size``)."""
         self._nview = memoryview(self._names).cast("B")

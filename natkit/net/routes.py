@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from natkit.addr import Address, Transport
+from natkit.net import mmsg
 from natkit.net.demux import BINDING, CHANNEL_DATA, KINDS, OTHER, STUN
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "Limit",
     "Link",
     "Pipe",
+    "RelayBatchV4",
     "RelayV4",
     "Route",
     "Sender",
@@ -109,6 +111,12 @@ datagram (relayed it on: it is never answered); False sends it to `Route.handle`
 bulk (TURN ChannelData), without the text address and the call layers of `handle`."""
 
 
+RelayBatchV4 = Callable[[int], int]
+"""Batched IPv4 UDP: (datagrams in the listener's `RecvBatch`) → how many the route relayed
+itself, each marked in the batch's `handled`; the rest take the usual path. For compiled code
+that relays a whole batch in one call (`natkit.turn.pump`)."""
+
+
 class Limit(enum.Enum):
     """Which of a route's messages count against the per-source ``stun.rate_limit``."""
 
@@ -127,6 +135,8 @@ class Route:
     fast_v4: FastV4 | None = None
     relay_v4: Callable[[Address], RelayV4] | None = None
     """Makes the `RelayV4` of the listener socket bound to the given local address."""
+    relay_batch_v4: Callable[[int, mmsg.RecvBatch], RelayBatchV4 | None] | None = None
+    """Makes the `RelayBatchV4` of a listener socket (its fd, its batch), or None."""
     counted: bool = False
     """Its answers are counted in ``natkit_stun_requests_total`` (the Binding handler's)."""
 

@@ -23,7 +23,7 @@ from natkit.addr import Address, Transport
 from natkit.logs import RateLimitFilter
 from natkit.metrics import error_index, ratelimited_index, request_index
 from natkit.net import mmsg
-from natkit.net.demux import BINDING, classify, is_request
+from natkit.net.demux import BINDING, CHANNEL_DATA, classify, is_request
 from natkit.net.ratelimit import RateLimiter
 from natkit.net.routes import Dispatcher, Limit, Pipe, Sender
 
@@ -225,6 +225,15 @@ def udp_reader(
     inet_ntoa = socket.inet_ntoa
     relays = tuple(None if r is None or r.relay_v4 is None else r.relay_v4(local) for r in routes)
     slots = batch.batch
+    # Compiled code may relay a whole batch first (TURN ChannelData: natkit.turn.pump); what it
+    # relayed is marked in `handled` and skipped below.
+    channel_data = routes[CHANNEL_DATA]
+    relay_batch = (
+        None
+        if channel_data is None or channel_data.relay_batch_v4 is None
+        else channel_data.relay_batch_v4(sock.fileno(), batch.received)
+    )
+    handled = batch.received.handled
 
     def on_readable_batched() -> None:
         # A fast-path answer joins the batch and leaves in one sendmmsg; anything else takes
@@ -238,7 +247,10 @@ def udp_reader(
                 continue  # ICMP errors for earlier replies, as above
             if not n:
                 return
+            relayed = 0 if relay_batch is None else relay_batch(n)
             for i in range(n):
+                if relayed and handled[i]:
+                    continue
                 ip4, port = batch.source(i)
                 data = batch.datagram(i)
                 kind = BINDING if uniform else classify(data)

@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 from natkit.addr import Address, Transport, parse_hostport
 from natkit.config.model import Config
-from natkit.fastpath.relay import KernelRelay
+from natkit.fastpath.relay import ChannelRoute, KernelRelay
 from natkit.logs import RateLimitFilter
 from natkit.metrics import (
     COUNTERS,
@@ -48,11 +48,13 @@ from natkit.metrics import (
     turn_refusal_index,
 )
 from natkit.net.routes import Limit, Link, Route, Sender, Transmit
+from natkit.net.udp import UdpLink
 from natkit.turn.allocation import Allocation, FiveTuple
 from natkit.turn.channel_routes import ChannelRoutes
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
 from natkit.turn.kernel_channels import KernelChannels
+from natkit.turn.pump import Pump, PumpUnavailable
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 from natkit.turn.tcp_sockets import TcpSockets
@@ -66,10 +68,11 @@ _BATCH = 256  # datagrams per wake-up per socket before yielding to the loop
 _RECV_SIZE = 65535  # relayed datagrams may be as large as UDP allows
 _MAX_FRAME = 65540  # ChannelData over TCP: 4-byte header + 65535 bytes, padded
 _TICK = 1.0
+_pump_warned = False  # "relaying in Python" is said once per process, not per engine
 _SETTLE = 0.6  # > the workers' metrics flush interval (natkit.serve.workers)
 _REFRESH_SUCCESS = b"\x01\x04"  # Refresh (0x004) success response type (RFC 8656 §18)
 # Successes that change what a channel may relay: Refresh, CreatePermission, ChannelBind.
-_KERNEL_SYNC = frozenset({_REFRESH_SUCCESS, b"\x01\x08", b"\x01\x09"})
+_ROUTE_SYNC = frozenset({_REFRESH_SUCCESS, b"\x01\x08", b"\x01\x09"})
 _CREATED = turn_outcome_index("created")
 _REFRESHED = turn_outcome_index("refreshed")
 _IP_PMTUDISC_DO = 2  # linux/in.h; Python names IP_MTU_DISCOVER but not its values
@@ -128,6 +131,40 @@ class BuiltinTurn:
                 self.kernel = KernelChannels(kernel, self.relay, self.counters, clock)
             else:
                 kernel.close()
+        # The way each UDP allocation's client is reached: its listener socket's fd, by owner.
+        self._listener_fds: dict[FiveTuple, int] = {}
+        self.pump: Pump | None = None
+        self.pumped: KernelChannels | None = None  # what the pump relays, kept like the kernel's
+        if config.turn.pump == "auto" and clock is time.monotonic and self.channels.available():
+            self._start_pump()
+        # Every table of routes kept in step with the core (kernel, pump), for sync and close.
+        self._route_tables = [t for t in (self.kernel, self.pumped) if t is not None]
+
+    def _start_pump(self) -> None:
+        """``turn.pump: auto``: relay bound IPv4 UDP channels in C (`natkit.turn.pump`); where
+        it cannot be had, one line says why and Python relays them."""
+        global _pump_warned
+        capacity = 2 * min(self.config.turn.quota.total, 1 << 16)
+        try:
+            self.pump = Pump(self._pump_fds, capacity)
+        except PumpUnavailable as err:
+            if not _pump_warned:
+                _pump_warned = True
+                log.warning("turn.pump: auto: relaying in Python: the pump %s", err)
+            return
+        self.channels.pump = self.pump
+        self.pumped = KernelChannels(
+            self.pump, self.relay, self.counters, self.clock, wildcard_listeners=True
+        )
+
+    def _pump_fds(self, route: ChannelRoute) -> tuple[int, int] | None:
+        """(listener fd, relay fd) of `route`'s allocation, for the pump."""
+        entry = self._sockets.get(route.relay)
+        if entry is None:
+            return None
+        sock, owner = entry
+        listener = self._listener_fds.get(owner)
+        return None if listener is None else (listener, sock.fileno())
 
     def _send_failed(self) -> None:
         self.send_errors += 1
@@ -147,8 +184,8 @@ class BuiltinTurn:
                 await self._timer
             self._timer = None
         self._run(self.relay.close())  # every allocation ends through the table
-        if self.kernel is not None:
-            self.kernel.close_all()
+        for table in self._route_tables:
+            table.close_all()
         await self.tcp.close()
         for relay in list(self._sockets):  # pragma: no cover - a socket the core forgot
             log.warning("relay socket %s had no allocation at shutdown", relay)
@@ -194,8 +231,10 @@ class BuiltinTurn:
                 self._run(self.relay.handle_timeout(self.clock()))
                 self.tcp.tick(self.clock())  # RFC 6062 connect and bind deadlines
                 self.host_refresh(self.clock())  # the own-address rule (natkit.turn.engine)
-                if self.kernel is not None:
-                    self.kernel.tick()  # what the kernel relayed, into the TURN counters
+                for table in self._route_tables:
+                    table.tick()  # what the kernel and the pump relayed, into the counters
+                if self.pump is not None:
+                    self.send_errors += self.pump.drain_dropped()
             except Exception:  # the timer must survive a bug in one sweep
                 log.exception("TURN timeout sweep failed")
 
@@ -213,6 +252,7 @@ class BuiltinTurn:
                 Limit.NONE,
                 max_size=_MAX_FRAME,
                 relay_v4=self.channels.client_hook if self.channels.available() else None,
+                relay_batch_v4=None if self.pump is None else self.pump.to_peers,
             ),
         )
 
@@ -238,8 +278,10 @@ class BuiltinTurn:
             self._refused(data, failed, source)
         if not answers:
             return None
-        if self.kernel is not None and answers[-1][:2] in _KERNEL_SYNC:
-            self.kernel.sync(FiveTuple(source, local, transport))
+        if self._route_tables and answers[-1][:2] in _ROUTE_SYNC:
+            five_tuple = FiveTuple(source, local, transport)
+            for table in self._route_tables:
+                table.sync(five_tuple)
         for earlier in answers[:-1]:  # never more than one today; kept in order if so
             link.send(earlier, source)
         return Transmit(answers[-1], source, local)
@@ -376,13 +418,15 @@ class BuiltinTurn:
         if link is not None:  # what the peer reader sends to this client with
             link.pin()  # a TCP allocation ends with its connection: keep it from eviction
             self._senders[cmd.owner] = link.sender(cmd.owner.client)
+            if isinstance(link, UdpLink):
+                self._listener_fds[cmd.owner] = link.sock.fileno()
 
     def _close_relay(self, relay: Address) -> None:
         entry = self._sockets.pop(relay, None)
         if entry is not None:
             sock, owner = entry
-            if self.kernel is not None:
-                self.kernel.close(owner)  # before the port can serve another allocation
+            for table in self._route_tables:
+                table.close(owner)  # before the port (and the fd) can serve another allocation
             self._unwatch(sock)
         else:  # RFC 6062: a TCP allocation's listening socket and connections
             tcp_owner = self.tcp.close_relay(relay)
@@ -390,6 +434,7 @@ class BuiltinTurn:
                 return
             owner = tcp_owner
         self._senders.pop(owner, None)
+        self._listener_fds.pop(owner, None)
         self.channels.forget(owner)
         alloc = self._opened.pop(relay, None)
         if alloc is not None:

@@ -41,6 +41,7 @@ from natkit.metrics import (
 from natkit.net import mmsg
 from natkit.net.routes import RelayV4, Sender
 from natkit.turn.allocation import Allocation, Channel
+from natkit.turn.pump import Pump
 from natkit.turn.relay import Relay
 
 __all__ = ["ChannelRoutes"]
@@ -80,6 +81,9 @@ class ChannelRoutes:
         # listener address → (client IP << 16 | port) → (allocation, channel number → route)
         self._clients: dict[Address, dict[int, tuple[Allocation, dict[int, _ToPeer]]]] = {}
         self._batch: mmsg.RecvBatch | None = None
+        self.pump: Pump | None = None
+        """The compiled relay (`natkit.turn.pump`) when the engine runs one: relay sockets are
+        read through it, and it relays installed routes before this path sees them."""
 
     @staticmethod
     def available() -> bool:
@@ -190,15 +194,28 @@ class ChannelRoutes:
         buffer, slot = batch.buffer, batch.size
         routes: dict[int, _ToClient] = {}
         counters, clock, header = self.counters, self.clock, _HEADER.pack
+        pumped = None if self.pump is None else self.pump.from_peer(fd, batch)
+        handled = batch.handled
 
         def on_readable() -> None:
             now = clock()
             for _ in range(_READS):
-                try:
-                    n = recv(fd)
-                except OSError:  # ICMP errors from earlier sends surface here
-                    continue
+                relayed = 0
+                if pumped is not None:  # read and relayed in C (natkit.turn.pump)
+                    result = pumped()
+                    if result < 0:
+                        continue  # ICMP errors from earlier sends surface here
+                    n, relayed = result & 255, result >> 8
+                    if not n:
+                        return
+                else:
+                    try:
+                        n = recv(fd)
+                    except OSError:  # ICMP errors from earlier sends surface here
+                        continue
                 for i in range(n):
+                    if relayed and handled[i]:
+                        continue
                     ip4, port = source(i)
                     size = length_of(i)
                     route = routes.get(ip4 << 16 | port)

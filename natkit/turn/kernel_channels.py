@@ -1,9 +1,10 @@
-"""Which bound channels the kernel relays for the builtin engine (``stun.fast_path``), kept in step
-with the core.
+"""Which bound channels the kernel (``stun.fast_path``) or the relay pump (``turn.pump``,
+`natkit.turn.pump`) relays for the builtin engine, kept in step with the core.
 
 Theory of operation. After every successful ChannelBind, CreatePermission or Refresh of a UDP
 allocation the engine calls `sync` with its 5-tuple: each channel whose client, listener,
-relayed address and peer share one family gets a kernel entry (`natkit.fastpath.relay`) that
+relayed address and peer share one family gets an entry in the table (`natkit.fastpath.relay`,
+or the pump's) that
 ends with the channel, the peer's permission or the allocation, whichever ends first, so a
 lapse needs no action to stop the kernel on time; an entry is rewritten only when that end
 moved. When a relay socket closes (`close`, with its owner: Refresh 0, expiry, shutdown) its
@@ -16,9 +17,10 @@ MTU, padded ChannelData): those reach the engine as before, so correctness never
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 from natkit.addr import Address, FiveTuple, Transport
-from natkit.fastpath.relay import ChannelRoute, KernelRelay
+from natkit.fastpath.relay import ChannelRoute
 from natkit.metrics import (
     TURN_BYTES_TO_CLIENT,
     TURN_BYTES_TO_PEER,
@@ -28,18 +30,40 @@ from natkit.metrics import (
 from natkit.turn.allocation import ip_family
 from natkit.turn.relay import Relay
 
-__all__ = ["KernelChannels"]
+__all__ = ["KernelChannels", "RouteTable"]
 
 _WILDCARDS = ("0.0.0.0", "::")
 
 
+class RouteTable(Protocol):
+    """Where channel routes are relayed outside the core: `natkit.fastpath.relay.KernelRelay`
+    (tc-BPF maps) or `natkit.turn.pump.Pump` (C in the worker)."""
+
+    def install(self, route: ChannelRoute, expires_ns: int) -> bool: ...
+
+    def remove(self, route: ChannelRoute) -> None: ...
+
+    def drain_counts(self, routes: list[ChannelRoute]) -> tuple[int, int, int, int]: ...
+
+    def close(self) -> None: ...
+
+
 class KernelChannels:
-    """The engine's side of the kernel relay: what it installed, per relay socket owner."""
+    """The engine's side of a `RouteTable`: what it installed, per relay socket owner. The
+    kernel needs a listener bound to one address; the pump (`wildcard_listeners`) knows the
+    listener by its socket and also serves listeners bound to 0.0.0.0."""
 
     def __init__(
-        self, kernel: KernelRelay, relay: Relay, counters: list[int], clock: Callable[[], float]
+        self,
+        kernel: RouteTable,
+        relay: Relay,
+        counters: list[int],
+        clock: Callable[[], float],
+        *,
+        wildcard_listeners: bool = False,
     ) -> None:
         self.kernel = kernel
+        self._wildcards = () if wildcard_listeners else _WILDCARDS
         self.relay = relay
         self.counters = counters
         self.clock = clock  # CLOCK_MONOTONIC seconds: the kernel's expiries are on it too
@@ -49,7 +73,9 @@ class KernelChannels:
         """Install or refresh the kernel entries of the allocation of `five_tuple`."""
         alloc = self.relay.allocations.by_five_tuple.get(five_tuple)
         client, local = five_tuple.client, five_tuple.local
-        if alloc is None or five_tuple.transport is not Transport.UDP or local.host in _WILDCARDS:
+        if alloc is None or five_tuple.transport is not Transport.UDP:
+            return
+        if local.host in self._wildcards:
             return
         family = ip_family(client.host)
         now = self.clock()

@@ -61,6 +61,7 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
             "tcp_connections_per_allocation": 32,
         },
         "peers": {"deny": list(natkit.config.DEFAULT_DENIED_PEERS), "allow": []},
+        "pump": "auto",
         "coturn": {"binary": "turnserver", "extra": [], "allow_vulnerable": False},
         "alternate_server": None,
         "drain_timeout": 30.0,
@@ -350,6 +351,13 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "natkit.yaml"
     path.write_bytes(b"\xef\xbb\xbfversion: 1\n")
     assert load(path) == Config()
+
+
+def test_pump_off_is_off_although_yaml_reads_false() -> None:
+    assert load_text("turn:\n  pump: off\n").turn.pump == "off"
+    assert load_text("turn: {}\n").turn.pump == "auto"
+    with pytest.raises(ConfigError, match=r"turn\.pump"):
+        load_text("turn:\n  pump: kernel\n")
 
 
 def test_fast_path_off_is_off_although_yaml_reads_false() -> None:
