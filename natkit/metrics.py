@@ -39,6 +39,7 @@ __all__ = [
     "TURN_PACKETS_TO_CLIENT",
     "TURN_PACKETS_TO_PEER",
     "TURN_PERMISSIONS",
+    "TURN_PUMP_ROUTES",
     "TURN_REASONS",
     "MetricsServer",
     "SharedCounters",
@@ -137,7 +138,9 @@ CLUSTER_COUNTERS = (
     ("outages", "times Redis became unreachable"),
 )
 _CLUSTER_COUNTERS = _CLUSTER + 2
-COUNTERS = _CLUSTER_COUNTERS + len(CLUSTER_COUNTERS)
+TURN_PUMP_ROUTES = _CLUSTER_COUNTERS + len(CLUSTER_COUNTERS)
+"""Gauge: bound channels the relay pump relays (``turn.pump``, `natkit.turn.pump`)."""
+COUNTERS = TURN_PUMP_ROUTES + 1
 """Width of one worker's row."""
 TURN_GAUGES = range(_TURN_ALLOCATIONS, TURN_CHANNELS + 1)
 CLUSTER_GAUGES = (CLUSTER_MEMBERS, CLUSTER_ONLINE)
@@ -205,7 +208,7 @@ class WorkerCounters:
         self._base = worker * COUNTERS
         self.values: list[int] = list(array[self._base : self._base + COUNTERS])
         self.values[CONNECTIONS] = 0  # a gauge: a restarted worker holds no connections
-        for i in (*TURN_GAUGES, *CLUSTER_GAUGES):
+        for i in (*TURN_GAUGES, *CLUSTER_GAUGES, TURN_PUMP_ROUTES):
             self.values[i] = 0
         self.flush()
 
@@ -340,6 +343,12 @@ def _render_turn_state(
     out.append(f"natkit_turn_permissions {totals[TURN_PERMISSIONS]}")
     head("natkit_turn_channels", "gauge", "TURN channel bindings over all allocations.")
     out.append(f"natkit_turn_channels {totals[TURN_CHANNELS]}")
+    head(
+        "natkit_turn_pump_routes",
+        "gauge",
+        "Bound channels the relay pump relays in compiled code (turn.pump; 0: Python relays).",
+    )
+    out.append(f"natkit_turn_pump_routes {totals[TURN_PUMP_ROUTES]}")
     head("natkit_turn_relayed_packets_total", "counter", "Datagrams relayed, by direction.")
     head_bytes = "natkit_turn_relayed_bytes_total"
     packets = (TURN_PACKETS_TO_PEER, TURN_PACKETS_TO_CLIENT)

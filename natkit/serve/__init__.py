@@ -27,7 +27,7 @@ from natkit.fastpath import KernelFastPath
 from natkit.fdlimit import fd_budget, raise_nofile
 from natkit.metrics import MetricsServer, SharedCounters, cluster_ready, render, render_signal
 from natkit.net.sockets import make_ssl_context, plan_listeners
-from natkit.serve.kernel import start_fast_path
+from natkit.serve.kernel import resolve_pump, start_fast_path
 from natkit.serve.workers import Supervisor, resolve_workers
 from natkit.signal.http import SignalServer, serve_signal
 
@@ -112,6 +112,7 @@ def warn_ignored(config: Config) -> None:
 
 
 async def _run(config: Config, out: TextIO) -> None:
+    config = resolve_pump(config)  # the pump's library built once, before the workers load it
     fast = start_fast_path(config)  # before anything binds: in kernel mode a failure stops here
     try:
         await _serve(config, out, fast)

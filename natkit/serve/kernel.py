@@ -1,12 +1,16 @@
-"""``stun.fast_path``: the kernel fast path (`natkit.fastpath`) for serve's UDP listeners.
+"""``stun.fast_path``: the kernel fast path (`natkit.fastpath`) for serve's UDP listeners, and
+``turn.pump``: the relay pump's library (`natkit.turn.pump`), both settled by the supervisor.
 
-The supervisor attaches it before the workers bind (a failure in ``kernel`` mode stops serve
-before anything runs) and detaches it last; every UDP listener socket gets the suffix its own
-`BindingHandler` would answer with, so the two paths are indistinguishable on the wire.
+The supervisor attaches the kernel program before the workers bind (a failure in ``kernel`` mode
+stops serve before anything runs) and detaches it last; every UDP listener socket gets the
+suffix its own `BindingHandler` would answer with, so the two paths are indistinguishable on
+the wire. It builds the pump's library once, before the workers load it; where it cannot, it
+says why in one line and the workers start with ``turn.pump: off`` (one line, not one each).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from natkit.addr import Transport
@@ -15,8 +19,9 @@ from natkit.errors import NatkitError
 from natkit.fastpath import FastPathError, KernelFastPath, Listener
 from natkit.net.sockets import plan_listeners
 from natkit.stun.binding import BindingHandler
+from natkit.turn import pump
 
-__all__ = ["start_fast_path"]
+__all__ = ["resolve_pump", "start_fast_path"]
 
 log = logging.getLogger("natkit.serve")
 
@@ -54,3 +59,17 @@ def start_fast_path(config: Config) -> KernelFastPath | None:
     where = ", ".join(f"{a.device}" for a in fast.attachments)
     log.info("kernel fast path: plain UDP Binding requests answered in tc-BPF on %s", where)
     return fast
+
+
+def resolve_pump(config: Config) -> Config:
+    """`config` for the workers: ``turn.pump: auto`` stays when the pump's library builds and
+    loads here (built now if needed, so workers only load it), else becomes off, said once."""
+    turn = config.turn
+    if not turn.enabled or turn.engine != "builtin" or turn.pump != "auto":
+        return config
+    try:
+        pump.load()
+    except pump.PumpUnavailable as err:
+        log.warning(pump.FALLBACK, err)
+        return dataclasses.replace(config, turn=dataclasses.replace(turn, pump="off"))
+    return config

@@ -43,6 +43,7 @@ from natkit.metrics import (
     TURN_PACKETS_TO_CLIENT,
     TURN_PACKETS_TO_PEER,
     TURN_PERMISSIONS,
+    TURN_PUMP_ROUTES,
     turn_allocation_index,
     turn_outcome_index,
     turn_refusal_index,
@@ -54,7 +55,7 @@ from natkit.turn.channel_routes import ChannelRoutes
 from natkit.turn.commands import Command, OpenRelay, SendToClient, SendToPeer
 from natkit.turn.engine import HostAddressRefresh, build_relay
 from natkit.turn.kernel_channels import KernelChannels
-from natkit.turn.pump import Pump, PumpUnavailable
+from natkit.turn.pump import FALLBACK, Pump, PumpUnavailable
 from natkit.turn.refusals import AllocationLog, RefusalLog, explain, is_error_response
 from natkit.turn.relay import Relay
 from natkit.turn.tcp_sockets import TcpSockets
@@ -150,7 +151,7 @@ class BuiltinTurn:
         except PumpUnavailable as err:
             if not _pump_warned:
                 _pump_warned = True
-                log.warning("turn.pump: auto: relaying in Python: the pump %s", err)
+                log.warning(FALLBACK, err)
             return
         self.channels.pump = self.pump
         self.pumped = KernelChannels(
@@ -461,6 +462,7 @@ class BuiltinTurn:
                 )
         row[TURN_PERMISSIONS] = permissions
         row[TURN_CHANNELS] = channels
+        row[TURN_PUMP_ROUTES] = 0 if self.pumped is None else self.pumped.installed()
 
     def _unwatch(self, sock: socket.socket) -> None:
         if self._loop is not None and sock.fileno() >= 0:

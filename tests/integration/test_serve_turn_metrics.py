@@ -71,6 +71,7 @@ def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Serv
             r"natkit_turn_allocations\{.*\}": 1,
             "natkit_turn_permissions": 1,
             "natkit_turn_channels": 1,
+            "natkit_turn_pump_routes": 1,  # turn.pump: auto relayed them in C
             r'natkit_turn_relayed_packets_total\{direction="client_to_peer"\}': N,
             r'natkit_turn_relayed_packets_total\{direction="peer_to_client"\}': N,
             r'natkit_turn_relayed_bytes_total\{direction="client_to_peer"\}': N * SIZE,
@@ -96,6 +97,7 @@ def test_a_scripted_exchange_shows_exact_counts(natkit_serve: Callable[..., Serv
             r"natkit_turn_allocations\{.*\}": 0,
             "natkit_turn_permissions": 0,
             "natkit_turn_channels": 0,
+            "natkit_turn_pump_routes": 0,
             r'natkit_turn_allocation_outcomes_total\{outcome="deleted"\}': 1,
             r'natkit_turn_allocation_outcomes_total\{outcome="expired"\}': 0,
         }

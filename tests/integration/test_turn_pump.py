@@ -5,6 +5,7 @@ datagram) is left to the Python path untouched. Its C table is checked against a
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import random
@@ -17,9 +18,11 @@ from pathlib import Path
 import pytest
 
 from natkit.addr import Address
+from natkit.config import loads
 from natkit.fastpath.relay import ChannelRoute
 from natkit.metrics import TURN_PACKETS_TO_CLIENT, TURN_PACKETS_TO_PEER
 from natkit.net import mmsg
+from natkit.serve.kernel import resolve_pump
 from natkit.turn import pump as pump_module
 from natkit.turn.pump import Pump, PumpUnavailable
 from tests.integration.inprocess_turn import (
@@ -107,6 +110,52 @@ def test_refresh_zero_removes_the_routes_at_once(
     assert server.on_loop(pump.size) == 0
     assert nothing_relayed(client, peer, relay)
     client.close()
+
+
+def test_aioice_relays_through_the_pump(server: InProcessServer, peer: socket.socket) -> None:
+    """aioice (code natkit did not write) binds a channel after its first Send indication; from
+    then on every datagram both ways goes through the pump, none through Python's caches."""
+    from aioice import turn
+
+    async def run() -> list[bytes]:
+        loop = asyncio.get_running_loop()
+        got: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Inbox(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                got.put_nowait(data)
+
+        transport, _ = await turn.create_turn_endpoint(
+            Inbox, (HOST, server.local.port), "alice", "wonderland"
+        )
+        peer.setblocking(False)
+        answers = []
+        try:
+            peer_address = peer.getsockname()
+            assert peer_address[0] == HOST  # the relay only ever sends to loopback here
+            for i in range(20):
+                transport.sendto(b"ping %d" % i, peer_address)
+                data, relayed = await asyncio.wait_for(loop.sock_recvfrom(peer, 2048), 5)
+                assert data == b"ping %d" % i
+                peer.sendto(b"pong %d" % i, relayed)
+                answers.append(await asyncio.wait_for(got.get(), 5))
+            assert pump is not None and server.on_loop(pump.size) == 2  # one channel
+            # Python counts what it relays at once, the pump at the tick or the allocation's
+            # end: so far only the first datagram each way (a Send and a Data indication,
+            # before aioice's ChannelBind) is counted.
+            assert server.engine_counters[TURN_PACKETS_TO_PEER] <= 1
+            assert server.engine_counters[TURN_PACKETS_TO_CLIENT] <= 1
+        finally:
+            transport.close()
+            await asyncio.sleep(0.1)  # the Refresh(0) goes out
+        return answers
+
+    pump, pumped = server.engine.pump, server.engine.pumped
+    assert asyncio.run(run()) == [b"pong %d" % i for i in range(20)]
+    assert server.client_entries() == 0
+    assert pumped is not None and server.on_loop(pumped.installed) == 0  # Refresh 0: gone
+    assert server.engine_counters[TURN_PACKETS_TO_PEER] == 20
+    assert server.engine_counters[TURN_PACKETS_TO_CLIENT] == 20
 
 
 @pytest.mark.parametrize("server", ["off"], indirect=True)
@@ -277,7 +326,40 @@ def test_a_failed_build_says_why_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("CC", "false")  # a compiler that fails
-    with pytest.raises(PumpUnavailable, match=r"^compiling relay_pump\.c failed: ") as err:
+    with pytest.raises(
+        PumpUnavailable,
+        match=r"^compiling relay_pump\.c with false failed \(no output\); is gcc installed\?$",
+    ) as err:
         pump_module.build_library(tmp_path)
     assert "\n" not in str(err.value)
     assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def test_serve_without_a_compiler_says_so_once_and_relays_in_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The supervisor settles ``auto`` before the workers start: one warning line, and the
+    workers get ``turn.pump: off`` (so none of them tries again and warns again)."""
+    source = tmp_path / "relay_pump.c"  # a source with no library built beside it
+    source.write_bytes(pump_module.SOURCE.read_bytes())
+    monkeypatch.setattr(pump_module, "SOURCE", source)
+    monkeypatch.setattr(pump_module, "_LIBRARY", None)
+    monkeypatch.setenv("NATKIT_PUMP_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "false")
+    config = loads(CONFIG_WITH_TURN)
+    assert config.turn.pump == "auto"
+    with caplog.at_level("WARNING"):
+        settled = resolve_pump(config)
+    assert settled.turn.pump == "off"
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and lines[0].startswith("turn.pump: auto: relaying in Python"), lines
+    assert "compiling relay_pump.c with false failed" in lines[0]
+    assert (
+        resolve_pump(loads(CONFIG_WITH_TURN.replace("pump: auto", "pump: off"))).turn.pump == "off"
+    )
+
+
+CONFIG_WITH_TURN = """
+version: 1
+turn: {enabled: true, auth: {users: {alice: wonderland}}, pump: auto}
+"""

@@ -41,6 +41,7 @@ def test_indices_are_distinct_and_in_range() -> None:
     indices += [metrics.turn_outcome_index(o) for o in metrics.TURN_OUTCOMES]
     indices += [metrics.CLUSTER_MEMBERS, metrics.CLUSTER_ONLINE]
     indices += [metrics.cluster_index(n) for n, _ in metrics.CLUSTER_COUNTERS]
+    indices += [metrics.TURN_PUMP_ROUTES]
     assert sorted(indices) == list(range(COUNTERS))
 
 

@@ -32,7 +32,7 @@ from natkit import compiled
 from natkit.fastpath.relay import ChannelRoute
 from natkit.net import mmsg
 
-__all__ = ["SOURCE", "Pump", "PumpUnavailable", "build_library", "load"]
+__all__ = ["FALLBACK", "SOURCE", "Pump", "PumpUnavailable", "build_library", "load"]
 
 SOURCE = Path(__file__).with_name("relay_pump.c")
 _TO_PEER, _TO_CLIENT = 0, 1
@@ -47,6 +47,10 @@ class PumpUnavailable(RuntimeError):
     """The pump cannot run here: the message says why."""
 
 
+FALLBACK = "turn.pump: auto: relaying in Python (set turn.pump: off to say so): %s"
+"""The one warning line where ``auto`` cannot have the pump (its argument: the reason)."""
+
+
 def _compiler() -> str | None:
     return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
 
@@ -56,7 +60,7 @@ def build_library(directory: Path | None = None) -> Path:
     cache, compiled now if needed (named by the source's hash)."""
     compiler = _compiler()
     if compiler is None:
-        raise PumpUnavailable("no C compiler to build it (apt-get install gcc)")
+        raise PumpUnavailable("no C compiler to build it; apt-get install gcc")
 
     def argv(output: Path) -> list[str]:
         return [compiler, "-O2", "-shared", "-fPIC", "-o", str(output), str(SOURCE)]
@@ -65,7 +69,9 @@ def build_library(directory: Path | None = None) -> Path:
         return compiled.build(SOURCE, ".so", argv, compiled.cache_dir("NATKIT_PUMP_DIR", "pump"),
                               directory)  # fmt: skip
     except compiled.CompileError as err:
-        raise PumpUnavailable(f"compiling {SOURCE.name} failed: {err}") from None
+        raise PumpUnavailable(
+            f"compiling {SOURCE.name} with {compiler} failed ({err}); is gcc installed?"
+        ) from None
 
 
 def load() -> ctypes.CDLL:
