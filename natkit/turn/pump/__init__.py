@@ -52,7 +52,8 @@ FALLBACK = "turn.pump: auto: relaying in Python (set turn.pump: off to say so): 
 
 
 def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    found = (shutil.which(name) for name in ("cc", "gcc", "clang"))
+    return os.environ.get("CC") or next((path for path in found if path), None)
 
 
 def build_library(directory: Path | None = None) -> Path:
