@@ -145,9 +145,8 @@ class BuiltinTurn:
         """``turn.pump: auto``: relay bound IPv4 UDP channels in C (`natkit.turn.pump`); where
         it cannot be had, one line says why and Python relays them."""
         global _pump_warned
-        capacity = 2 * min(self.config.turn.quota.total, 1 << 16)
         try:
-            self.pump = Pump(self._pump_fds, capacity)
+            self.pump = Pump(self._pump_fds)  # its table starts small and grows with the routes
         except PumpUnavailable as err:
             if not _pump_warned:
                 _pump_warned = True
@@ -174,6 +173,9 @@ class BuiltinTurn:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        pump_fd = self.channels.start_pump_rounds()
+        if pump_fd is not None:  # every IPv4 relay socket is read through this one fd
+            self._loop.add_reader(pump_fd, self.channels.on_pump_ready)
         self._sync_unix_time()
         if self._timer is None:
             self._timer = asyncio.create_task(self._tick())
@@ -185,6 +187,8 @@ class BuiltinTurn:
                 await self._timer
             self._timer = None
         self._run(self.relay.close())  # every allocation ends through the table
+        if self.pump is not None and self._loop is not None:
+            self._loop.remove_reader(self.pump.epoll_fd())
         for table in self._route_tables:
             table.close_all()
         await self.tcp.close()
@@ -400,6 +404,8 @@ class BuiltinTurn:
         self._sockets[cmd.relay] = (sock, cmd.owner)
         self._announce(cmd, link)
         assert self._loop is not None, "BuiltinTurn.start() was not awaited"
+        if family == socket.AF_INET and self.channels.watch(sock, cmd.relay):
+            return None  # the pump reads it with every other one (ChannelRoutes.on_pump_ready)
         if family == socket.AF_INET and self.channels.available():
             reader = self.channels.peer_reader(sock, cmd.relay)
         else:
@@ -465,8 +471,9 @@ class BuiltinTurn:
         row[TURN_PUMP_ROUTES] = 0 if self.pumped is None else self.pumped.installed()
 
     def _unwatch(self, sock: socket.socket) -> None:
-        if self._loop is not None and sock.fileno() >= 0:
-            self._loop.remove_reader(sock.fileno())
+        fd = sock.fileno()
+        if fd >= 0 and not self.channels.unwatch(fd) and self._loop is not None:
+            self._loop.remove_reader(fd)
         sock.close()
 
     def _peer_reader(self, sock: socket.socket, relay: Address) -> Callable[[], None]:

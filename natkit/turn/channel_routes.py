@@ -18,7 +18,10 @@ path again, which re-caches or drops it (RFC 8656 §12.6). Nothing here changes 
 - Peer → client: `peer_reader` drains a relay socket with recvmmsg into one `RecvBatch` shared by
   every relay socket of the worker and hands each frame to the client's `Sender`, which queues it
   in the listener's send batch (one sendmmsg per event-loop iteration, `natkit.net.udp`). Its
-  cache lives and dies with the reader.
+  cache lives and dies with the reader. With the relay pump (`natkit.turn.pump`) the engine
+  `watch`es its IPv4 relay sockets instead: the event loop watches the pump's one epoll fd,
+  `on_pump_ready` has the pump read and relay every ready socket in one call, and what it did
+  not relay goes through the same per-socket processing (`_peer_batch`).
 Each cache holds at most what the core allows (``turn.limits.channels`` per allocation) plus the
 stale entries of channels that ended, and is cleared when it outgrows twice that.
 Anything else (TCP and TLS clients, IPv6, Send and Data indications, unbound channels) keeps
@@ -30,6 +33,7 @@ from __future__ import annotations
 import socket
 import struct
 from collections.abc import Callable
+from typing import Any
 
 from natkit.addr import Address, FiveTuple, Transport
 from natkit.metrics import (
@@ -47,6 +51,8 @@ from natkit.turn.relay import Relay
 __all__ = ["ChannelRoutes"]
 
 _READS = 16  # recvmmsg calls per relay socket per wake-up before yielding to the loop
+_POLL_BUDGET = 64  # recvmmsg calls per pump round (natkit.turn.pump: pump_poll)
+_ROUNDS = 16  # pump rounds handed back to Python per wake-up before yielding to the loop
 _SLOTS = 16  # datagrams per recvmmsg on relay sockets
 _SLOT_SIZE = 65535  # a peer's datagram may be as large as UDP allows
 _HEADER = struct.Struct("!HH")  # ChannelData: channel number, length (RFC 8656 §12.4)
@@ -84,6 +90,8 @@ class ChannelRoutes:
         self.pump: Pump | None = None
         """The compiled relay (`natkit.turn.pump`) when the engine runs one: relay sockets are
         read through it, and it relays installed routes before this path sees them."""
+        self._watched: dict[int, Callable[[int, int, float], None]] = {}  # relay fd → process
+        self._poll: tuple[Callable[[], int], Any] | None = None
 
     @staticmethod
     def available() -> bool:
@@ -184,18 +192,47 @@ class ChannelRoutes:
 
     # -- peer → client ---------------------------------------------------------------------
 
-    def peer_reader(self, sock: socket.socket, relay_address: Address) -> Callable[[], None]:
-        """The `loop.add_reader` callback of the IPv4 relay socket `sock` bound to
-        `relay_address`."""
+    def _shared_batch(self) -> mmsg.RecvBatch:
         if self._batch is None:
             self._batch = mmsg.RecvBatch(batch=_SLOTS, size=_SLOT_SIZE)
-        batch = self._batch
-        fd, recv, source, length_of = sock.fileno(), batch.recv, batch.source, batch.length
+        return self._batch
+
+    def _peer_batch(self, relay_address: Address) -> Callable[[int, int, float], None]:
+        """What relays the datagrams one read of the relay socket bound to `relay_address` left
+        in the shared batch: ``process(n, relayed, now)``, where `relayed` > 0 says the pump
+        relayed those marked in `handled` (skipped here)."""
+        batch = self._shared_batch()
+        source, length_of, handled = batch.source, batch.length, batch.handled
         buffer, slot = batch.buffer, batch.size
         routes: dict[int, _ToClient] = {}
-        counters, clock, header = self.counters, self.clock, _HEADER.pack
+        counters, header = self.counters, _HEADER.pack
+
+        def process(n: int, relayed: int, now: float) -> None:
+            for i in range(n):
+                if relayed and handled[i]:
+                    continue
+                ip4, port = source(i)
+                size = length_of(i)
+                route = routes.get(ip4 << 16 | port)
+                if route is not None:
+                    channel, permissions, host, send = route
+                    if channel.expires > now and permissions.get(host, 0.0) > now:
+                        start = i * slot
+                        send(header(channel.number, size), buffer[start : start + size])
+                        counters[TURN_PACKETS_TO_CLIENT] += 1
+                        counters[TURN_BYTES_TO_CLIENT] += size
+                        continue
+                self._peer_slow(relay_address, routes, batch.datagram(i), ip4, port, now)
+
+        return process
+
+    def peer_reader(self, sock: socket.socket, relay_address: Address) -> Callable[[], None]:
+        """The `loop.add_reader` callback of the IPv4 relay socket `sock` bound to
+        `relay_address` (read through the pump's `from_peer` when there is one)."""
+        batch = self._shared_batch()
+        fd, recv, clock = sock.fileno(), batch.recv, self.clock
+        process = self._peer_batch(relay_address)
         pumped = None if self.pump is None else self.pump.from_peer(fd, batch)
-        handled = batch.handled
 
         def on_readable() -> None:
             now = clock()
@@ -213,25 +250,51 @@ class ChannelRoutes:
                         n = recv(fd)
                     except OSError:  # ICMP errors from earlier sends surface here
                         continue
-                for i in range(n):
-                    if relayed and handled[i]:
-                        continue
-                    ip4, port = source(i)
-                    size = length_of(i)
-                    route = routes.get(ip4 << 16 | port)
-                    if route is not None:
-                        channel, permissions, host, send = route
-                        if channel.expires > now and permissions.get(host, 0.0) > now:
-                            start = i * slot
-                            send(header(channel.number, size), buffer[start : start + size])
-                            counters[TURN_PACKETS_TO_CLIENT] += 1
-                            counters[TURN_BYTES_TO_CLIENT] += size
-                            continue
-                    self._peer_slow(relay_address, routes, batch.datagram(i), ip4, port, now)
+                process(n, relayed, now)
                 if n < _SLOTS:
                     return  # drained: the next datagram wakes the loop again
 
         return on_readable
+
+    # -- peer → client through the pump's epoll set ------------------------------------------
+
+    def watch(self, sock: socket.socket, relay_address: Address) -> bool:
+        """Serve the IPv4 relay socket `sock` in the pump's rounds (`on_pump_ready`); False
+        when there is no pump or it refused the socket (then `peer_reader` it is)."""
+        if self.pump is None or not self.pump.watch(sock.fileno()):
+            return False
+        self._watched[sock.fileno()] = self._peer_batch(relay_address)
+        return True
+
+    def unwatch(self, fd: int) -> bool:
+        """Whether `fd` was watched (now no longer: call it before the socket closes)."""
+        if self._watched.pop(fd, None) is None:
+            return False
+        if self.pump is not None:
+            self.pump.unwatch(fd)
+        return True
+
+    def on_pump_ready(self) -> None:
+        """The `loop.add_reader` callback of the pump's epoll fd: one call relays what every
+        ready relay socket holds; what it did not relay goes to that socket's `_peer_batch`."""
+        if self._poll is None:
+            return
+        poll, ready = self._poll
+        watched, now = self._watched, self.clock()
+        for _ in range(_ROUNDS):
+            result = poll()
+            if result <= 0:
+                return  # nothing ready, or the budget spent: the loop calls again
+            process = watched.get(ready[0])
+            if process is not None:
+                process(result & 255, result >> 8, now)
+
+    def start_pump_rounds(self) -> int | None:
+        """The fd the event loop must watch for `on_pump_ready`, or None without a pump."""
+        if self.pump is None:
+            return None
+        self._poll = self.pump.poller(self._shared_batch(), _POLL_BUDGET)
+        return self.pump.epoll_fd()
 
     def _peer_slow(
         self,

@@ -294,6 +294,61 @@ def test_what_the_pump_must_not_relay_is_left_untouched(socks: Sockets) -> None:
         pump.close()
 
 
+def test_one_poll_serves_every_watched_relay_socket(socks: Sockets) -> None:
+    """pump_poll: the relay sockets in the pump's epoll set are read and relayed in one call;
+    what it did not relay comes back with its socket's fd; a socket unwatched in the middle of
+    a round is never read again, even when its fd number is reused at once."""
+    pump = Pump(socks.fds)
+    poll, ready = pump.poller(socks.batch, 64)
+    other = loopback_udp()  # a second relay socket, with nothing installed
+    other.setblocking(False)
+    try:
+        assert pump.install(socks.route(), int((time.monotonic() + 30) * 1e9))
+        assert pump.watch(socks.relay.fileno()) and pump.watch(other.fileno())
+        assert poll() == 0  # nothing ready
+        for n in range(5):
+            socks.peer.sendto(b"down %d" % n, socks.relay.getsockname())
+        time.sleep(0.02)
+        assert poll() == 0  # all five relayed in the call, nothing left for Python
+        for n in range(5):
+            assert socks.client.recv(2048) == frame(b"down %d" % n)
+        socks.peer.sendto(b"to nobody", other.getsockname())  # no route: for Python
+        time.sleep(0.02)
+        result = poll()
+        assert (result & 255, result >> 8, ready[0]) == (1, 0, other.fileno())
+        assert socks.batch.datagram(0) == b"to nobody"
+        assert poll() == 0
+        # Both sockets ready in one round with nothing routed: the call returns for the first;
+        # the second is unwatched and closed before the next call, and a new socket takes its
+        # fd number at once. The round must not read the new socket.
+        stranger = loopback_udp()
+        try:
+            for sock in (socks.relay, other):
+                stranger.sendto(b"stranger", sock.getsockname())
+            time.sleep(0.02)
+            assert poll() > 0
+            first = ready[0]
+            second = other if first == socks.relay.fileno() else socks.relay
+            number = second.fileno()
+            pump.unwatch(number)
+            second.close()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as reused:
+                assert reused.fileno() == number
+                reused.bind((HOST, 0))
+                stranger.sendto(b"not the pump's", reused.getsockname())
+                time.sleep(0.02)
+                assert poll() == 0
+                reused.settimeout(1)
+                assert reused.recv(2048) == b"not the pump's"  # still there: never read
+        finally:
+            stranger.close()
+        if other.fileno() >= 0:
+            pump.unwatch(other.fileno())
+    finally:
+        other.close()
+        pump.close()
+
+
 def test_the_table_agrees_with_a_dict_through_inserts_deletes_and_growth() -> None:
     lib = pump_module.load()
     handle = ctypes.c_void_p(lib.pump_new(1234, 4))  # tiny: it grows many times

@@ -9,7 +9,9 @@ for the kernel fast path) that ends by itself at the end of the channel, of the 
 permission or of the allocation, whichever comes first, and removes it before the relay
 socket closes. `to_peers` relays the exact ChannelData frames of a listener's recvmmsg batch
 (`natkit.net.udp` calls it first, then handles the rest); `from_peer` reads a relay socket and
-relays what comes from bound peers (`natkit.turn.channel_routes` handles the rest). Anything
+relays what comes from bound peers (`natkit.turn.channel_routes` handles the rest), and
+`poller` does that for every relay socket given to `watch` that is ready, through one epoll fd
+the event loop watches (one Python call per round, not one per socket). Anything
 the pump does not relay, the Python path decides as before, so correctness never depends on it.
 
 The library is built by `make install` next to its source, else on first use with the C
@@ -94,10 +96,14 @@ def load() -> ctypes.CDLL:
     lib.pump_counts.argtypes = (ptr, i32, i32, u32, u32, u32, ptr)
     lib.pump_dropped.argtypes, lib.pump_dropped.restype = (ptr,), u64
     lib.pump_size.argtypes, lib.pump_size.restype = (ptr,), u32
+    lib.pump_epoll_fd.argtypes, lib.pump_epoll_fd.restype = (ptr,), i32
+    lib.pump_watch.argtypes, lib.pump_watch.restype = (ptr, i32), i32
+    lib.pump_unwatch.argtypes, lib.pump_unwatch.restype = (ptr, i32), i32
     # The two per-batch calls take no argtypes: callers pass small ints and c_void_p objects
     # made once, half the cost of a call with converters.
     lib.pump_to_peers.restype = i32
     lib.pump_from_peer.restype = i32
+    lib.pump_poll.restype = i32
     _LIBRARY = lib
     return lib
 
@@ -231,6 +237,39 @@ class Pump:
             return result
 
         return from_peer
+
+    # -- every relay socket through one fd (pump_poll) -------------------------------------
+
+    def epoll_fd(self) -> int:
+        """The fd the event loop watches for all the relay sockets given to `watch`."""
+        return int(self._lib.pump_epoll_fd(self._handle))
+
+    def watch(self, relay_fd: int) -> bool:
+        """Serve the relay socket `relay_fd` in `poller`'s rounds; False if epoll refused it."""
+        return self._handle.value is not None and self._lib.pump_watch(self._handle, relay_fd) == 0
+
+    def unwatch(self, relay_fd: int) -> None:
+        """Before the socket closes (its fd number may be reused at once)."""
+        if self._handle.value is not None:
+            self._lib.pump_unwatch(self._handle, relay_fd)
+
+    def poller(
+        self, batch: mmsg.RecvBatch, budget: int
+    ) -> tuple[Callable[[], int], ctypes.Array[ctypes.c_int32]]:
+        """``r = call()``: relays what every ready watched socket holds, at most `budget`
+        recvmmsg calls; 0: none is ready; -1: the budget is spent (more may be ready); else
+        ``r & 255`` datagrams were read from the socket ``fd[0]`` into `batch` and ``r >> 8``
+        relayed (marked in `batch.handled`): the caller takes the rest, then calls again."""
+        call, handle = self._lib.pump_poll, self._handle
+        ready = (ctypes.c_int32 * 1)()
+        msgs, handled, slots = batch.msgs_ptr, batch.handled_ptr, batch.batch
+        ready_ptr = ctypes.c_void_p(ctypes.addressof(ready))
+
+        def poll() -> int:
+            result: int = call(handle, msgs, slots, handled, ready_ptr, budget)
+            return result
+
+        return poll, ready
 
 
 def main() -> int:

@@ -9,9 +9,12 @@
  *                                                                      sockaddr, channel
  *
  * pump_to_peers works on a batch the listener already read with recvmmsg (Python owns the
- * listener); pump_from_peer reads a relay socket with recvmmsg into the caller's batch. Both
- * mark in `handled` what they relayed; everything else (a STUN message, a padded or unbound
- * frame, an expired route) is left to the engine's Python path, which decides as before.
+ * listener); pump_from_peer reads a relay socket with recvmmsg into the caller's batch, and
+ * pump_poll does that for every relay socket that is ready (the pump's epoll set: the event
+ * loop watches one fd for all of them, and Python runs once per round, not once per socket).
+ * They mark in `handled` what they relayed; everything else (a STUN message, a padded or
+ * unbound frame, an expired route) is left to the engine's Python path, which decides as
+ * before.
  * Remote input is hostile: a frame is relayed only when its ChannelData length is exactly the
  * datagram's (RFC 8656 section 12.5: no padding over UDP) and its key was installed; nothing
  * here allocates per packet. The table is open addressing with linear probing and backward
@@ -23,12 +26,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #define TO_PEER 0
 #define TO_CLIENT 1
 #define MAX_SENDS 64
+#define MAX_EVENTS 64
+#define READS_PER_SOCKET 16 /* recvmmsg calls on one socket per round: one peer cannot starve */
 
 struct key {
     uint32_t fd;      /* the socket the datagram arrived on */
@@ -56,6 +63,9 @@ struct pump {
     struct mmsghdr sends[MAX_SENDS];
     struct iovec iov[MAX_SENDS][2];
     uint8_t headers[MAX_SENDS][4];
+    int epfd; /* the relay sockets pump_poll serves */
+    struct epoll_event events[MAX_EVENTS];
+    int nevents, next, reads; /* the current round: ready sockets, the one being read, reads */
 };
 
 static uint64_t mix(uint64_t x) {
@@ -102,7 +112,11 @@ struct pump *pump_new(uint64_t seed, uint32_t capacity) {
     while (size < 2 * capacity && size < (1u << 30))
         size <<= 1;
     p->slots = calloc(size, sizeof *p->slots);
-    if (p->slots == NULL) {
+    p->epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (p->slots == NULL || p->epfd < 0) {
+        if (p->epfd >= 0)
+            close(p->epfd);
+        free(p->slots);
         free(p);
         return NULL;
     }
@@ -113,6 +127,7 @@ struct pump *pump_new(uint64_t seed, uint32_t capacity) {
 
 void pump_free(struct pump *p) {
     if (p != NULL) {
+        close(p->epfd);
         free(p->slots);
         free(p);
     }
@@ -319,4 +334,54 @@ int pump_from_peer(struct pump *p, int fd, struct mmsghdr *msgs, int cap, uint8_
     if (queued)
         flush(p, out_fd, queued);
     return n + 256 * done;
+}
+
+int pump_epoll_fd(const struct pump *p) { return p->epfd; }
+
+/* Add the relay socket fd to what pump_poll serves: 0 or -errno. */
+int pump_watch(struct pump *p, int fd) {
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
+    return epoll_ctl(p->epfd, EPOLL_CTL_ADD, fd, &ev) == 0 ? 0 : -errno;
+}
+
+/* Remove fd (before it is closed: its number may be reused at once), also from the round in
+ * progress: 0 or -errno. */
+int pump_unwatch(struct pump *p, int fd) {
+    for (int i = p->next; i < p->nevents; i++)
+        if (p->events[i].data.fd == fd)
+            p->events[i].data.fd = -1;
+    return epoll_ctl(p->epfd, EPOLL_CTL_DEL, fd, NULL) == 0 ? 0 : -errno;
+}
+
+/* Read and relay what the ready relay sockets hold, at most `budget` recvmmsg calls. Returns 0
+ * when no socket is ready, -1 when the budget is spent (the epoll fd stays readable: the loop
+ * calls again), else what pump_from_peer returned for the socket *fd_out, whose unrelayed
+ * datagrams (handled[i] == 0) the caller takes before calling again. Errors on one socket
+ * (ICMP from earlier sends) move on to the next. */
+int pump_poll(struct pump *p, struct mmsghdr *msgs, int cap, uint8_t *handled, int32_t *fd_out,
+              int budget) {
+    if (cap > MAX_SENDS)
+        cap = MAX_SENDS;
+    while (budget-- > 0) {
+        if (p->next >= p->nevents) {
+            p->next = p->reads = 0;
+            p->nevents = epoll_wait(p->epfd, p->events, MAX_EVENTS, 0);
+            if (p->nevents <= 0) {
+                p->nevents = 0;
+                return 0;
+            }
+        }
+        int fd = p->events[p->next].data.fd;
+        int r = fd < 0 ? 0 : pump_from_peer(p, fd, msgs, cap, handled);
+        int n = r > 0 ? r & 255 : 0;
+        if (n < cap || ++p->reads >= READS_PER_SOCKET) { /* drained, or its share of the round */
+            p->next++;
+            p->reads = 0;
+        }
+        if (n && (r >> 8) < n) {
+            *fd_out = fd;
+            return r;
+        }
+    }
+    return -1;
 }
