@@ -242,6 +242,8 @@ class Pump:
 
     def epoll_fd(self) -> int:
         """The fd the event loop watches for all the relay sockets given to `watch`."""
+        if self._handle.value is None:
+            return -1  # closed
         return int(self._lib.pump_epoll_fd(self._handle))
 
     def watch(self, relay_fd: int) -> bool:
