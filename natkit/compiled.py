@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["CompileError", "build", "cache_dir"]
+__all__ = ["CompileError", "build", "cache_dir", "report"]
 
 
 class CompileError(RuntimeError):
@@ -66,3 +66,15 @@ def build(
         raise CompileError((proc.stderr.strip().splitlines() or ["no output"])[-1])
     partial.replace(obj)
     return obj
+
+
+def report(what: str, make: Callable[[], Path], unavailable: type[Exception]) -> int:
+    """What `make install` runs for one object: build it (`make`), print where, or a note
+    saying why not (`unavailable`: serve then builds it on first use or goes without)."""
+    try:
+        obj = make()
+    except unavailable as err:
+        print(f"note: {what} not built: {err}")
+        return 0
+    print(f"{what}: {obj}")
+    return 0

@@ -51,10 +51,4 @@ def build_object(directory: Path | None = None) -> Path:
 def main() -> int:
     """Build the object next to its source (what make install runs;
     skipped with a note when clang is missing: serve then builds it on first use)."""
-    try:
-        obj = build_object(SOURCE.parent)
-    except FastPathError as err:
-        print(f"note: kernel fast path not built: {err}")
-        return 0
-    print(f"kernel fast path: {obj}")
-    return 0
+    return compiled.report("kernel fast path", lambda: build_object(SOURCE.parent), FastPathError)

@@ -277,10 +277,4 @@ class Pump:
 def main() -> int:
     """Build the library next to its source (what make install runs; skipped with a note when
     no compiler is there: serve then builds it on first use, or relays in Python)."""
-    try:
-        lib = build_library(SOURCE.parent)
-    except PumpUnavailable as err:
-        print(f"note: relay pump not built: {err}")
-        return 0
-    print(f"relay pump: {lib}")
-    return 0
+    return compiled.report("relay pump", lambda: build_library(SOURCE.parent), PumpUnavailable)
