@@ -6,8 +6,9 @@ builtin TURN engine on the same listeners plus TCP 443, and the rendezvous on TC
 udp-blocked peer's firewall lets only TCP 80/443 out). It runs `natkit diagnose` in every peer node
 to learn its NAT type, then for each unordered pair of peers runs `natkit p2p offer` in one node
 and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and relay (TURN only,
---relay-only, over TCP 443 for a peer whose UDP is blocked). Runs go in parallel in a thread pool;
-every process is started through the lab, so `Lab.down()` stops whatever is left.
+--relay-only, over TCP 443 for a peer whose UDP is blocked). Pairs run in parallel in a thread
+pool, never two with a peer in common (`run_disjoint`); every process is started through the lab,
+so `Lab.down()` stops whatever is left.
 
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
 applied to both measured types; `held` says whether the direct outcome matched it. Topologies
@@ -15,7 +16,8 @@ with IPv6 LANs add an IPv6 STUN server and one rule (`natkit.p2p.ipv6`): two pee
 untranslated IPv6 connect directly whatever their IPv4 NATs do. A peer whose diagnose saw its NAT
 refuse every new mapping (`port_allocation.exhausted`: a CGNAT's port block used up) is predicted
 to connect directly with no one (over IPv4), and relays over TURN/TCP as a UDP-blocked peer does
-(its NAT makes no new UDP mapping, and TCP has its own ports).
+(its NAT makes no new UDP mapping; TCP has ports of its own, as many as the block: enough for
+one session at a time).
 A peer whose gateway offers a port-mapping protocol (diagnose's `port_mapping`) runs its direct
 test with `natkit p2p --map-port`, and counts as reachable like a full cone
 (`verdict.with_port_mapping`).
@@ -35,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ from natkit.p2p import ipv6
 __all__ = [
     "LAB_PEER_RANGES",
     "PairRecord",
+    "pair_rounds",
     "predict_direct",
     "render_table",
     "run_matrix",
@@ -127,6 +130,53 @@ def run_matrix(
         runner = _PairRunner(lab, secrets.token_urlsafe(12), timeout, progress)
         with _serving(lab, Path(tmp), runner.password), ipv6.serving(lab, Path(tmp)):
             return runner.run_all(peers, concurrency)
+
+
+def pair_rounds(peers: list[str]) -> list[tuple[str, str]]:
+    """Every unordered pair of `peers` (each as in `itertools.combinations`), in round-robin
+    order (the circle method): each run of len(peers) // 2 pairs shares no peer, and each peer's
+    pairs are spread over the whole run instead of bunched at its start."""
+    ring: list[str | None] = [*peers, None] if len(peers) % 2 else list(peers)
+    rank = {p: i for i, p in enumerate(peers)}
+    order: list[tuple[str, str]] = []
+    for _ in range(len(ring) - 1):
+        half = len(ring) // 2
+        for a, b in zip(ring[:half], reversed(ring[half:]), strict=True):
+            if a is not None and b is not None:
+                order.append((a, b) if rank[a] < rank[b] else (b, a))
+        ring.insert(1, ring.pop())  # the first stays, the rest turn one place
+    return order
+
+
+def run_disjoint(
+    pool: ThreadPoolExecutor,
+    run: Callable[[tuple[str, str]], PairRecord],
+    peers: list[str],
+    concurrency: int,
+) -> list[PairRecord]:
+    """`run` every pair of `peers` in `pool`, at most `concurrency` at once and never two that
+    share a peer: a peer's NAT then carries one session at a time, as a user's would, not six
+    (an 8-port CGNAT block runs out of TCP ports under six signalling and TURN/TCP sessions).
+    The records come back in `itertools.combinations` order; the first exception is raised."""
+    pending = pair_rounds(peers)
+    busy: set[str] = set()
+    running: dict[Future[PairRecord], tuple[str, str]] = {}
+    done: dict[tuple[str, str], PairRecord] = {}
+    while pending or running:
+        for pair in list(pending):
+            if len(running) >= max(1, concurrency):
+                break
+            if busy.intersection(pair):
+                continue
+            pending.remove(pair)
+            busy.update(pair)
+            running[pool.submit(run, pair)] = pair
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            pair = running.pop(future)
+            busy.difference_update(pair)
+            done[pair] = future.result()
+    return [done[pair] for pair in itertools.combinations(peers, 2)]
 
 
 def serve_config(password: str) -> dict[str, Any]:
@@ -232,7 +282,7 @@ class _PairRunner:
             self.exhausted = {p for p, v in self.views.items() if v and v.exhausted}
             self.mapped = {p: bool(v and v.mapped) for p, v in self.views.items()}
             try:
-                return list(pool.map(self.run, itertools.combinations(peers, 2)))
+                return run_disjoint(pool, self.run, peers, concurrency)
             except _Unfinished as err:
                 # Its children died of SIGINT/SIGTERM/SIGHUP: sent to the whole process group,
                 # the signal reaches this process too and raises here within a moment.

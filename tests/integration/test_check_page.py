@@ -45,7 +45,7 @@ def served() -> Iterator[tuple[Served, str]]:
             "enabled": True,
             "realm": "check.test",
             "auth": {"secret": SECRET},
-            "relay": {"address": "127.0.0.1", "ports": "41000-41099"},
+            "relay": {"address": "127.0.0.1", "ports": "61000-61099"},  # no free_port there
             "drain_timeout": 0.5,  # the page's relay checks leave allocations: stop at once
         },
         "check": {"enabled": True, "listen": f"http://127.0.0.1:{http}", "tests_per_minute": 8},
@@ -77,7 +77,7 @@ def test_https_page_and_turn_over_tls(browser: Browser, tmp_path: Path) -> None:
             "enabled": True,
             "realm": "check.test",
             "auth": {"secret": SECRET},
-            "relay": {"address": "127.0.0.1", "ports": "41100-41199"},
+            "relay": {"address": "127.0.0.1", "ports": "61100-61199"},
             "drain_timeout": 0.5,
         },
         "check": {"enabled": True, "listen": f"https://127.0.0.1:{http}"},
@@ -124,7 +124,7 @@ def test_the_page_reports_like_diagnose(served: tuple[Served, str], browser: Bro
     turn = {t["transport"]: t for t in report["turn"]}
     assert set(turn) == {"udp", "tcp"}
     assert all(t["ok"] and t["rtt_ms"] is not None for t in turn.values()), turn
-    assert turn["udp"]["relayed_address"].startswith("127.0.0.1:41")
+    assert turn["udp"]["relayed_address"].startswith("127.0.0.1:610")
     assert report["verdict"]["relay_working"] is True and report["exit_status"] == 0
     for key in ("public_address", "port_preservation", "hairpinning", "candidates", "verdict"):
         assert key in report
