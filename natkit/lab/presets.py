@@ -9,7 +9,7 @@ from pathlib import Path
 from natkit.errors import LabError
 from natkit.lab.topology import Topology
 
-__all__ = ["load_topology", "preset_names", "presets"]
+__all__ = ["load_topology", "preset_names", "preset_path", "presets"]
 
 
 def _preset_dir() -> Path:
@@ -18,6 +18,11 @@ def _preset_dir() -> Path:
 
 def preset_names() -> list[str]:
     return sorted(p.stem for p in _preset_dir().glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset `name` (which may not exist)."""
+    return _preset_dir() / f"{name}.yaml"
 
 
 def presets() -> dict[str, Topology]:
@@ -30,7 +35,7 @@ def load_topology(spec: str | Path | Topology) -> Topology:
     if isinstance(spec, Topology):
         return spec
     text = str(spec)
-    preset = _preset_dir() / f"{text}.yaml"
+    preset = preset_path(text)
     if "/" not in text and not text.endswith((".yaml", ".yml")):
         if preset.is_file():
             return Topology.from_yaml(preset)

@@ -7,8 +7,8 @@ udp-blocked peer's firewall lets only TCP 80/443 out). It runs `natkit diagnose`
 to learn its NAT type, then for each unordered pair of peers runs `natkit p2p offer` in one node
 and `natkit p2p answer` in the other, twice: direct (STUN only, no TURN) and relay (TURN only,
 --relay-only, over TCP 443 for a peer whose UDP is blocked). Pairs run in parallel in a thread
-pool, never two with a peer in common (`run_disjoint`); every process is started through the lab,
-so `Lab.down()` stops whatever is left.
+pool (`run_pairs`); every process is started through the lab, so `Lab.down()` stops whatever is
+left.
 
 The prediction for a pair is the diagnose verdict's compatibility table (`natkit.diag.verdict`)
 applied to both measured types; `held` says whether the direct outcome matched it. Topologies
@@ -17,7 +17,7 @@ untranslated IPv6 connect directly whatever their IPv4 NATs do. A peer whose dia
 refuse every new mapping (`port_allocation.exhausted`: a CGNAT's port block used up) is predicted
 to connect directly with no one (over IPv4), and relays over TURN/TCP as a UDP-blocked peer does
 (its NAT makes no new UDP mapping; TCP has ports of its own, as many as the block: enough for
-one session at a time).
+one session at a time, so its pairs run one after another).
 A peer whose gateway offers a port-mapping protocol (diagnose's `port_mapping`) runs its direct
 test with `natkit p2p --map-port`, and counts as reachable like a full cone
 (`verdict.with_port_mapping`).
@@ -68,6 +68,7 @@ STUN_PORT, TURN_TCP_PORT, SIGNAL_PORT = 3478, 443, 80
 LAB_PEER_RANGES = ("203.0.113.0/24", "10.0.0.0/8", "100.64.0.0/10")
 _TURN_USER = "natkit"
 _PY = [sys.executable, "-m", "natkit"]
+EXHAUSTED_RELAY_SLACK = 3  # times the timeout, for a relay with an exhausted peer (SYN waits)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,15 +149,16 @@ def pair_rounds(peers: list[str]) -> list[tuple[str, str]]:
     return order
 
 
-def run_disjoint(
+def run_pairs(
     pool: ThreadPoolExecutor,
     run: Callable[[tuple[str, str]], PairRecord],
     peers: list[str],
     concurrency: int,
+    solo: set[str],
 ) -> list[PairRecord]:
-    """`run` every pair of `peers` in `pool`, at most `concurrency` at once and never two that
-    share a peer: a peer's NAT then carries one session at a time, as a user's would, not six
-    (an 8-port CGNAT block runs out of TCP ports under six signalling and TURN/TCP sessions).
+    """`run` every pair of `peers` in `pool`, at most `concurrency` at once, in `pair_rounds`
+    order, and never two at once with a peer of `solo` in common: an exhausted CGNAT block has
+    TCP ports for one session (signalling and TURN/TCP) at a time, as its user would, not six.
     The records come back in `itertools.combinations` order; the first exception is raised."""
     pending = pair_rounds(peers)
     busy: set[str] = set()
@@ -169,7 +171,7 @@ def run_disjoint(
             if busy.intersection(pair):
                 continue
             pending.remove(pair)
-            busy.update(pair)
+            busy.update(solo.intersection(pair))
             running[pool.submit(run, pair)] = pair
         finished, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in finished:
@@ -282,7 +284,7 @@ class _PairRunner:
             self.exhausted = {p for p, v in self.views.items() if v and v.exhausted}
             self.mapped = {p: bool(v and v.mapped) for p, v in self.views.items()}
             try:
-                return run_disjoint(pool, self.run, peers, concurrency)
+                return run_pairs(pool, self.run, peers, concurrency, self.exhausted)
             except _Unfinished as err:
                 # Its children died of SIGINT/SIGTERM/SIGHUP: sent to the whole process group,
                 # the signal reaches this process too and raises here within a moment.
@@ -320,12 +322,12 @@ class _PairRunner:
             self.progress(record)
         return record
 
-    def _args(self, node: str, relay: bool) -> list[str]:
+    def _args(self, node: str, relay: bool, timeout: float) -> list[str]:
         common = [
             "--signal",
             f"http://{SERVER}:{SIGNAL_PORT}",
             "--timeout",
-            str(self.timeout),
+            str(timeout),
             "--wait",
             "30",
             "--bytes",
@@ -362,8 +364,11 @@ class _PairRunner:
         """Offer in `a`, answer in `b`; the offerer's JSON report (or an error record)."""
         if relay and (ipv6.ipv6_only(self.lab, a) or ipv6.ipv6_only(self.lab, b)):
             return {"connected": False, "error": ipv6.NO_RELAY}
+        # An exhausted block's TCP ports sit in conntrack's TIME_WAIT (120 s) after each session:
+        # a new connection's SYN may wait for one (1-3 s each, measured), so its relay gets longer.
+        timeout = self.timeout * (EXHAUSTED_RELAY_SLACK if relay and self.exhausted & {a, b} else 1)
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
-        offerer = self.lab.spawn(a, [*_PY, "p2p", "offer", *self._args(a, relay)], **pipes)
+        offerer = self.lab.spawn(a, [*_PY, "p2p", "offer", *self._args(a, relay, timeout)], **pipes)
         answerer = None
         try:
             line = _read_line(offerer, offerer.stderr, 30.0)
@@ -373,9 +378,9 @@ class _PairRunner:
                 return {"connected": False, "error": f"offerer: {line or 'no pairing code'}"}
             code = line.split()[2]
             answerer = self.lab.spawn(
-                b, [*_PY, "p2p", "answer", code, *self._args(b, relay)], **pipes
+                b, [*_PY, "p2p", "answer", code, *self._args(b, relay, timeout)], **pipes
             )
-            limit = self.timeout + 45
+            limit = timeout + 45
             a_out, _ = answerer.communicate(timeout=limit)
             o_out, o_err = offerer.communicate(timeout=limit)
             if {offerer.returncode, answerer.returncode} & _INTERRUPTED:

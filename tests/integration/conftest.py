@@ -85,6 +85,11 @@ def natkit_serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         stun.setdefault("listen", [f"udp://{HOST}:{port}", f"tcp://{HOST}:{port}"])
         stun.setdefault("workers", 1)
         mport = free_port() if metrics else None
+        turn = extra.get("turn")
+        if isinstance(turn, dict) and turn.get("engine", "builtin") == "builtin":
+            # A test's live allocations would hold the stop for the default drain (10 s each
+            # time); the drain tests set their own.
+            extra["turn"] = {"drain_timeout": 0.5, **turn}
         config = {
             "version": 1,
             "stun": stun,

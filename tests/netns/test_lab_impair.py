@@ -104,7 +104,8 @@ def test_loss_rate_within_tolerance(nat_lab: MakeLab) -> None:
     stats = lab.link_stats("peer")["to_parent"]
     print(f"\nloss 3%: {100 * m.loss:.2f}% of 5000 lost ({stats['lost']} counted)")
     assert 0.02 <= m.loss <= 0.04  # binomial: 150 ± 36 at 3 sigma
-    assert stats["lost"] == round(m.loss * 5000)
+    # Every frame on the link draws its 3%: now and then an ARP/ND frame is the one lost.
+    assert 0 <= stats["lost"] - round(m.loss * 5000) <= 3, stats
 
 
 @pytest.mark.slow

@@ -7,11 +7,10 @@ diagnose's prediction holds for every pair.
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
-from natkit.p2p.matrix import PairRecord, render_table, run_matrix
+from natkit.p2p.matrix import PairRecord
+from tests.netns.conftest import timed_matrix
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -29,15 +28,7 @@ NO_DIRECT = {
 
 @pytest.fixture(scope="module")
 def matrix() -> list[PairRecord]:
-    from natkit.lab.netlink import check_privileges
-
-    check_privileges()
-    started = time.monotonic()
-    records = run_matrix("matrix-impaired", concurrency=6, timeout=10.0)
-    took = time.monotonic() - started
-    print(f"\n{render_table(records)}\n({took:.0f} s)")
-    assert took < 90, "the impaired matrix must stay well under 2 minutes"
-    return records
+    return timed_matrix("matrix-impaired", 90)  # well under 2 minutes
 
 
 def test_impaired_matrix_predictions_hold_for_every_pair(matrix: list[PairRecord]) -> None:

@@ -5,16 +5,21 @@
 not used); random ports behind an endpoint-independent NAT do not matter; a peer whose CGNAT port
 block is used up connects directly with no one and only through TURN over TCP.
 `matrix-same-type`: symmetric with symmetric fails direct, port-restricted with port-restricted
-works. Diagnose's prediction holds for every pair.
+works. Diagnose's prediction holds for every pair. Its four peers are in `matrix-extended` under
+other names, defined alike (checked here): these tests read them from the session's one
+extended run (tests/netns/conftest.py).
 """
 
 from __future__ import annotations
 
-import time
+from typing import Any
 
 import pytest
+import yaml
 
-from natkit.p2p.matrix import PairRecord, run_matrix
+from natkit.lab.presets import preset_path
+from natkit.p2p.matrix import PairRecord
+from tests.netns.conftest import timed_matrix
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -27,29 +32,25 @@ PORT_DIRECT = {
     frozenset({"peer-sequential", "peer-full-cone"}),
     frozenset({"peer-random-ports", "peer-full-cone"}),
 }
-SAME_DIRECT = {frozenset({"peer-port-restricted-a", "peer-port-restricted-b"})}
-
-
-def _run(topology: str, limit: float) -> list[PairRecord]:
-    from natkit.lab.netlink import check_privileges
-
-    check_privileges()
-    started = time.monotonic()
-    records = run_matrix(topology, concurrency=6, timeout=10.0)
-    took = time.monotonic() - started
-    print(f"{topology}: {len(records)} pairs in {took:.1f} s")
-    assert took < limit, f"{topology} took {took:.0f} s"
-    return records
+# matrix-same-type's peers → the same nodes in matrix-extended, and their diagnosed type.
+SAME_TYPE = {
+    "peer-symmetric-a": ("peer-symmetric", "symmetric"),
+    "peer-symmetric-b": ("peer-symmetric-b", "symmetric"),
+    "peer-port-restricted-a": ("peer-port-restricted-cone", "port-restricted-cone"),
+    "peer-port-restricted-b": ("peer-port-restricted-cone-b", "port-restricted-cone"),
+}
+SAME_DIRECT = {frozenset({"peer-port-restricted-cone", "peer-port-restricted-cone-b"})}
 
 
 @pytest.fixture(scope="module")
 def ports() -> list[PairRecord]:
-    return _run("matrix-ports", 120)
+    return timed_matrix("matrix-ports", 120)
 
 
 @pytest.fixture(scope="module")
-def same_type() -> list[PairRecord]:
-    return _run("matrix-same-type", 90)
+def same_type(extended_matrix: list[PairRecord]) -> list[PairRecord]:
+    names = {extended for extended, _ in SAME_TYPE.values()}
+    return [r for r in extended_matrix if {r.a, r.b} <= names]
 
 
 def test_port_matrix_types_and_exhaustion(ports: list[PairRecord]) -> None:
@@ -77,6 +78,16 @@ def test_port_matrix_predictions_hold(ports: list[PairRecord]) -> None:
     assert [(r.a, r.b) for r in ports if r.held is not True] == []
 
 
+def test_the_same_type_peers_are_in_the_extended_matrix() -> None:
+    def nodes(name: str) -> dict[str, Any]:
+        preset: dict[str, Any] = yaml.safe_load(preset_path(name).read_text())
+        return {host: preset["nats"].get(h["behind"]) for host, h in preset["hosts"].items()}
+
+    same, extended = nodes("matrix-same-type"), nodes("matrix-extended")
+    assert {extended_name for extended_name, _ in SAME_TYPE.values()} <= set(extended)
+    assert {h: extended[SAME_TYPE[h][0]] for h in same} == same
+
+
 def test_same_type_pairs(same_type: list[PairRecord]) -> None:
     assert len(same_type) == 6
     wrong = [
@@ -85,8 +96,7 @@ def test_same_type_pairs(same_type: list[PairRecord]) -> None:
         if r.direct != (frozenset({r.a, r.b}) in SAME_DIRECT) or not r.relay
     ]
     assert not wrong
+    kinds = dict(SAME_TYPE.values())
     for r in same_type:
-        assert r.a_type == r.a.removeprefix("peer-").rsplit("-", 1)[0].replace(
-            "port-restricted", "port-restricted-cone"
-        ), r
+        assert (r.a_type, r.b_type) == (kinds[r.a], kinds[r.b]), r
     assert [(r.a, r.b) for r in same_type if r.held is not True] == []
