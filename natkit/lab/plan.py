@@ -34,6 +34,8 @@ __all__ = ["ForwarderPlan", "NodePlan", "Plan", "build_plan"]
 
 Kind = Literal["internet", "server", "nat", "host"]
 IPv4 = ipaddress.IPv4Address
+BLOCK_TCP_TIME_WAIT = 10
+"""Seconds a NAT with a `port_block` keeps a closed TCP connection's port (Linux: 120)."""
 
 
 @dataclass
@@ -145,6 +147,13 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
             "net/netfilter/nf_conntrack_udp_timeout": str(nat.timeout_outbound),
             "net/netfilter/nf_conntrack_udp_timeout_stream": str(nat.timeout_established),
         }
+        if nat.port_block is not None:
+            # A block's TCP ports are the same few: Linux keeps each closed one in TIME_WAIT
+            # for 120 s, so back-to-back lab sessions (signalling, TURN/TCP) ran out of them
+            # and SYNs waited seconds. Freed after 10 s, the block's limit is the UDP one.
+            plan.late_sysctls[node.netns]["net/netfilter/nf_conntrack_tcp_timeout_time_wait"] = str(
+                BLOCK_TCP_TIME_WAIT
+            )
     for node in nodes.values():
         if node.kind != "nat" and node.uplink and node.link.loss and not node.link_netns:
             plan.nft[node.netns] = impairment_rules(node.uplink, node.link.loss)

@@ -11,7 +11,8 @@ Pure text, like `natkit.lab.nft` (which calls this for a NAT whose `port_allocat
 - a port block per subscriber (each LAN address: a CGNAT's customer): that subscriber's flows are
   NATed into its own range, and a per-subscriber ``ct count`` refuses (drops) its UDP flow number
   size+1 while `size` are alive — an exhausted block, as real CGNATs do. Linux would otherwise
-  reuse a port towards another destination and never run out.
+  reuse a port towards another destination and never run out. TCP shares the block's ports; a
+  closed connection's port is free again after 10 s of TIME_WAIT (`plan.BLOCK_TCP_TIME_WAIT`).
 
 A new port per flow is address-and-port-dependent mapping. For an endpoint-independent (or
 address-dependent) NAT the first flow of an inside socket takes the allocator's port and a

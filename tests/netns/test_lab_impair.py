@@ -79,7 +79,7 @@ def test_jitter_spreads_uniformly_without_reordering(nat_lab: MakeLab) -> None:
     figures = sparse.summary(0.050)
     print(f"\n50 ms ± 4 ms link, 100/s: {figures}")
     # Never early; late only by the odd scheduling spike (a shared 2-core machine).
-    assert figures["min_ms"] >= 45.9 and sparse.percentile(98) <= 0.0545, figures
+    assert figures["min_ms"] >= 45.9 and sparse.percentile(98) <= 0.0555, figures
     assert 4 / 3**0.5 * 0.75 <= figures["stdev_ms"] <= 4 / 3**0.5 * 1.25, figures
     assert abs(figures["mean_error_ms"]) <= 1.0, figures
     # 1000/s: draws would overtake each other, but the link is FIFO.

@@ -96,6 +96,14 @@ def test_per_state_timeouts_reach_both_clocks() -> None:
     assert "update @mappings { udp sport timeout" not in _rules(type="full-cone")
 
 
+def test_a_port_block_frees_closed_tcp_ports_after_ten_seconds() -> None:
+    # TIME_WAIT of the block's few TCP ports (Linux: 120 s) would throttle back-to-back sessions.
+    key = "net/netfilter/nf_conntrack_tcp_timeout_time_wait"
+    blocked = build_plan(_nat(type="symmetric", port_block=8), "nk0000").late_sysctls
+    assert blocked["nk0000-nat"][key] == "10"
+    assert key not in build_plan(_nat(type="symmetric"), "nk0000").late_sysctls["nk0000-nat"]
+
+
 def test_presets_load() -> None:
     assert load_topology("sequential").nats[0].port_stride == 2
     assert load_topology("random-ports").nats[0].port_allocation == "random"
