@@ -143,7 +143,7 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
     for nat in topo.nats:
         node = nodes[nat.name]
         plan.nft[node.netns] = router_rules(_router_spec(nat, node, nodes, plan.prefix))
-        plan.late_sysctls[node.netns] = {
+        late = plan.late_sysctls[node.netns] = {
             "net/netfilter/nf_conntrack_udp_timeout": str(nat.timeout_outbound),
             "net/netfilter/nf_conntrack_udp_timeout_stream": str(nat.timeout_established),
         }
@@ -151,9 +151,7 @@ def build_plan(topo: Topology, prefix: str) -> Plan:
             # A block's TCP ports are the same few: Linux keeps each closed one in TIME_WAIT
             # for 120 s, so back-to-back lab sessions (signalling, TURN/TCP) ran out of them
             # and SYNs waited seconds. Freed after 10 s, the block's limit is the UDP one.
-            plan.late_sysctls[node.netns]["net/netfilter/nf_conntrack_tcp_timeout_time_wait"] = str(
-                BLOCK_TCP_TIME_WAIT
-            )
+            late["net/netfilter/nf_conntrack_tcp_timeout_time_wait"] = str(BLOCK_TCP_TIME_WAIT)
     for node in nodes.values():
         if node.kind != "nat" and node.uplink and node.link.loss and not node.link_netns:
             plan.nft[node.netns] = impairment_rules(node.uplink, node.link.loss)

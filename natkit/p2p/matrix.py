@@ -364,8 +364,8 @@ class _PairRunner:
         """Offer in `a`, answer in `b`; the offerer's JSON report (or an error record)."""
         if relay and (ipv6.ipv6_only(self.lab, a) or ipv6.ipv6_only(self.lab, b)):
             return {"connected": False, "error": ipv6.NO_RELAY}
-        # An exhausted block's TCP ports sit in conntrack's TIME_WAIT (120 s) after each session:
-        # a new connection's SYN may wait for one (1-3 s each, measured), so its relay gets longer.
+        # An exhausted block's few TCP ports sit in TIME_WAIT after each session (10 s in the lab,
+        # `plan.BLOCK_TCP_TIME_WAIT`): a new SYN may wait for one, so its relay gets longer.
         timeout = self.timeout * (EXHAUSTED_RELAY_SLACK if relay and self.exhausted & {a, b} else 1)
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         offerer = self.lab.spawn(a, [*_PY, "p2p", "offer", *self._args(a, relay, timeout)], **pipes)

@@ -6,10 +6,19 @@ so their tests read its records instead of building those labs again (about 3 mi
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
+import yaml
 
+from natkit.lab.presets import preset_path
 from natkit.p2p.matrix import PairRecord, render_table, run_matrix
+
+
+def preset_yaml(name: str) -> dict[str, Any]:
+    """Preset `name` as written (nodes by their YAML keys, before any defaults)."""
+    loaded: dict[str, Any] = yaml.safe_load(preset_path(name).read_text())
+    return loaded
 
 
 def timed_matrix(topology: str, limit: float) -> list[PairRecord]:

@@ -13,13 +13,10 @@ rather than build the lab again.
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-import yaml
 
-from natkit.lab.presets import preset_path
 from natkit.p2p.matrix import LAB_PEER_RANGES, PairRecord, serve_config
+from tests.netns.conftest import preset_yaml
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -43,13 +40,8 @@ def expected_direct(a: str, b: str) -> bool:
     return "peer-udp-blocked" not in (a, b) and frozenset({a, b}) not in NO_DIRECT
 
 
-def preset(name: str) -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(preset_path(name).read_text())
-    return loaded
-
-
 def test_the_classic_matrix_is_part_of_the_extended_one() -> None:
-    classic, extended = preset("matrix"), preset("matrix-extended")
+    classic, extended = preset_yaml("matrix"), preset_yaml("matrix-extended")
     assert classic["servers"] == extended["servers"]
     for part in ("nats", "hosts"):
         assert classic[part].items() <= extended[part].items(), part

@@ -15,11 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-import yaml
 
-from natkit.lab.presets import preset_path
 from natkit.p2p.matrix import PairRecord
-from tests.netns.conftest import timed_matrix
+from tests.netns.conftest import preset_yaml, timed_matrix
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
@@ -80,7 +78,7 @@ def test_port_matrix_predictions_hold(ports: list[PairRecord]) -> None:
 
 def test_the_same_type_peers_are_in_the_extended_matrix() -> None:
     def nodes(name: str) -> dict[str, Any]:
-        preset: dict[str, Any] = yaml.safe_load(preset_path(name).read_text())
+        preset = preset_yaml(name)
         return {host: preset["nats"].get(h["behind"]) for host, h in preset["hosts"].items()}
 
     same, extended = nodes("matrix-same-type"), nodes("matrix-extended")
