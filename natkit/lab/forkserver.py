@@ -61,6 +61,7 @@ DEFAULT_PRELOAD = (
 _MESSAGE_MAX = 1 << 16  # one request: argv of a command line
 _CHILD_GRACE = 0.5  # s between SIGTERM and SIGKILL at shutdown (Lab.stop waits 1 s)
 _PR_SET_PDEATHSIG = 1
+_PR_SET_NAME, _NAME_MAX = 15, 15  # /proc/PID/comm: 15 bytes and a NUL
 _HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
@@ -318,7 +319,7 @@ class _Server:
         pid = os.fork()
         if pid == 0:
             try:
-                self._become_child(fds)
+                self._become_child(args, fds)
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
                 _run_cli(args)
             finally:
@@ -326,11 +327,14 @@ class _Server:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         return pid
 
-    def _become_child(self, fds: list[int]) -> None:
+    def _become_child(self, args: list[str], fds: list[int]) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:  # the server died before prctl took effect
             os._exit(70)
+        # Its argv is the server's: the name is what ps, top and pgrep show of the command.
+        name = ctypes.create_string_buffer(" ".join(args).encode()[:_NAME_MAX])
+        libc.prctl(_PR_SET_NAME, name, 0, 0, 0)
         signal.set_wakeup_fd(-1)
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)

@@ -75,12 +75,16 @@ def test_output_and_exit_status_are_the_commands(fork: forkserver.ForkServer) ->
     assert "/nonexistent.yaml" in err and "Traceback" not in err
 
 
-def test_command_runs_in_the_nodes_namespace(lab: Lab, fork: forkserver.ForkServer) -> None:
+def test_command_runs_in_the_nodes_namespace_under_its_name(
+    lab: Lab, fork: forkserver.ForkServer
+) -> None:
     child = _waiting(fork)
     try:
         node_ns = os.stat(f"/run/netns/{lab.netns('alice')}").st_ino
         assert os.stat(f"/proc/{child.pid}/ns/net").st_ino == node_ns
         assert os.stat("/proc/self/ns/net").st_ino != node_ns
+        with open(f"/proc/{child.pid}/comm") as comm:  # what ps shows: the command, not the server
+            assert comm.read().strip() == "diagnose --stun"
     finally:
         child.kill()
         assert child.wait(10) == -signal.SIGKILL

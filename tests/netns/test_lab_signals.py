@@ -62,20 +62,32 @@ def _pids_in(inodes: set[int]) -> list[int]:
     return pids
 
 
-def _children(pid: int, word: str) -> list[int]:
-    """Child processes of `pid` whose command line contains `word`."""
-    out = []
+def _descendants(pid: int, word: str) -> list[int]:
+    """Processes under `pid` whose command line or name (a forked command's: `forkserver`)
+    holds the word `word`."""
+    parents: dict[int, int] = {}
+    named: set[int] = set()
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/comm", "rb") as f:
+                argv += f.read().split()
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == pid and word.encode() in argv:
-            out.append(int(entry))
-    return out
+        if word.encode() in argv:
+            named.add(int(entry))
+
+    def under(p: int) -> bool:
+        while p > 1:
+            p = parents.get(p, 0)
+            if p == pid:
+                return True
+        return False
+
+    return [p for p in named if under(p)]
 
 
 def _leftovers(state: LabState, inodes: set[int]) -> dict[str, list[str]]:
@@ -123,7 +135,7 @@ def test_signalled_matrix_removes_everything_and_prints_no_fake_rows(
     try:
         state = _lab_of(run.pid)
         inodes = _inodes(state)
-        _wait_for("a p2p offer", lambda: _children(run.pid, "offer"))
+        _wait_for("a p2p offer", lambda: _descendants(run.pid, "offer"))
         time.sleep(1.0)  # well inside the direct attempt
         os.killpg(run.pid, signum)
         out, err = run.communicate(timeout=30)
@@ -162,7 +174,7 @@ def test_signalled_pytest_run_removes_its_labs(tmp_path: Path, signum: signal.Si
     with reaped(_pytest_run(tmp_path)) as run:
         state = _lab_of(run.pid)
         inodes = _inodes(state)
-        _wait_for("the spawned sleep", lambda: _children(run.pid, "sleep"))
+        _wait_for("the spawned sleep", lambda: _descendants(run.pid, "sleep"))
         run.send_signal(signum)
         out, _ = run.communicate(timeout=30)
     assert _leftovers(state, inodes) == {}
