@@ -83,11 +83,11 @@ class ForkServer:
         (this process's own); stdin is /dev/null."""
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         opened: list[int] = []
+        readers: list[IO[Any] | None] = []
         try:
             conn.connect(self.address)
             null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
             opened.append(null)
-            readers: list[IO[Any] | None] = []
             targets = [null]
             for choice, own in ((stdout, 1), (stderr, 2)):
                 if choice == subprocess.PIPE:
@@ -101,18 +101,17 @@ class ForkServer:
                     targets.append(null if choice == subprocess.DEVNULL else own)
             socket.send_fds(conn, [json.dumps({"args": args}).encode()], targets)
             reply = _recv(conn, timeout=60.0)
+            if not isinstance(reply, dict) or "pid" not in reply:
+                raise OSError(f"fork server in node {self.node} did not start {args[:1]}")
         except BaseException:
-            conn.close()
-            raise
-        finally:
-            for fd in opened:
-                os.close(fd)  # the child holds its copies: EOF comes when it ends
-        if reply is None or "pid" not in reply:
             conn.close()
             for stream in readers:
                 if stream is not None:
                     stream.close()
-            raise OSError(f"fork server in node {self.node} did not start {args[:1]}")
+            raise
+        finally:
+            for fd in opened:
+                os.close(fd)  # the child holds its copies: EOF comes when it ends
         return Forked(["natkit", *args], int(reply["pid"]), conn, readers[0], readers[1])
 
     def close(self) -> None:
@@ -144,10 +143,14 @@ class Forked:
         self._lock = threading.Lock()
 
     def poll(self) -> int | None:
-        with self._lock:
+        if not self._lock.acquire(blocking=False):  # another thread waits: it takes the status
+            return self.returncode
+        try:
             if self.returncode is None:
                 self._take_status(0.0)
             return self.returncode
+        finally:
+            self._lock.release()
 
     def wait(self, timeout: float | None = None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout

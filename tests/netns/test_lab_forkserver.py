@@ -59,6 +59,16 @@ def _gone(pid: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def _named(pid: int, name: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/comm") as comm:
+            if comm.read().strip() == name:
+                return True
+        time.sleep(0.01)
+    return False
+
+
 def test_output_and_exit_status_are_the_commands(fork: forkserver.ForkServer) -> None:
     version = fork.spawn(["--version"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = version.communicate(timeout=30)
@@ -83,8 +93,8 @@ def test_command_runs_in_the_nodes_namespace_under_its_name(
         node_ns = os.stat(f"/run/netns/{lab.netns('alice')}").st_ino
         assert os.stat(f"/proc/{child.pid}/ns/net").st_ino == node_ns
         assert os.stat("/proc/self/ns/net").st_ino != node_ns
-        with open(f"/proc/{child.pid}/comm") as comm:  # what ps shows: the command, not the server
-            assert comm.read().strip() == "diagnose --stun"
+        # What ps shows: the command, not the server (once the child has named itself).
+        assert _named(child.pid, "diagnose --stun")
     finally:
         child.kill()
         assert child.wait(10) == -signal.SIGKILL
@@ -134,3 +144,15 @@ def test_lab_down_leaves_no_server_nor_command() -> None:
     assert server.process.poll() is not None
     assert _gone(child.pid)
     assert new_leftovers(before) == []
+
+
+def test_a_kill_from_another_thread_ends_a_wait(fork: forkserver.ForkServer) -> None:
+    import threading
+
+    child = _waiting(fork)
+    waiter = threading.Thread(target=child.wait, daemon=True)
+    waiter.start()
+    time.sleep(0.3)  # the waiter holds the status lock
+    child.kill()
+    waiter.join(10)
+    assert not waiter.is_alive() and child.returncode == -signal.SIGKILL
