@@ -17,6 +17,8 @@ no socket to connect to. Each `ForkServer.spawn` is one connection:
     client -> server   {"signal": N}: the server signals the child unless it reaped it (the
                        server holds the zombie, so a pid is never reused under it)
 
+Only the process that started the server may connect (SO_PEERCRED): any local user can read an
+abstract name in /proc/net/unix, and the server runs commands as root in the node.
 A closed connection kills its child (the client is gone). SIGTERM to the server sends SIGTERM to
 every child, SIGKILL after `_CHILD_GRACE`, reports what it reaped, and exits; children carry
 PR_SET_PDEATHSIG(SIGKILL), so a server killed outright takes them along. The server ignores
@@ -37,6 +39,7 @@ import secrets
 import select
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -62,6 +65,7 @@ _MESSAGE_MAX = 1 << 16  # one request: argv of a command line
 _CHILD_GRACE = 0.5  # s between SIGTERM and SIGKILL at shutdown (Lab.stop waits 1 s)
 _PR_SET_PDEATHSIG = 1
 _PR_SET_NAME, _NAME_MAX = 15, 15  # /proc/PID/comm: 15 bytes and a NUL
+_UCRED = struct.Struct("3i")  # SO_PEERCRED: pid, uid, gid
 _HANDLED = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD}
 
 
@@ -282,9 +286,16 @@ class _Server:
         self.stopping = True
 
     def _accept(self) -> None:
-        with contextlib.suppress(OSError):
+        try:
             conn, _ = self.listener.accept()
-            self.clients[conn] = None
+            creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+        except OSError:
+            return
+        pid, _, _ = _UCRED.unpack(creds)
+        if pid != os.getppid():  # an abstract name is no secret (/proc/net/unix), a pid is
+            conn.close()
+            return
+        self.clients[conn] = None
 
     def _request(self, conn: socket.socket) -> None:
         try:

@@ -156,3 +156,35 @@ def test_a_kill_from_another_thread_ends_a_wait(fork: forkserver.ForkServer) -> 
     child.kill()
     waiter.join(10)
     assert not waiter.is_alive() and child.returncode == -signal.SIGKILL
+
+
+# Another local process connects to the server's abstract name (any user can read it in
+# /proc/net/unix) and asks for a command: it must get none.
+_INTRUDER = """
+import json, socket, sys
+conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+conn.settimeout(10)
+conn.connect(bytes.fromhex(sys.argv[1]).decode())
+try:
+    socket.send_fds(conn, [json.dumps({"args": ["--version"]}).encode()], [0, 1, 2])
+    print("answered" if conn.recv(4096) else "closed")
+except ConnectionResetError:  # closed with the request unread
+    print("closed")
+"""
+
+
+@pytest.mark.parametrize("user", [None, 65534], ids=["root", "nobody"])
+def test_only_the_process_that_started_it_gets_commands(
+    fork: forkserver.ForkServer, user: int | None
+) -> None:
+    intruder = subprocess.run(  # the system's Python: nobody may not run this checkout's
+        ["/usr/bin/python3", "-c", _INTRUDER, fork.address.encode().hex()],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        user=user,
+        cwd="/",
+    )
+    assert (intruder.returncode, intruder.stdout.strip()) == (0, "closed"), intruder.stderr
+    version = fork.spawn(["--version"], stdout=subprocess.PIPE)  # its own client still is served
+    assert version.communicate(timeout=30)[0].startswith("natkit")
