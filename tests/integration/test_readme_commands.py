@@ -116,7 +116,7 @@ ELSEWHERE = {
     ),
     "sudo .venv/bin/natkit lab matrix --topology matrix-extended": (
         "tests/netns/test_p2p_matrix_extended.py runs run_matrix('matrix-extended'), which this "
-        "command calls (3 minutes)"
+        "command calls (4 minutes)"
     ),
     "sudo .venv/bin/natkit lab matrix --topology matrix-same-type": (
         "tests/netns/test_p2p_matrix_ports.py runs run_matrix('matrix-same-type'), which this "
