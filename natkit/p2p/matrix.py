@@ -292,7 +292,8 @@ class _PairRunner:
         try:
             # Each peer's commands fork from one Python that imported them once (0.8 s of CPU
             # each, 400 times in matrix-extended); they queue while it imports.
-            self.forks = {p: forkserver.start(self.lab, p) for p in peers}
+            for peer in peers:  # one by one: the finally below closes those that started
+                self.forks[peer] = forkserver.start(self.lab, peer)
             views = pool.map(lambda p: _diagnose(self.lab, self.forks[p], p), peers)
             self.views = dict(zip(peers, views, strict=True))
             self.types = {p: v.nat_type if v else None for p, v in self.views.items()}
