@@ -13,12 +13,15 @@ short lifetime, and checks from the STUN server that the mapped port is reachabl
 request sent from a *different* socket carries RESPONSE-PORT (RFC 5780 §7.5) = the mapped port,
 so the server's answer arrives unsolicited at (public IP, mapped port) — on a symmetric NAT only
 a real mapping lets it in. The mapping is deleted (lifetime 0) in a `finally`, so also on
-Ctrl-C; the deletion is synchronous so a cancelled event loop cannot skip it.
+Ctrl-C; the deletion is synchronous so a cancelled event loop cannot skip it, and a Ctrl-C that
+lands while the request is out waits for its answer to delete what the gateway made
+(`Mapper.make`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import os
@@ -329,6 +332,22 @@ class Mapper:
         self.gateway, self.local = probe.gateway, probe.local
         self.nonce = os.urandom(12)
 
+    async def make(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
+        """`request(lifetime)` in a thread. Cancelled (Ctrl-C) while the request is out, it
+        waits for the answer and deletes the mapping it made before the cancel goes on: the
+        gateway maps on receipt, whether or not anyone still waits for its answer."""
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="natkit-portmap")
+        requested = pool.submit(self.request, lifetime, timeout)
+        try:
+            return await asyncio.wrap_future(requested)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            with contextlib.suppress(Exception, concurrent.futures.CancelledError):
+                requested.result(timeout + 1.0)  # bounded by the request's own timeout
+                self.request(0, timeout)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+
     def request(self, lifetime: int, timeout: float) -> tuple[Address | None, int]:
         """Make (renew) the mapping for `lifetime` s, or delete it with 0: (external address or
         None when the gateway names none, granted lifetime). Raises when refused or unanswered."""
@@ -436,7 +455,7 @@ async def map_port(
         mapper = Mapper(probe, protocol, port)
         made = False
         try:
-            external, granted = await asyncio.to_thread(mapper.request, lifetime, timeout)
+            external, granted = await mapper.make(lifetime, timeout)
             made = True
             result.external, result.lifetime = external, granted
             if external is None:

@@ -12,7 +12,6 @@ process each map their own. Mappings are deleted (lifetime 0) when the session c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 from collections.abc import Iterator
@@ -50,9 +49,7 @@ class PortMapper:
             mapper = Mapper(probe, probe.offered[0], cand.port)
             record = MappedPort(probe.offered[0], Address(cand.host, cand.port))
             try:
-                external, record.lifetime = await asyncio.to_thread(
-                    mapper.request, self.lifetime, self.timeout
-                )
+                external, record.lifetime = await mapper.make(self.lifetime, self.timeout)
             except Exception as err:
                 self.notes.append(f"mapping {cand.host}:{cand.port} failed: {err}")
                 continue
