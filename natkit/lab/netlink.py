@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # `natkit lab down` must not pay for the topology/plan/nft mo
 
 __all__ = [
     "NETNS_DIR",
+    "alive",
     "apply_plan",
     "check_privileges",
     "delete_namespaces",
@@ -275,12 +276,13 @@ def kill_namespace_processes(names: Iterable[str], grace: float = 0.0) -> None:
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait
         while pids and time.monotonic() < deadline:
-            pids = [p for p in pids if os.path.exists(f"/proc/{p}/ns/net") and _alive(p)]
+            pids = [p for p in pids if os.path.exists(f"/proc/{p}/ns/net") and alive(p)]
             if pids:
                 time.sleep(0.01)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """`pid` exists and is no zombie."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"

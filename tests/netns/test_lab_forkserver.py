@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 
 from natkit.lab import Lab, forkserver
+from natkit.lab.netlink import alive
+from tests.netns.fleet import wait_for
 from tests.netns.test_lab_lifecycle import new_leftovers
 
 pytestmark = pytest.mark.netns
@@ -42,31 +44,13 @@ def _waiting(fork: forkserver.ForkServer, seconds: int = 20) -> forkserver.Forke
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+def _gone(pid: int) -> None:
+    wait_for(lambda: not alive(pid), 5.0, 0.02)
 
 
-def _gone(pid: int, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
-def _named(pid: int, name: str, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with open(f"/proc/{pid}/comm") as comm:
-            if comm.read().strip() == name:
-                return True
-        time.sleep(0.01)
-    return False
+def _comm(pid: int) -> str:
+    with open(f"/proc/{pid}/comm") as comm:
+        return comm.read().strip()
 
 
 def test_output_and_exit_status_are_the_commands(fork: forkserver.ForkServer) -> None:
@@ -94,7 +78,7 @@ def test_command_runs_in_the_nodes_namespace_under_its_name(
         assert os.stat(f"/proc/{child.pid}/ns/net").st_ino == node_ns
         assert os.stat("/proc/self/ns/net").st_ino != node_ns
         # What ps shows: the command, not the server (once the child has named itself).
-        assert _named(child.pid, "diagnose --stun")
+        wait_for(lambda: _comm(child.pid) == "diagnose --stun", 5.0, 0.01)
     finally:
         child.kill()
         assert child.wait(10) == -signal.SIGKILL
@@ -113,7 +97,7 @@ def test_signals_reach_the_command(fork: forkserver.ForkServer) -> None:
 def test_closed_client_connection_kills_its_command(fork: forkserver.ForkServer) -> None:
     child = _waiting(fork)
     child._conn.close()  # the client died without a word
-    assert _gone(child.pid)
+    _gone(child.pid)
 
 
 def test_server_stop_ends_every_command(fork: forkserver.ForkServer) -> None:
@@ -121,7 +105,8 @@ def test_server_stop_ends_every_command(fork: forkserver.ForkServer) -> None:
     fork.close()
     assert fork.process.returncode == 0
     assert [c.wait(5) for c in children] == [-signal.SIGTERM] * 3
-    assert all(_gone(c.pid) for c in children)
+    for c in children:
+        _gone(c.pid)
 
 
 def test_server_killed_outright_takes_its_commands(fork: forkserver.ForkServer) -> None:
@@ -129,7 +114,7 @@ def test_server_killed_outright_takes_its_commands(fork: forkserver.ForkServer) 
     fork.process.kill()
     fork.process.wait()
     assert child.wait(5) == -signal.SIGKILL  # the connection closed: reported as killed
-    assert _gone(child.pid)  # PR_SET_PDEATHSIG did it
+    _gone(child.pid)  # PR_SET_PDEATHSIG did it
     with pytest.raises(OSError):
         fork.spawn(["--version"])
 
@@ -142,7 +127,7 @@ def test_lab_down_leaves_no_server_nor_command() -> None:
         server = forkserver.start(lab, "bob")
         child = _waiting(server)
     assert server.process.poll() is not None
-    assert _gone(child.pid)
+    _gone(child.pid)
     assert new_leftovers(before) == []
 
 
